@@ -1,0 +1,159 @@
+//! `listeners:` — where clients connect.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{parse_socket_addr, ConfigError};
+
+/// One entry of `listeners:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// A name for logs and metrics; unique.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Terminate TLS here (HTTP/1.1 and HTTP/2 through ALPN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+    /// Accept HTTP/2 without TLS (prior knowledge) on a plain listener (default true).
+    #[serde(default = "yes")]
+    pub h2c: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `tls:` of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain; relative to the config file.
+    pub cert: String,
+    /// PEM private key; relative to the config file.
+    pub key: String,
+    /// Offer HTTP/2 through ALPN (default true).
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+/// A validated listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Bound address.
+    pub address: SocketAddr,
+    /// TLS settings, when TLS is terminated here.
+    pub tls: Option<ListenerTls>,
+    /// Plain HTTP/2 allowed.
+    pub h2c: bool,
+}
+
+/// Validated TLS files of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificate chain path.
+    pub cert: PathBuf,
+    /// Private key path.
+    pub key: PathBuf,
+    /// Offer h2 through ALPN.
+    pub h2: bool,
+}
+
+pub(super) fn check_name(field: &str, name: &str, errors: &mut Vec<ConfigError>) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        errors.push(ConfigError::invalid(
+            field,
+            format!(
+                "{name:?} is not a valid name (1-64 characters: letters, digits, '-', '_', '.')"
+            ),
+        ));
+    }
+}
+
+/// Resolves `path` against `base` and checks that it is a readable file.
+pub(super) fn existing_file(
+    field: &str,
+    path: &str,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PathBuf> {
+    let p = base.join(path);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Some(p),
+        Ok(_) => {
+            errors.push(ConfigError::invalid(
+                field,
+                format!("{} is not a file", p.display()),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(ConfigError::invalid(
+                field,
+                format!("cannot read {}: {e}", p.display()),
+            ));
+            None
+        }
+    }
+}
+
+impl ListenerFile {
+    pub(super) fn validate(
+        &self,
+        field: &str,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Listener> {
+        let before = errors.len();
+        check_name(&format!("{field}.name"), &self.name, errors);
+        let address = match self.address.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                // Listeners bind; allow names like localhost:8080 too.
+                match parse_socket_addr(&self.address) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        errors.push(ConfigError::invalid(format!("{field}.address"), e));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(a) = address {
+            if a.port() == 0 {
+                errors.push(ConfigError::invalid(
+                    format!("{field}.address"),
+                    format!("{a} has port 0; give a fixed port"),
+                ));
+            }
+        }
+        let tls = self.tls.as_ref().and_then(|t| {
+            let cert = existing_file(&format!("{field}.tls.cert"), &t.cert, base, errors);
+            let key = existing_file(&format!("{field}.tls.key"), &t.key, base, errors);
+            Some(ListenerTls {
+                cert: cert?,
+                key: key?,
+                h2: t.h2,
+            })
+        });
+        if errors.len() > before {
+            return None;
+        }
+        Some(Listener {
+            name: self.name.clone(),
+            address: address?,
+            tls,
+            h2c: self.h2c,
+        })
+    }
+}

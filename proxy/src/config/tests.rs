@@ -1,0 +1,207 @@
+use super::*;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml, Path::new("/nonexistent-base")) {
+        Ok(_) => panic!("config should be invalid:\n{yaml}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn has(errs: &[String], needle: &str) {
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "no error contains {needle:?}; got:\n{}",
+        errs.join("\n")
+    );
+}
+
+const OK: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:18080
+admin:
+  address: 127.0.0.1:19901
+upstreams:
+  backend:
+    endpoints: ["127.0.0.1:3000", "localhost:3001"]
+    load_balancing: hash
+    hash_on: "header:X-User"
+    health_check: { path: /health, interval_ms: 500, timeout_ms: 200 }
+routes:
+  - name: api
+    match: { host: "*.example.com", path_prefix: /api, methods: [get, POST] }
+    upstream: backend
+  - name: rest
+    upstream: backend
+"#;
+
+#[test]
+fn valid_config_is_resolved() {
+    let c = Config::from_yaml(OK, Path::new(".")).expect("valid");
+    assert_eq!(c.listeners[0].address, "127.0.0.1:18080".parse().unwrap());
+    assert!(c.listeners[0].h2c);
+    let up = &c.upstreams[0];
+    assert_eq!(up.endpoints.len(), 2);
+    assert_eq!(
+        up.balancing,
+        Balancing::Hash(HashKey::Header("x-user".into()))
+    );
+    assert_eq!(up.connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(
+        c.routes[0].host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+    assert_eq!(
+        c.routes[0].methods,
+        vec![http::Method::GET, http::Method::POST]
+    );
+    assert_eq!(c.routes[1].path_prefix, "/");
+    assert_eq!(c.admin.address, "127.0.0.1:19901".parse().unwrap());
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let errs = errors(&OK.replace("path_prefix: /api", "path_prefx: /api"));
+    has(&errs, "routes[0].match");
+    has(&errs, "unknown field `path_prefx`");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let errs = errors(&OK.replace("interval_ms: 500", "interval_ms: soon"));
+    has(&errs, "upstreams.backend.health_check.interval_ms");
+}
+
+#[test]
+fn unknown_upstream_in_route() {
+    let errs = errors(&OK.replace(
+        "upstream: backend\n  - name: rest",
+        "upstream: api\n  - name: rest",
+    ));
+    has(&errs, r#"routes[0].upstream: no upstream named "api""#);
+}
+
+#[test]
+fn duplicate_names() {
+    let errs = errors(&OK.replace("name: rest", "name: api"));
+    has(&errs, r#"routes[1].name: duplicate route name "api""#);
+    let two = OK.replace(
+        "listeners:\n",
+        "listeners:\n  - name: public\n    address: 127.0.0.1:18081\n",
+    );
+    has(
+        &errors(&two),
+        r#"listeners[1].name: duplicate listener name "public""#,
+    );
+}
+
+#[test]
+fn bad_addresses() {
+    has(
+        &errors(&OK.replace("127.0.0.1:18080", "nonsense")),
+        "listeners[0].address",
+    );
+    has(
+        &errors(&OK.replace("\"127.0.0.1:3000\"", "\"127.0.0.1:99999\"")),
+        "upstreams.backend.endpoints[0]: \"127.0.0.1:99999\" has an invalid port",
+    );
+    has(
+        &errors(&OK.replace("127.0.0.1:19901", "127.0.0.1:18080")),
+        "admin.address: 127.0.0.1:18080 is also used by listeners[0]",
+    );
+}
+
+#[test]
+fn empty_endpoints() {
+    let errs = errors(&OK.replace(r#"["127.0.0.1:3000", "localhost:3001"]"#, "[]"));
+    has(
+        &errs,
+        "upstreams.backend.endpoints: must list at least one endpoint",
+    );
+}
+
+#[test]
+fn hash_needs_a_key() {
+    let errs = errors(&OK.replace("    hash_on: \"header:X-User\"\n", ""));
+    has(&errs, "upstreams.backend.hash_on");
+    let errs = errors(&OK.replace("header:X-User", "cookie:x"));
+    has(&errs, "must be \"client_address\" or \"header:NAME\"");
+}
+
+#[test]
+fn health_check_ranges() {
+    let errs = errors(&OK.replace("timeout_ms: 200", "timeout_ms: 900"));
+    has(
+        &errs,
+        "upstreams.backend.health_check.timeout_ms: 900 is longer than interval_ms (500)",
+    );
+    has(
+        &errors(&OK.replace("path: /health", "path: health")),
+        "health_check.path",
+    );
+}
+
+#[test]
+fn route_match_values() {
+    has(
+        &errors(&OK.replace("path_prefix: /api", "path_prefix: api")),
+        "routes[0].match.path_prefix",
+    );
+    has(
+        &errors(&OK.replace("*.example.com", "bad host!")),
+        "routes[0].match.host",
+    );
+    has(
+        &errors(&OK.replace("[get, POST]", "[\"GE T\"]")),
+        "routes[0].match.methods[0]",
+    );
+}
+
+#[test]
+fn tls_files_must_exist() {
+    let errs = errors(&OK.replace(
+        "    address: 127.0.0.1:18080\n",
+        "    address: 127.0.0.1:18080\n    tls: { cert: missing.pem, key: missing.key }\n",
+    ));
+    has(&errs, "listeners[0].tls.cert: cannot read");
+    has(&errs, "listeners[0].tls.key: cannot read");
+}
+
+#[test]
+fn unknown_plugin_and_plugins_not_runnable_yet() {
+    let errs = errors(&OK.replace(
+        "upstream: backend\n  - name: rest",
+        "upstream: backend\n    plugins: [auth]\n  - name: rest",
+    ));
+    has(&errs, r#"routes[0].plugins[0]: no plugin named "auth""#);
+    let with_plugin = format!("{OK}plugins:\n  auth:\n    path: auth.wasm\n    on_error: maybe\n");
+    let errs = errors(&with_plugin);
+    has(&errs, "plugins.auth.path: cannot read");
+    has(&errs, "plugins.auth.on_error");
+    has(
+        &errs,
+        "plugins.auth: running Wasm plugins is not implemented",
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let yaml = OK
+        .replace("127.0.0.1:18080", "nonsense")
+        .replace(
+            "upstream: backend\n  - name: rest",
+            "upstream: nope\n  - name: rest",
+        )
+        .replace("path_prefix: /api", "path_prefix: api");
+    assert!(errors(&yaml).len() >= 3);
+}
+
+#[test]
+fn empty_and_listenerless_configs() {
+    has(&errors(""), "the config file is empty");
+    has(
+        &errors("routes: []\n"),
+        "listeners: at least one listener is required",
+    );
+    has(&errors("listeners: {}\n"), "listeners");
+}

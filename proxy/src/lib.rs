@@ -1,0 +1,15 @@
+//! Sluice: a reverse proxy on pingora whose request filters are sandboxed WebAssembly plugins.
+//!
+//! This crate is the proxy host (the `sluice` binary and its library). See `docs/architecture.md`
+//! for how the pieces fit together.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

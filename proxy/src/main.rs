@@ -1,0 +1,190 @@
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use sluice::config::Config;
+use sluice::logging::{self, LogFormat};
+use sluice::server::{self, RunOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sluice: a reverse proxy whose request filters are sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter, RUST_LOG-style (e.g. `warn`, `info,sluice::access=off`); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Worker threads per listener (overrides `server.threads`).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Validate a config file: exit 0 if it is valid, else print every error and exit 1.
+    Check {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the demo upstream and the proxy in front of it, on a built-in config.
+    Demo {
+        /// Address of the proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Address of the admin API.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Address of the demo upstream.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        upstream: String,
+    },
+    /// Run only the demo upstream (an HTTP echo server), e.g. as a test backend.
+    Upstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        address: String,
+        /// Name it reports in every answer.
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!(
+            "{}: {} error{} in the config:",
+            path.display(),
+            errors.0.len(),
+            if errors.0.len() == 1 { "" } else { "s" }
+        );
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn run(config: Config, opts: RunOptions) -> ExitCode {
+    match server::run(config, opts) {
+        // pingora leaves runtimes behind; end the process here.
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("sluice: {e}");
+        return ExitCode::FAILURE;
+    }
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} listener{}, {} upstream{}, {} route{})",
+                    config.display(),
+                    c.listeners.len(),
+                    if c.listeners.len() == 1 { "" } else { "s" },
+                    c.upstreams.len(),
+                    if c.upstreams.len() == 1 { "" } else { "s" },
+                    c.routes.len(),
+                    if c.routes.len() == 1 { "" } else { "s" },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config, threads } => match load(&config) {
+            Ok(c) => run(
+                c,
+                RunOptions {
+                    threads,
+                    ..RunOptions::default()
+                },
+            ),
+            Err(code) => code,
+        },
+        Command::Demo {
+            listen,
+            admin,
+            upstream,
+        } => demo(&listen, &admin, &upstream),
+        Command::Upstream { address, name } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                match tokio::net::TcpListener::bind(&address).await {
+                    Ok(l) => {
+                        tracing::info!(%address, "demo upstream listening");
+                        sluice::demo::upstream::serve(l, &name).await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("sluice upstream: cannot listen on {address}: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn demo(listen: &str, admin: &str, upstream: &str) -> ExitCode {
+    let upstream_listener = match std::net::TcpListener::bind(upstream) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sluice demo: cannot listen on {upstream} for the demo upstream: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let yaml = sluice::demo::demo_config(listen, admin, upstream);
+    let config = match Config::from_yaml(&yaml, std::path::Path::new(".")) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("sluice demo: the demo config is invalid:\n{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "\nSluice demo: proxy on http://{listen}, demo upstream on http://{upstream}, admin on http://{admin}\n\
+         Try:\n  \
+         curl -s http://{listen}/hello                       # the upstream echoes what it got, incl. x-forwarded-for and x-request-id\n  \
+         curl -s -X POST --data 'hi there' http://{listen}/echo\n  \
+         curl -s 'http://{listen}/slow?delay_ms=500'\n  \
+         curl -s --http2-prior-knowledge http://{listen}/h2  # HTTP/2 without TLS\n  \
+         curl -s http://{admin}/ready\n  \
+         curl -s http://{admin}/metrics | grep sluice_\n  \
+         curl -s http://{admin}/config\n\
+         Ctrl-C stops it.\n"
+    );
+    run(
+        config,
+        RunOptions {
+            threads: None,
+            demo_upstream: Some(upstream_listener),
+        },
+    )
+}

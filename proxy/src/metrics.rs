@@ -1,0 +1,200 @@
+//! The Prometheus registry and the metric handles the request path uses.
+//!
+//! Metrics live for the whole process (not per config), so counters keep counting across
+//! reloads. Handles with fixed labels are resolved once when a route or pool is built, never on
+//! the request path.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Route label used when no route matched.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+/// Every metric Sluice exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `sluice_requests_total{route,code}`.
+    pub requests_total: IntCounterVec,
+    /// `sluice_request_duration_seconds{route}`.
+    pub request_duration: HistogramVec,
+    /// `sluice_upstream_requests_total{upstream,endpoint,result}`.
+    pub upstream_requests_total: IntCounterVec,
+    /// `sluice_upstream_healthy{upstream,endpoint}`.
+    pub upstream_healthy: IntGaugeVec,
+    /// `sluice_requests_in_flight`.
+    pub in_flight: IntGauge,
+    /// `sluice_config_version`.
+    pub config_version: IntGauge,
+}
+
+fn build() -> Metrics {
+    let registry = Registry::new();
+    let requests_total = IntCounterVec::new(
+        Opts::new(
+            "sluice_requests_total",
+            "Requests answered, by route and status code.",
+        ),
+        &["route", "code"],
+    )
+    .expect("valid metric");
+    let request_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "sluice_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by route.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]),
+        &["route"],
+    )
+    .expect("valid metric");
+    let upstream_requests_total = IntCounterVec::new(
+        Opts::new(
+            "sluice_upstream_requests_total",
+            "Attempts to send a request to an upstream endpoint, by result \
+             (success, connect_error, timeout, error).",
+        ),
+        &["upstream", "endpoint", "result"],
+    )
+    .expect("valid metric");
+    let upstream_healthy = IntGaugeVec::new(
+        Opts::new(
+            "sluice_upstream_healthy",
+            "1 if the endpoint passes its health checks (or has none), else 0.",
+        ),
+        &["upstream", "endpoint"],
+    )
+    .expect("valid metric");
+    let in_flight = IntGauge::new(
+        "sluice_requests_in_flight",
+        "Requests being served right now.",
+    )
+    .expect("valid metric");
+    let config_version = IntGauge::new(
+        "sluice_config_version",
+        "Version number of the configuration being served (1 for the first).",
+    )
+    .expect("valid metric");
+    for c in [
+        Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(request_duration.clone()),
+        Box::new(upstream_requests_total.clone()),
+        Box::new(upstream_healthy.clone()),
+        Box::new(in_flight.clone()),
+        Box::new(config_version.clone()),
+    ] {
+        registry.register(c).expect("metric names are unique");
+    }
+    Metrics {
+        registry,
+        requests_total,
+        request_duration,
+        upstream_requests_total,
+        upstream_healthy,
+        in_flight,
+        config_version,
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(build)
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding into a Vec cannot fail");
+        out
+    }
+}
+
+/// Per-route handles: the duration histogram and one counter per status code, created on
+/// first use so the exposition only lists codes that happened.
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    codes: Box<[OnceLock<IntCounter>]>,
+}
+
+const FIRST_CODE: u16 = 100;
+const LAST_CODE: u16 = 599;
+
+impl RouteMetrics {
+    /// Handles for `route`.
+    pub fn new(route: &str) -> Self {
+        let m = metrics();
+        RouteMetrics {
+            route: route.to_string(),
+            duration: m.request_duration.with_label_values(&[route]),
+            codes: (FIRST_CODE..=LAST_CODE).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn observe(&self, code: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        match self.codes.get(code.wrapping_sub(FIRST_CODE) as usize) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    metrics()
+                        .requests_total
+                        .with_label_values(&[self.route.as_str(), &code.to_string()])
+                })
+                .inc(),
+            None => metrics()
+                .requests_total
+                .with_label_values(&[self.route.as_str(), &code.to_string()])
+                .inc(),
+        }
+    }
+}
+
+/// Result of one upstream attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    /// A response header arrived.
+    Success,
+    /// The connection (or TLS handshake) failed.
+    ConnectError,
+    /// Connecting or reading timed out.
+    Timeout,
+    /// Anything else after connecting (reset, malformed response).
+    Error,
+}
+
+/// Per-endpoint handles.
+pub struct EndpointMetrics {
+    results: [IntCounter; 4],
+    /// `sluice_upstream_healthy` of this endpoint.
+    pub healthy: IntGauge,
+}
+
+impl EndpointMetrics {
+    /// Handles for one endpoint of one upstream.
+    pub fn new(upstream: &str, endpoint: &str) -> Self {
+        let m = metrics();
+        let r = |result| {
+            m.upstream_requests_total
+                .with_label_values(&[upstream, endpoint, result])
+        };
+        EndpointMetrics {
+            results: [r("success"), r("connect_error"), r("timeout"), r("error")],
+            healthy: m.upstream_healthy.with_label_values(&[upstream, endpoint]),
+        }
+    }
+
+    /// Counts one attempt.
+    pub fn count(&self, result: UpstreamResult) {
+        self.results[result as usize].inc();
+    }
+}

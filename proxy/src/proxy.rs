@@ -1,0 +1,483 @@
+//! The HTTP proxy: pingora's `ProxyHttp` hooks, each a thin step of one request's path.
+//!
+//! ```text
+//! request_filter ─▶ upstream_peer ─▶ upstream_request_filter ─▶ upstream_response_filter
+//!   (route, id)      (pick endpoint;     (x-forwarded-*)            (count success)
+//!                     again on retry)
+//!                                      response_filter ─▶ logging (metrics, access log)
+//! fail_to_connect: count, retry on another endpoint · fail_to_proxy: 502/504 with a reason
+//! ```
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::{Balancing, HashKey};
+use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
+use crate::router::{request_host, RouteEntry};
+use crate::runtime::{InFlight, Runtime, State};
+use crate::upstream::{Endpoint, Tried};
+
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// The proxy of one listener.
+pub struct SluiceProxy {
+    state: Arc<State>,
+    listener: Arc<str>,
+    tls: bool,
+}
+
+impl SluiceProxy {
+    /// A proxy for the listener `name`; `tls` tells `x-forwarded-proto`.
+    pub fn new(state: Arc<State>, name: &str, tls: bool) -> Self {
+        SluiceProxy {
+            state,
+            listener: name.into(),
+            tls,
+        }
+    }
+}
+
+/// What one request carries from hook to hook.
+pub struct RequestCtx {
+    /// The config snapshot the request started on.
+    runtime: Option<Arc<Runtime>>,
+    /// Index of the matched route in `runtime.router`.
+    route: Option<usize>,
+    /// Endpoint of the current (last) attempt.
+    endpoint: Option<usize>,
+    /// Endpoints already tried.
+    tried: Tried,
+    /// Whether the current attempt's outcome is not yet counted.
+    attempt_open: bool,
+    request_id: Option<HeaderValue>,
+    start: Instant,
+    _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&RouteEntry> {
+        Some(self.runtime.as_ref()?.router.route(self.route?))
+    }
+
+    fn endpoint(&self) -> Option<&Endpoint> {
+        self.route()?.pool.endpoints.get(self.endpoint?)
+    }
+
+    /// Counts the outcome of the current upstream attempt, once.
+    fn close_attempt(&mut self, result: UpstreamResult) {
+        if std::mem::take(&mut self.attempt_open) {
+            if let Some(ep) = self.endpoint() {
+                ep.metrics.count(result);
+            }
+        }
+    }
+}
+
+/// A client-sent request id is kept if it is 1-128 characters of `[A-Za-z0-9._:-]`.
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new random request id: 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let r = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((r >> (i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+}
+
+/// Writes a small local text response.
+async fn respond(
+    session: &mut Session,
+    code: u16,
+    body: String,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let Some(id) = request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn unmatched_metrics() -> &'static RouteMetrics {
+    static M: OnceLock<RouteMetrics> = OnceLock::new();
+    M.get_or_init(|| RouteMetrics::new(UNMATCHED_ROUTE))
+}
+
+fn is_connect_error(t: &ErrorType) -> bool {
+    matches!(
+        t,
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::BindError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+    )
+}
+
+fn is_timeout(t: &ErrorType) -> bool {
+    matches!(
+        t,
+        ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout
+    )
+}
+
+/// Status code and body for a request that failed; 0 means the client is gone.
+fn failure_response(e: &Error, upstream: &str) -> (u16, String) {
+    let etype = e.etype();
+    if let ErrorType::HTTPStatus(code) = etype {
+        let reason = http::StatusCode::from_u16(*code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        return (*code, format!("{code} {reason}\n"));
+    }
+    match e.esource() {
+        ErrorSource::Upstream if is_timeout(etype) => (
+            504,
+            format!("504 Gateway Timeout: upstream \"{upstream}\" did not answer in time\n"),
+        ),
+        ErrorSource::Upstream if is_connect_error(etype) => (
+            502,
+            format!(
+                "502 Bad Gateway: upstream \"{upstream}\" is unavailable (no endpoint accepted the connection)\n"
+            ),
+        ),
+        ErrorSource::Upstream => (
+            502,
+            format!(
+                "502 Bad Gateway: upstream \"{upstream}\" closed the connection or sent an invalid response\n"
+            ),
+        ),
+        ErrorSource::Downstream => match etype {
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                (0, String::new())
+            }
+            ErrorType::ReadTimedout => (408, "408 Request Timeout\n".into()),
+            _ => (400, "400 Bad Request\n".into()),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => {
+            (500, "500 Internal Server Error\n".into())
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = RequestCtx;
+
+    /// Runs when a request's header has been read. Starts the in-flight count and the clock.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            runtime: None,
+            route: None,
+            endpoint: None,
+            tried: Tried::default(),
+            attempt_open: false,
+            request_id: None,
+            start: Instant::now(),
+            _in_flight: self.state.enter(),
+        }
+    }
+
+    /// Runs first for every request, before anything is sent upstream.
+    ///
+    /// Takes the current config snapshot (kept to the end of the request), assigns the request
+    /// id (a valid `x-request-id` from the client is kept, else a new one replaces it) and
+    /// matches the route. No match: answers 404 itself and returns `Ok(true)` (done).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let runtime = self.state.current();
+        let id = match session.req_header().headers.get(X_REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => {
+                let id = new_request_id();
+                session
+                    .req_header_mut()
+                    .insert_header(X_REQUEST_ID, id.clone())?;
+                id
+            }
+        };
+        ctx.request_id = Some(id);
+        let req = session.req_header();
+        ctx.route = runtime
+            .router
+            .find(request_host(req), req.uri.path(), &req.method);
+        ctx.runtime = Some(runtime);
+        if ctx.route.is_none() {
+            respond(
+                session,
+                404,
+                "404 Not Found: no route matches this request\n".into(),
+                ctx.request_id.as_ref(),
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Runs once per attempt: picks an endpoint of the route's pool that this request has not
+    /// tried, preferring healthy ones, by the pool's balancing policy.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx.route().expect("request_filter matched a route");
+        let pool = route.pool.clone();
+        let ip_key;
+        let key: Option<&[u8]> = match pool.balancing() {
+            Balancing::Hash(HashKey::Header(name)) => session
+                .req_header()
+                .headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes()),
+            Balancing::Hash(HashKey::ClientAddress) => {
+                ip_key = client_ip(session).map(|ip| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                });
+                ip_key.as_ref().map(|k| &k[..])
+            }
+            _ => None,
+        };
+        let Some(idx) = pool.select(key, ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::ConnectError,
+                format!("upstream {:?}: every endpoint was tried", pool.name),
+            );
+        };
+        ctx.tried.insert(idx);
+        ctx.endpoint = Some(idx);
+        ctx.attempt_open = true;
+        Ok(pool.endpoints[idx].peer())
+    }
+
+    /// Runs when connecting to the chosen endpoint failed. Counts the failure and, if the pool
+    /// has an endpoint this request has not tried, marks the error retryable so that
+    /// `upstream_peer` runs again (nothing was sent yet, so this is safe for any method).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.close_attempt(if is_timeout(e.etype()) {
+            UpstreamResult::Timeout
+        } else {
+            UpstreamResult::ConnectError
+        });
+        if let Some(route) = ctx.route() {
+            if ctx.tried.len() < route.pool.endpoints.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Runs before the request header goes upstream (once per attempt, on a fresh copy).
+    /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`. The Host
+    /// header is passed on as the client sent it.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(ip) = client_ip(session) {
+            let mut prior = upstream_request
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .peekable();
+            let value = if prior.peek().is_some() {
+                let mut joined = prior.collect::<Vec<_>>().join(", ");
+                joined.push_str(", ");
+                joined.push_str(&ip.to_string());
+                joined
+            } else {
+                ip.to_string()
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        }
+        upstream_request
+            .insert_header(X_FORWARDED_PROTO, if self.tls { "https" } else { "http" })?;
+        Ok(())
+    }
+
+    /// Runs when the endpoint's response header arrives: the attempt succeeded.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !upstream_response.status.is_informational() {
+            ctx.close_attempt(UpstreamResult::Success);
+        }
+        Ok(())
+    }
+
+    /// Runs before the response header goes to the client: adds `x-request-id` unless the
+    /// upstream set one.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            if !upstream_response.headers.contains_key(X_REQUEST_ID) {
+                upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs when the request failed for good (no retry left). Answers with a status that says
+    /// what went wrong — 502 when the upstream could not be reached or misbehaved, 504 when it
+    /// timed out — unless a response was already sent or the client is gone.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.close_attempt(if is_timeout(e.etype()) {
+                UpstreamResult::Timeout
+            } else {
+                UpstreamResult::Error
+            });
+        }
+        let upstream = ctx.route().map_or("", |r| r.pool.name.as_str());
+        let (code, body) = failure_response(e, upstream);
+        if code > 0 {
+            let mut resp = ResponseHeader::build(code, Some(4)).expect("valid status");
+            let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
+            if let Some(id) = &ctx.request_id {
+                let _ = resp.insert_header(X_REQUEST_ID, id.clone());
+            }
+            if let Err(err) = session.write_error_response(resp, Bytes::from(body)).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Runs last for every request, whatever happened: records metrics and writes the access
+    /// log line.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(e) = e {
+            if e.esource() == &ErrorSource::Upstream {
+                ctx.close_attempt(if is_timeout(e.etype()) {
+                    UpstreamResult::Timeout
+                } else {
+                    UpstreamResult::Error
+                });
+            }
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let route = ctx.route();
+        let route_metrics: &RouteMetrics = match route {
+            Some(r) => &r.metrics,
+            None => unmatched_metrics(),
+        };
+        route_metrics.observe(status, elapsed.as_secs_f64());
+        if tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+            let req = session.req_header();
+            tracing::info!(
+                target: "sluice::access",
+                listener = %self.listener,
+                route = route.map_or(UNMATCHED_ROUTE, |r| r.name.as_str()),
+                upstream = route.map_or("", |r| r.pool.name.as_str()),
+                endpoint = ctx.endpoint().map_or("", |ep| ep.label.as_str()),
+                method = %req.method,
+                path = %req.uri.path(),
+                status,
+                duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                attempts = ctx.tried.len(),
+                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                client = %client_ip(session).map_or_else(String::new, |ip| ip.to_string()),
+                error = e.map_or_else(String::new, |e| e.etype().as_str().to_string()),
+                "request"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(valid_request_id(a.as_bytes()));
+        assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn failure_codes() {
+        let timeout = Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(failure_response(&timeout, "api").0, 504);
+        let refused = Error::new(ErrorType::ConnectRefused).into_up();
+        let (code, body) = failure_response(&refused, "api");
+        assert_eq!(code, 502);
+        assert!(body.contains("\"api\" is unavailable"), "{body}");
+        let closed = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(failure_response(&closed, "api").0, 0);
+        let status = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(failure_response(&status, "api").0, 413);
+    }
+}

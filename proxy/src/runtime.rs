@@ -1,0 +1,127 @@
+//! The `Runtime` snapshot: everything a request needs, immutable, built once per config.
+//!
+//! Requests load the current snapshot once, at their start, and keep it to their end. A new
+//! config builds a new `Runtime` off the request path and swaps it in; requests in flight finish
+//! on the one they began with.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::upstream::Pool;
+
+/// One immutable configuration, ready to serve.
+pub struct Runtime {
+    /// 1 for the first config of the process, +1 for each one swapped in.
+    pub version: u64,
+    /// When it was built.
+    pub loaded_at: SystemTime,
+    /// The validated config it was built from.
+    pub config: Config,
+    /// Route matching.
+    pub router: Router,
+    /// Upstream pools, in the order of `config.upstreams`.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Runtime {
+    /// Builds the pools and the router of `config`.
+    pub fn build(config: Config, version: u64) -> Runtime {
+        let pools: Vec<Arc<Pool>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Pool::new(u)))
+            .collect();
+        let router = Router::new(&config.routes, &pools);
+        Runtime {
+            version,
+            loaded_at: SystemTime::now(),
+            config,
+            router,
+            pools,
+        }
+    }
+}
+
+/// Process-wide state shared by the proxy, the admin API and background tasks.
+pub struct State {
+    current: ArcSwap<Runtime>,
+    versions: AtomicU64,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl State {
+    /// State serving `config` as version 1.
+    pub fn new(config: Config) -> Arc<State> {
+        crate::metrics::metrics().config_version.set(1);
+        Arc::new(State {
+            current: ArcSwap::from_pointee(Runtime::build(config, 1)),
+            versions: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// The snapshot new requests use.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Builds a runtime for `config` and makes it current; returns its version.
+    pub fn swap(&self, config: Config) -> Arc<Runtime> {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let rt = Arc::new(Runtime::build(config, version));
+        self.current.store(rt.clone());
+        crate::metrics::metrics().config_version.set(version as i64);
+        rt
+    }
+
+    /// Whether every listener accepts connections.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Marks the listeners as up.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the start of a shutdown.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Requests being served.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::metrics().in_flight.inc();
+        InFlight(self.clone())
+    }
+}
+
+/// Held by each request while it is served.
+pub struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::metrics().in_flight.dec();
+    }
+}

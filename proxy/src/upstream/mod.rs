@@ -1,0 +1,154 @@
+//! Upstream pools: endpoints, their health, and endpoint selection.
+
+mod balancer;
+pub mod health;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Balancing, HealthCheck, Upstream};
+use crate::metrics::EndpointMetrics;
+
+/// One endpoint of a pool.
+pub struct Endpoint {
+    /// As written in the config (`host:port`), used in labels and logs.
+    pub label: String,
+    /// Resolved address.
+    pub addr: SocketAddr,
+    healthy: AtomicBool,
+    /// Its metric handles.
+    pub metrics: EndpointMetrics,
+    peer: HttpPeer,
+}
+
+impl Endpoint {
+    /// Whether the endpoint passes its health checks (always true without checks).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a health-check verdict; returns true if it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.metrics.healthy.set(healthy as i64);
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// A peer for this endpoint with the pool's TLS and timeout settings.
+    pub fn peer(&self) -> Box<HttpPeer> {
+        Box::new(self.peer.clone())
+    }
+}
+
+/// A named pool of endpoints.
+pub struct Pool {
+    /// Its name.
+    pub name: String,
+    /// Its endpoints, in config order.
+    pub endpoints: Vec<Endpoint>,
+    balancing: Balancing,
+    next: AtomicUsize,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A set of endpoint indexes already tried by one request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u128);
+
+impl Tried {
+    /// Marks `idx` as tried (indexes beyond 127 are not tracked).
+    pub fn insert(&mut self, idx: usize) {
+        if idx < 128 {
+            self.0 |= 1 << idx;
+        }
+    }
+    /// Whether `idx` was tried.
+    pub fn contains(&self, idx: usize) -> bool {
+        idx < 128 && self.0 & (1 << idx) != 0
+    }
+    /// How many were tried.
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Pool {
+    /// Builds a pool from its validated config.
+    pub fn new(u: &Upstream) -> Self {
+        let endpoints = u
+            .endpoints
+            .iter()
+            .map(|(label, addr)| {
+                let (tls, sni) = match &u.tls {
+                    Some(t) => (
+                        true,
+                        t.sni.clone().unwrap_or_else(|| {
+                            label
+                                .rsplit_once(':')
+                                .map_or(label.as_str(), |(h, _)| h)
+                                .to_string()
+                        }),
+                    ),
+                    None => (false, String::new()),
+                };
+                let mut peer = HttpPeer::new(*addr, tls, sni);
+                peer.options.connection_timeout = Some(u.connect_timeout);
+                peer.options.read_timeout = Some(u.read_timeout);
+                if let Some(t) = &u.tls {
+                    peer.options.verify_cert = t.verify;
+                    peer.options.verify_hostname = t.verify;
+                }
+                let metrics = EndpointMetrics::new(&u.name, label);
+                metrics.healthy.set(1);
+                Endpoint {
+                    label: label.clone(),
+                    addr: *addr,
+                    healthy: AtomicBool::new(true),
+                    metrics,
+                    peer,
+                }
+            })
+            .collect();
+        Pool {
+            name: u.name.clone(),
+            endpoints,
+            balancing: u.balancing.clone(),
+            next: AtomicUsize::new(0),
+            health_check: u.health_check.clone(),
+        }
+    }
+
+    /// The balancing policy.
+    pub fn balancing(&self) -> &Balancing {
+        &self.balancing
+    }
+
+    /// Picks an endpoint not in `tried`, preferring healthy ones. When every untried endpoint is
+    /// unhealthy it still picks one of them: better a likely failure than a certain one.
+    /// `key` is the hash key for `hash` balancing (`None` falls back to round robin).
+    pub fn select(&self, key: Option<&[u8]>, tried: Tried) -> Option<usize> {
+        let n = self.endpoints.len();
+        if tried.len() >= n {
+            return None;
+        }
+        for healthy_only in [true, false] {
+            let ok =
+                |i: usize| !tried.contains(i) && (!healthy_only || self.endpoints[i].is_healthy());
+            let pick = match (&self.balancing, key) {
+                (Balancing::Hash(_), Some(key)) => balancer::rendezvous(key, n, ok),
+                (Balancing::Random, _) => balancer::scan_from(fastrand::usize(..n), n, ok),
+                _ => balancer::scan_from(self.next.fetch_add(1, Ordering::Relaxed) % n, n, ok),
+            };
+            if pick.is_some() {
+                return pick;
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,435 @@
+//! The process around the proxy: readiness, metrics, config introspection, graceful shutdown,
+//! `sluice check` and `sluice demo`, all through the real binary.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn config(up: &str, extra_server: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period_seconds: 20{extra_server} }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams: {{ backend: {{ endpoints: ['{up}'] }} }}\n\
+         routes:\n\
+         \x20 - {{ name: api, match: {{ path_prefix: /api }}, upstream: backend }}\n\
+         \x20 - {{ name: other, upstream: backend }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_then_exits() {
+    let up = upstream("up").await;
+    let mut proxy = Sluice::start(&config(&up.to_string(), "")).await;
+    let c = client();
+    let slow = tokio::spawn(c.get(proxy.url("/api/slow?delay_ms=1500")).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Draining: /ready says so, and new connections are not accepted.
+    let ready = c.get(proxy.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.text().await.unwrap(), "draining\n");
+    let fresh = reqwest::Client::new()
+        .get(proxy.url("/api/new"))
+        .send()
+        .await;
+    assert!(
+        fresh.is_err(),
+        "a new connection was accepted while draining: {fresh:?}"
+    );
+
+    // The in-flight request completes normally.
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo(r).await["path"], "/api/slow");
+
+    // And the process exits soon after, well before the 20 s grace period.
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    let status = status.unwrap_or_else(|| panic!("still running:\n{}", proxy.logs()));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_also_drains_gracefully() {
+    let up = upstream("up").await;
+    let mut proxy = Sluice::start(&config(&up.to_string(), "")).await;
+    let c = client();
+    let slow = tokio::spawn(c.get(proxy.url("/api?delay_ms=800")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.signal(libc::SIGINT);
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&config(&up.to_string(), "")).await;
+    let c = client();
+    let api_ok = "sluice_requests_total{code=\"200\",route=\"api\"}";
+    assert_eq!(proxy.metric(api_ok).await, None, "no traffic yet");
+    for _ in 0..7 {
+        assert_eq!(
+            c.get(proxy.url("/api/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    for _ in 0..3 {
+        let r = c.get(proxy.url("/api/x?status=503")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    c.get(proxy.url("/elsewhere")).send().await.unwrap();
+    assert_eq!(proxy.metric(api_ok).await, Some(7.0));
+    assert_eq!(
+        proxy
+            .metric("sluice_requests_total{code=\"503\",route=\"api\"}")
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_requests_total{code=\"200\",route=\"other\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_request_duration_seconds_count{route=\"api\"}")
+            .await,
+        Some(10.0)
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "sluice_upstream_requests_total{{endpoint=\"{up}\",result=\"success\",upstream=\"backend\"}}"
+            ))
+            .await,
+        Some(11.0)
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "sluice_upstream_healthy{{endpoint=\"{up}\",upstream=\"backend\"}}"
+            ))
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.metric("sluice_requests_in_flight").await, Some(0.0));
+    assert_eq!(proxy.metric("sluice_config_version").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_serves_ready_config_and_nothing_else() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&config(&up.to_string(), "")).await;
+    let c = client();
+    let r = c.get(proxy.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ready\n");
+
+    let cfg = echo(c.get(proxy.admin_url("/config")).send().await.unwrap()).await;
+    assert_eq!(cfg["version"], 1);
+    assert!(cfg["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(cfg["config"]["routes"][0]["name"], "api");
+    assert_eq!(
+        cfg["config"]["upstreams"]["backend"]["endpoints"][0],
+        up.to_string()
+    );
+    assert_eq!(
+        cfg["config"]["upstreams"]["backend"]["connect_timeout_ms"],
+        5000
+    );
+
+    assert_eq!(
+        c.get(proxy.admin_url("/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.post(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+
+    // The admin API is not reachable through the public listener: /ready there is proxied.
+    let e = echo(c.get(proxy.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(e["path"], "/ready");
+    assert_eq!(e["upstream"], "up");
+}
+
+fn check(yaml: &str) -> (bool, String, String) {
+    let dir = temp_dir("check");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = "listeners: [{ name: public, address: '127.0.0.1:18080' }]\n\
+                    upstreams: { backend: { endpoints: ['127.0.0.1:3000'] } }\n\
+                    routes: [{ name: api, match: { path_prefix: /api }, upstream: backend }]\n";
+
+#[test]
+fn check_accepts_a_good_config() {
+    let (ok, out, err) = check(GOOD);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("OK (1 listener, 1 upstream, 1 route)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_names_the_field_of_each_error() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown field",
+            GOOD.replace("path_prefix", "path_prefixx"),
+            "routes[0].match: unknown field `path_prefixx`",
+        ),
+        (
+            "unknown upstream",
+            GOOD.replace("upstream: backend", "upstream: api"),
+            "routes[0].upstream: no upstream named \"api\"",
+        ),
+        (
+            "bad listener address",
+            GOOD.replace("127.0.0.1:18080", "127.0.0.1"),
+            "listeners[0].address",
+        ),
+        (
+            "empty endpoints",
+            GOOD.replace("['127.0.0.1:3000']", "[]"),
+            "upstreams.backend.endpoints: must list at least one endpoint",
+        ),
+        (
+            "bad endpoint",
+            GOOD.replace("127.0.0.1:3000", "127.0.0.1:70000"),
+            "upstreams.backend.endpoints[0]",
+        ),
+        (
+            "duplicate route",
+            GOOD.replace("routes: [", "routes: [{ name: api, upstream: backend }, "),
+            "routes[1].name: duplicate route name \"api\"",
+        ),
+        (
+            "wrong type",
+            GOOD.replace(
+                "['127.0.0.1:3000']",
+                "['127.0.0.1:3000'], connect_timeout_ms: fast",
+            ),
+            "upstreams.backend.connect_timeout_ms",
+        ),
+        (
+            "path prefix",
+            GOOD.replace("/api", "api"),
+            "routes[0].match.path_prefix",
+        ),
+        (
+            "hash without key",
+            GOOD.replace(
+                "['127.0.0.1:3000']",
+                "['127.0.0.1:3000'], load_balancing: hash",
+            ),
+            "upstreams.backend.hash_on",
+        ),
+        (
+            "bad balancing",
+            GOOD.replace(
+                "['127.0.0.1:3000']",
+                "['127.0.0.1:3000'], load_balancing: fastest",
+            ),
+            "upstreams.backend.load_balancing: unknown variant `fastest`",
+        ),
+        (
+            "admin on a listener",
+            format!("{GOOD}admin: {{ address: '127.0.0.1:18080' }}\n"),
+            "admin.address: 127.0.0.1:18080 is also used by listeners[0]",
+        ),
+        (
+            "missing tls file",
+            GOOD.replace(
+                "'127.0.0.1:18080' }",
+                "'127.0.0.1:18080', tls: { cert: nope.pem, key: nope.key } }",
+            ),
+            "listeners[0].tls.cert: cannot read",
+        ),
+        (
+            "unknown plugin",
+            GOOD.replace(
+                "upstream: backend }",
+                "upstream: backend, plugins: [auth] }",
+            ),
+            "routes[0].plugins[0]: no plugin named \"auth\"",
+        ),
+        (
+            "health check",
+            GOOD.replace(
+                "['127.0.0.1:3000']",
+                "['127.0.0.1:3000'], health_check: { path: /h, interval_ms: 100, timeout_ms: 500 }",
+            ),
+            "upstreams.backend.health_check.timeout_ms: 500 is longer than interval_ms (100)",
+        ),
+        ("yaml syntax", "listeners: [\n".to_string(), "error"),
+    ];
+    for (what, yaml, expected) in cases {
+        let (ok, _, err) = check(yaml);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            err.contains(expected),
+            "{what}: expected {expected:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = Command::new(sluice_bin())
+        .args(["check", "--config", "/nonexistent/sluice.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/sluice.yaml: cannot read the config file"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_an_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = temp_dir("inuse");
+    let path = dir.join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners: [{{ name: public, address: '{addr}' }}]\n\
+             admin: {{ address: '127.0.0.1:{}' }}\n\
+             upstreams: {{ b: {{ endpoints: ['127.0.0.1:1'] }} }}\n\
+             routes: [{{ name: r, upstream: b }}]\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listeners[0].address: cannot listen on {addr}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_echo_upstream_through_the_proxy() {
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let dir = temp_dir("demo");
+    let mut child = spawn_logged(
+        Command::new(sluice_bin()).args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--upstream",
+            &format!("127.0.0.1:{up}"),
+        ]),
+        &dir.join("demo.log"),
+    );
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{admin}/ready"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "demo never ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = c
+        .post(format!("http://127.0.0.1:{listen}/hello"))
+        .body("hi there")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = echo(r).await;
+    assert_eq!(e["upstream"], "demo");
+    assert_eq!(e["body"], "hi there");
+    assert_eq!(echo_header(&e, "x-forwarded-for"), Some("127.0.0.1"));
+    let log = std::fs::read_to_string(dir.join("demo.log")).unwrap();
+    assert!(
+        log.contains("curl -s http://127.0.0.1:"),
+        "demo prints curl commands:\n{log}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_request() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&config(&up.to_string(), "")).await;
+    let c = client();
+    c.get(proxy.url("/api/logged"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = proxy.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("trace-me-42")).collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    for field in [
+        "route=\"api\"",
+        "upstream=\"backend\"",
+        "status=200",
+        "path=/api/logged",
+        "duration_ms=",
+    ] {
+        assert!(lines[0].contains(field), "missing {field}: {}", lines[0]);
+    }
+}

@@ -1,0 +1,457 @@
+//! The proxy end to end: the real `sluice` binary between a real HTTP client and real upstream
+//! servers, all on 127.0.0.1.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::*;
+
+fn one_upstream(endpoints: &str, extra: &str) -> String {
+    format!(
+        "server: {{ threads: 1, grace_period_seconds: 5 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n  backend:\n    endpoints: [{endpoints}]\n{extra}\
+         routes:\n  - {{ name: all, upstream: backend }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_and_404s_otherwise() {
+    let api = upstream("api").await;
+    let web = upstream("web").await;
+    let admin_ep = upstream("admin-ui").await;
+    let proxy = Sluice::start(&format!(
+        "listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n  api: {{ endpoints: ['{api}'] }}\n  web: {{ endpoints: ['{web}'] }}\n  adm: {{ endpoints: ['{admin_ep}'] }}\n\
+         routes:\n\
+         \x20 - {{ name: api, match: {{ host: api.example.com, path_prefix: /v1 }}, upstream: api }}\n\
+         \x20 - {{ name: admin, match: {{ host: '*.internal', methods: [GET] }}, upstream: adm }}\n\
+         \x20 - {{ name: web, match: {{ path_prefix: /site }}, upstream: web }}\n"
+    ))
+    .await;
+    let c = client();
+    let get = |host: &'static str, path: &str| c.get(proxy.url(path)).header("host", host).send();
+    let r = get("api.example.com", "/v1/users").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let e = echo(r).await;
+    assert_eq!(e["upstream"], "api");
+    assert_eq!(e["path"], "/v1/users");
+    assert_eq!(
+        echo_header(&e, "host"),
+        Some("api.example.com"),
+        "Host is preserved"
+    );
+
+    // Host matching ignores case and the port.
+    let r = get("API.Example.com:8080", "/v1").await.unwrap();
+    assert_eq!(echo(r).await["upstream"], "api");
+
+    let r = get("tools.internal", "/anything").await.unwrap();
+    assert_eq!(echo(r).await["upstream"], "admin-ui");
+    // Method condition: POST does not match the admin route and nothing else matches.
+    let r = c
+        .post(proxy.url("/anything"))
+        .header("host", "tools.internal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = get("whatever.com", "/site/index.html").await.unwrap();
+    assert_eq!(echo(r).await["upstream"], "web");
+
+    // Path condition fails for api.example.com/v2 → no route.
+    let r = get("api.example.com", "/v2").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-request-id"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no route matches"), "{body}");
+    assert_eq!(
+        proxy
+            .metric("sluice_requests_total{code=\"404\",route=\"(unmatched)\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_alternates_between_endpoints() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{a}', '{b}'"), "")).await;
+    let c = client();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let e = echo(c.get(proxy.url("/")).send().await.unwrap()).await;
+        seen.push(e["upstream"].as_str().unwrap().to_string());
+    }
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin must alternate: {seen:?}");
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "a").count(), 5, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_hash_balancing() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let c3 = upstream("c").await;
+    let eps = format!("'{a}', '{b}', '{c3}'");
+    let proxy = Sluice::start(&format!(
+        "listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n\
+         \x20 rnd: {{ endpoints: [{eps}], load_balancing: random }}\n\
+         \x20 hsh: {{ endpoints: [{eps}], load_balancing: hash, hash_on: 'header:x-user' }}\n\
+         routes:\n\
+         \x20 - {{ name: rnd, match: {{ path_prefix: /rnd }}, upstream: rnd }}\n\
+         \x20 - {{ name: hsh, match: {{ path_prefix: /hsh }}, upstream: hsh }}\n"
+    ))
+    .await;
+    let c = client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let e = echo(c.get(proxy.url("/rnd")).send().await.unwrap()).await;
+        *counts
+            .entry(e["upstream"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "random reaches every endpoint: {counts:?}");
+
+    let mut by_user: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let e = echo(
+                c.get(proxy.url("/hsh"))
+                    .header("x-user", format!("user-{user}"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let ep = e["upstream"].as_str().unwrap().to_string();
+            if round == 0 {
+                by_user.insert(format!("user-{user}"), ep);
+            } else {
+                assert_eq!(by_user[&format!("user-{user}")], ep, "hash must be sticky");
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<_> = by_user.values().collect();
+    assert!(distinct.len() >= 2, "20 keys should spread: {by_user:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_healthy_endpoint_and_health_checks_take_the_dead_one_out() {
+    let live = upstream("live").await;
+    let dead = format!("127.0.0.1:{}", free_port()); // nothing listens here
+    let proxy = Sluice::start(&one_upstream(
+        &format!("'{live}', '{dead}'"),
+        "    health_check: { path: /health, interval_ms: 200, timeout_ms: 100 }\n",
+    ))
+    .await;
+    let c = client();
+    // No request fails, health check or not: a refused connection is retried on the other
+    // endpoint.
+    for _ in 0..10 {
+        let r = c.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(echo(r).await["upstream"], "live");
+    }
+    // After the check interval, the dead endpoint is marked down and no longer tried at all.
+    let healthy = format!("sluice_upstream_healthy{{endpoint=\"{dead}\",upstream=\"backend\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.metric(&healthy).await != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead endpoint never marked unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = format!(
+        "sluice_upstream_requests_total{{endpoint=\"{dead}\",result=\"connect_error\",upstream=\"backend\"}}"
+    );
+    let before = proxy.metric(&refused).await.unwrap_or(0.0);
+    for _ in 0..10 {
+        let r = c.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        proxy.metric(&refused).await.unwrap_or(0.0),
+        before,
+        "dead endpoint was tried again"
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "sluice_upstream_healthy{{endpoint=\"{live}\",upstream=\"backend\"}}"
+            ))
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_and_timeout_is_504_with_bodies_that_say_so() {
+    let slow = upstream("slow").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = Sluice::start(&format!(
+        "listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n\
+         \x20 down: {{ endpoints: ['{dead}'] }}\n\
+         \x20 slow: {{ endpoints: ['{slow}'], read_timeout_ms: 300 }}\n\
+         routes:\n\
+         \x20 - {{ name: down, match: {{ path_prefix: /down }}, upstream: down }}\n\
+         \x20 - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: slow }}\n"
+    ))
+    .await;
+    let c = client();
+    let r = c.get(proxy.url("/down")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.headers().contains_key("x-request-id"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("upstream \"down\" is unavailable"), "{body}");
+
+    let started = std::time::Instant::now();
+    let r = c
+        .get(proxy.url("/slow?delay_ms=3000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("upstream \"slow\" did not answer in time"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "timed out late"
+    );
+
+    // Within the timeout it is served.
+    let r = c.get(proxy.url("/slow?delay_ms=50")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "sluice_upstream_requests_total{{endpoint=\"{slow}\",result=\"timeout\",upstream=\"slow\"}}"
+            ))
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_request_ids() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;
+    let c = client();
+
+    let r = c.get(proxy.url("/")).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "generated id: {id}");
+    let e = echo(r).await;
+    assert_eq!(echo_header(&e, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(echo_header(&e, "x-forwarded-proto"), Some("http"));
+    assert_eq!(echo_header(&e, "x-request-id"), Some(id.as_str()));
+
+    // A valid client id is kept; the client address is appended to an existing chain.
+    let r = c
+        .get(proxy.url("/"))
+        .header("x-request-id", "client-id-123")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "client-id-123");
+    let e = echo(r).await;
+    assert_eq!(echo_header(&e, "x-request-id"), Some("client-id-123"));
+    assert_eq!(
+        echo_header(&e, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+
+    // An invalid one is replaced.
+    let r = c
+        .get(proxy.url("/"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let e = echo(r).await;
+    let forwarded = echo_header(&e, "x-request-id").unwrap();
+    assert_ne!(forwarded, "bad id with spaces");
+    assert_eq!(forwarded.len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_pass_through_unchanged() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;
+    let c = client();
+
+    // 5 MiB with Content-Length.
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let e = echo(
+        c.post(proxy.url("/upload"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e["body_len"], big.len());
+    assert_eq!(
+        e["body_fnv1a64"],
+        format!("{:016x}", sluice::demo::upstream::fnv1a64(&big))
+    );
+
+    // Chunked, in uneven pieces.
+    let pieces: Vec<Vec<u8>> = (0..50)
+        .map(|i| vec![b'a' + (i % 26) as u8; 1000 + i * 37])
+        .collect();
+    let all: Vec<u8> = pieces.concat();
+    let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    let r = c
+        .post(proxy.url("/chunked"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    let e = echo(r).await;
+    assert_eq!(e["body_len"], all.len());
+    assert_eq!(
+        e["body_fnv1a64"],
+        format!("{:016x}", sluice::demo::upstream::fnv1a64(&all))
+    );
+    assert_eq!(echo_header(&e, "transfer-encoding"), Some("chunked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_pass_through_unchanged() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;
+    let c = client();
+
+    let r = c.get(proxy.url("/?bytes=16384")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 16384);
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == sluice::demo::upstream::pattern_byte(i)));
+
+    // 10 MiB, streamed: checked chunk by chunk as it arrives.
+    let n = 10 * 1024 * 1024;
+    let r = c
+        .get(proxy.url(&format!("/?bytes={n}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let (mut got, mut chunks) = (0usize, 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for (k, b) in chunk.iter().enumerate() {
+            assert_eq!(
+                *b,
+                sluice::demo::upstream::pattern_byte(got + k),
+                "byte {}",
+                got + k
+            );
+        }
+        got += chunk.len();
+        chunks += 1;
+    }
+    assert_eq!(got, n);
+    assert!(chunks > 1, "the body arrived in one piece: not streamed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_to_the_proxy() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = c
+        .post(proxy.url("/h2?x=1"))
+        .body("over h2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let e = echo(r).await;
+    assert_eq!(e["body"], "over h2");
+    assert_eq!(e["path"], "/h2");
+    assert!(
+        echo_header(&e, "host").is_some(),
+        "h2 :authority becomes Host upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_speaks_http1_and_http2() {
+    let up = upstream("up").await;
+    let dir = temp_dir("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let proxy = Sluice::start_in(
+        &format!(
+            "listeners: [{{ name: secure, address: '{{LISTEN}}', tls: {{ cert: cert.pem, key: key.pem }} }}]\n\
+             admin: {{ address: '{{ADMIN}}' }}\n\
+             upstreams: {{ backend: {{ endpoints: ['{up}'] }} }}\n\
+             routes: [{{ name: all, upstream: backend }}]\n"
+        ),
+        dir,
+    )
+    .await;
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let url = format!("https://localhost:{}/secure", proxy.addr.port());
+    for (h2, version) in [
+        (false, reqwest::Version::HTTP_11),
+        (true, reqwest::Version::HTTP_2),
+    ] {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", proxy.addr);
+        if !h2 {
+            b = b.http1_only();
+        }
+        let r = b.build().unwrap().get(&url).send().await.unwrap();
+        assert_eq!(r.version(), version);
+        let e = echo(r).await;
+        assert_eq!(echo_header(&e, "x-forwarded-proto"), Some("https"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;
+    let c = client();
+    let mut conns = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let e = echo(c.get(proxy.url("/")).send().await.unwrap()).await;
+        conns.insert(e["connection"].as_u64().unwrap());
+    }
+    assert_eq!(
+        conns.len(),
+        1,
+        "8 sequential requests should share one upstream connection: {conns:?}"
+    );
+}
