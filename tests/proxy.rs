@@ -292,6 +292,35 @@ async fn forwarding_headers_and_request_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_policy_per_upstream() {
+    let up = upstream("up").await;
+    let proxy = Sluice::start(&format!(
+        "listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n\
+         \x20 keep: {{ endpoints: ['{up}'] }}\n\
+         \x20 ep: {{ endpoints: ['{up}'], host_header: endpoint }}\n\
+         \x20 fixed: {{ endpoints: ['{up}'], host_header: internal.svc }}\n\
+         routes:\n\
+         \x20 - {{ name: ep, match: {{ path_prefix: /ep }}, upstream: ep }}\n\
+         \x20 - {{ name: fixed, match: {{ path_prefix: /fixed }}, upstream: fixed }}\n\
+         \x20 - {{ name: keep, upstream: keep }}\n"
+    ))
+    .await;
+    let c = client();
+    let host_seen = |path: &'static str| {
+        let req = c
+            .get(proxy.url(path))
+            .header("host", "public.example")
+            .send();
+        async move { echo_header(&echo(req.await.unwrap()).await, "host").map(str::to_string) }
+    };
+    assert_eq!(host_seen("/keep").await.as_deref(), Some("public.example"));
+    assert_eq!(host_seen("/ep").await, Some(up.to_string()));
+    assert_eq!(host_seen("/fixed").await.as_deref(), Some("internal.svc"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_pass_through_unchanged() {
     let up = upstream("up").await;
     let proxy = Sluice::start(&one_upstream(&format!("'{up}'"), "")).await;

@@ -20,7 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{Balancing, HashKey};
+use crate::config::{Balancing, HashKey, HostHeader};
 use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
 use crate::router::{request_host, RouteEntry};
 use crate::runtime::{InFlight, Runtime, State};
@@ -315,14 +315,25 @@ impl ProxyHttp for SluiceProxy {
     }
 
     /// Runs before the request header goes upstream (once per attempt, on a fresh copy).
-    /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`. The Host
-    /// header is passed on as the client sent it.
+    /// Appends the client address to `x-forwarded-for`, sets `x-forwarded-proto`, and applies
+    /// the pool's `host_header` policy (by default the Host header is passed on unchanged).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            match &route.pool.host_header {
+                HostHeader::Preserve => {}
+                HostHeader::Fixed(v) => upstream_request.insert_header(http::header::HOST, v)?,
+                HostHeader::Endpoint => {
+                    if let Some(ep) = ctx.endpoint() {
+                        upstream_request.insert_header(http::header::HOST, ep.label.as_str())?;
+                    }
+                }
+            }
+        }
         if let Some(ip) = client_ip(session) {
             let mut prior = upstream_request
                 .headers

@@ -21,8 +21,8 @@ pub use plugin::{LimitsFile, PluginFile};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
 pub use upstream::{
-    Balancing, HashKey, HealthCheck, HealthCheckFile, Upstream, UpstreamFile, UpstreamTls,
-    UpstreamTlsFile,
+    Balancing, HashKey, HealthCheck, HealthCheckFile, HostHeader, Upstream, UpstreamFile,
+    UpstreamTls, UpstreamTlsFile,
 };
 
 /// The whole configuration file, as written.

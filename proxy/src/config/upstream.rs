@@ -32,6 +32,10 @@ pub struct UpstreamFile {
     /// Longest wait for any read from the endpoint, e.g. the response header (default 60000).
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Host header sent upstream: `preserve` (default, as the client sent it), `endpoint`
+    /// (the endpoint's `host:port` as written), or any other value, sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -117,6 +121,19 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Read timeout.
     pub read_timeout: Duration,
+    /// Host header policy.
+    pub host_header: HostHeader,
+}
+
+/// What Host header goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's, unchanged.
+    Preserve,
+    /// The endpoint's `host:port` as written in the config.
+    Endpoint,
+    /// This value.
+    Fixed(http::HeaderValue),
 }
 
 /// Validated upstream TLS settings.
@@ -306,6 +323,20 @@ impl UpstreamFile {
             3_600_000,
             errors,
         );
+        let host_header = match self.host_header.as_deref() {
+            None | Some("preserve") => HostHeader::Preserve,
+            Some("endpoint") => HostHeader::Endpoint,
+            Some(v) => match http::HeaderValue::from_str(v) {
+                Ok(v) if !v.is_empty() => HostHeader::Fixed(v),
+                _ => {
+                    errors.push(ConfigError::invalid(
+                        format!("{field}.host_header"),
+                        format!("{v:?} is not a valid Host header value"),
+                    ));
+                    HostHeader::Preserve
+                }
+            },
+        };
         let tls = self.tls.as_ref().map(|t| UpstreamTls {
             sni: t.sni.clone(),
             verify: t.verify,
@@ -321,6 +352,7 @@ impl UpstreamFile {
             health_check,
             connect_timeout,
             read_timeout,
+            host_header,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Balancing, HealthCheck, Upstream};
+use crate::config::{Balancing, HealthCheck, HostHeader, Upstream};
 use crate::metrics::EndpointMetrics;
 
 /// One endpoint of a pool.
@@ -51,6 +51,8 @@ pub struct Pool {
     next: AtomicUsize,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheck>,
+    /// Host header policy.
+    pub host_header: HostHeader,
 }
 
 /// A set of endpoint indexes already tried by one request.
@@ -121,6 +123,7 @@ impl Pool {
             balancing: u.balancing.clone(),
             next: AtomicUsize::new(0),
             health_check: u.health_check.clone(),
+            host_header: u.host_header.clone(),
         }
     }
 

@@ -1,0 +1,53 @@
+# Sluice: every entry point a user or CI needs. `make demo` and `make test` do all set-up
+# themselves on a fresh Debian machine with rustup (run as root, or with sudo available).
+
+WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
+CARGO ?= cargo
+
+.PHONY: setup demo run test fmt lint wasm unit bench release clean
+
+## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
+setup:
+	@command -v cargo >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/cargo" ] || { \
+		echo "setup: cargo not found; install Rust with rustup first: https://rustup.rs" >&2; exit 1; }
+	@if ! command -v cmake >/dev/null 2>&1; then \
+		echo "setup: installing cmake (needed to build pingora's zlib-ng)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cmake >/dev/null \
+		|| { echo "setup: could not install cmake with apt-get; install it by hand" >&2; exit 1; }; \
+	fi
+	@rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
+	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 \
+		|| { echo "setup: 'rustup target add wasm32-wasip1 wasm32-unknown-unknown' failed; the wasm crates cannot be built" >&2; exit 1; }
+	@echo "setup: ok ($$(rustc --version))"
+
+## demo: run the proxy in front of the built-in demo upstream (prints curl commands to try)
+demo: setup
+	$(CARGO) run -p sluice-proxy --bin sluice -- demo
+
+## test: everything CI runs: format, lints, wasm builds, all tests
+test: setup fmt lint wasm unit
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+wasm:
+	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
+	$(CARGO) build --target wasm32-unknown-unknown -p sluice-abi -p sluice-sdk
+
+unit:
+	$(CARGO) test --workspace
+
+## bench: the benchmark table (see docs/benchmarks.md)
+bench: setup
+	bash bench/run.sh
+
+## release: optimised binary in target/release/sluice
+release: setup
+	$(CARGO) build --release -p sluice-proxy --bin sluice
+
+clean:
+	$(CARGO) clean
