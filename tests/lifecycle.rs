@@ -95,43 +95,27 @@ async fn metrics_move_with_traffic() {
         assert_eq!(r.status(), 503);
     }
     c.get(proxy.url("/elsewhere")).send().await.unwrap();
-    assert_eq!(proxy.metric(api_ok).await, Some(7.0));
-    assert_eq!(
-        proxy
-            .metric("sluice_requests_total{code=\"503\",route=\"api\"}")
-            .await,
-        Some(3.0)
-    );
-    assert_eq!(
-        proxy
-            .metric("sluice_requests_total{code=\"200\",route=\"other\"}")
-            .await,
-        Some(1.0)
-    );
-    assert_eq!(
-        proxy
-            .metric("sluice_request_duration_seconds_count{route=\"api\"}")
-            .await,
-        Some(10.0)
-    );
-    assert_eq!(
-        proxy
-            .metric(&format!(
+    proxy.wait_metric(api_ok, 7.0).await;
+    proxy
+        .wait_metric("sluice_requests_total{code=\"503\",route=\"api\"}", 3.0)
+        .await;
+    proxy
+        .wait_metric("sluice_requests_total{code=\"200\",route=\"other\"}", 1.0)
+        .await;
+    proxy
+        .wait_metric("sluice_request_duration_seconds_count{route=\"api\"}", 10.0)
+        .await;
+    proxy.wait_metric(&format!(
                 "sluice_upstream_requests_total{{endpoint=\"{up}\",result=\"success\",upstream=\"backend\"}}"
-            ))
-            .await,
-        Some(11.0)
-    );
-    assert_eq!(
-        proxy
-            .metric(&format!(
-                "sluice_upstream_healthy{{endpoint=\"{up}\",upstream=\"backend\"}}"
-            ))
-            .await,
-        Some(1.0)
-    );
-    assert_eq!(proxy.metric("sluice_requests_in_flight").await, Some(0.0));
-    assert_eq!(proxy.metric("sluice_config_version").await, Some(1.0));
+            ), 11.0).await;
+    proxy
+        .wait_metric(
+            &format!("sluice_upstream_healthy{{endpoint=\"{up}\",upstream=\"backend\"}}"),
+            1.0,
+        )
+        .await;
+    proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
+    proxy.wait_metric("sluice_config_version", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,12 +71,12 @@ async fn routes_by_host_and_path_and_404s_otherwise() {
     assert!(r.headers().contains_key("x-request-id"));
     let body = r.text().await.unwrap();
     assert!(body.contains("no route matches"), "{body}");
-    assert_eq!(
-        proxy
-            .metric("sluice_requests_total{code=\"404\",route=\"(unmatched)\"}")
-            .await,
-        Some(2.0)
-    );
+    proxy
+        .wait_metric(
+            "sluice_requests_total{code=\"404\",route=\"(unmatched)\"}",
+            2.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,53 +147,71 @@ async fn random_and_hash_balancing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_to_healthy_endpoint_and_health_checks_take_the_dead_one_out() {
+async fn refused_connections_are_retried_on_another_endpoint() {
     let live = upstream("live").await;
     let dead = format!("127.0.0.1:{}", free_port()); // nothing listens here
-    let proxy = Sluice::start(&one_upstream(
-        &format!("'{live}', '{dead}'"),
-        "    health_check: { path: /health, interval_ms: 200, timeout_ms: 100 }\n",
-    ))
-    .await;
+                                                     // No health check: only the retry keeps these requests from failing.
+    let proxy = Sluice::start(&one_upstream(&format!("'{live}', '{dead}'"), "")).await;
     let c = client();
-    // No request fails, health check or not: a refused connection is retried on the other
-    // endpoint.
     for _ in 0..10 {
         let r = c.get(proxy.url("/")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(echo(r).await["upstream"], "live");
     }
-    // After the check interval, the dead endpoint is marked down and no longer tried at all.
-    let healthy = format!("sluice_upstream_healthy{{endpoint=\"{dead}\",upstream=\"backend\"}}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while proxy.metric(&healthy).await != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead endpoint never marked unhealthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let refused = format!(
         "sluice_upstream_requests_total{{endpoint=\"{dead}\",result=\"connect_error\",upstream=\"backend\"}}"
     );
-    let before = proxy.metric(&refused).await.unwrap_or(0.0);
-    for _ in 0..10 {
-        let r = c.get(proxy.url("/")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    assert_eq!(
-        proxy.metric(&refused).await.unwrap_or(0.0),
-        before,
-        "dead endpoint was tried again"
+    // Round robin sends every other request to the dead endpoint first.
+    proxy.wait_metric(&refused, 5.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_a_failing_endpoint_out_and_bring_it_back() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let proxy = Sluice::start(&one_upstream(
+        &format!("'{a}', '{b}'"),
+        "    health_check: { path: /health, interval_ms: 100, timeout_ms: 50 }\n",
+    ))
+    .await;
+    let c = client();
+    let served_by = |n: usize| {
+        let c = c.clone();
+        let url = proxy.url("/");
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let r = c.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                seen.push(echo(r).await["upstream"].as_str().unwrap().to_string());
+            }
+            seen
+        }
+    };
+    assert!(served_by(6).await.contains(&"b".to_string()));
+
+    // b starts failing its health checks (it still answers requests): it is taken out.
+    let r = c
+        .put(format!("http://{b}/health?status=503"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b_healthy = format!("sluice_upstream_healthy{{endpoint=\"{b}\",upstream=\"backend\"}}");
+    proxy.wait_metric(&b_healthy, 0.0).await;
+    let seen = served_by(10).await;
+    assert!(
+        seen.iter().all(|s| s == "a"),
+        "an unhealthy endpoint got traffic: {seen:?}"
     );
-    assert_eq!(
-        proxy
-            .metric(&format!(
-                "sluice_upstream_healthy{{endpoint=\"{live}\",upstream=\"backend\"}}"
-            ))
-            .await,
-        Some(1.0)
-    );
+
+    // It recovers: it is put back.
+    c.put(format!("http://{b}/health?status=200"))
+        .send()
+        .await
+        .unwrap();
+    proxy.wait_metric(&b_healthy, 1.0).await;
+    assert!(served_by(6).await.contains(&"b".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,14 +256,9 @@ async fn upstream_down_is_502_and_timeout_is_504_with_bodies_that_say_so() {
     // Within the timeout it is served.
     let r = c.get(proxy.url("/slow?delay_ms=50")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        proxy
-            .metric(&format!(
+    proxy.wait_metric(&format!(
                 "sluice_upstream_requests_total{{endpoint=\"{slow}\",result=\"timeout\",upstream=\"slow\"}}"
-            ))
-            .await,
-        Some(1.0)
-    );
+            ), 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,11 +279,12 @@ impl ProxyHttp for SluiceProxy {
             }
             _ => None,
         };
-        let Some(idx) = pool.select(key, ctx.tried) else {
-            return Error::e_explain(
+        let Some(idx) = pool.select(key, ctx.tried, ctx.endpoint) else {
+            return Err(Error::explain(
                 ErrorType::ConnectError,
                 format!("upstream {:?}: every endpoint was tried", pool.name),
-            );
+            )
+            .into_up());
         };
         ctx.tried.insert(idx);
         ctx.endpoint = Some(idx);

@@ -161,6 +161,24 @@ impl Sluice {
         }
     }
 
+    /// Waits (5 s at most) until the metric sample `prefix` has the value `want`, and fails the
+    /// test with the last value seen otherwise. Request metrics are recorded just after the
+    /// response is sent, so a check right after a request must wait for them.
+    pub async fn wait_metric(&self, prefix: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.metric(prefix).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix}: want {want}, have {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The value of a metric sample whose line starts with `prefix` (name and labels).
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
         let text = client()

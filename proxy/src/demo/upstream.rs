@@ -7,12 +7,13 @@
 //! - `delay_ms=N`: wait N ms before answering;
 //! - `bytes=N`: instead of JSON, stream N bytes (`0123456789abcdef…`) in 64 KiB chunks.
 //!
-//! `GET /health` answers `200 ok`.
+//! `GET /health` answers `200 ok`, or the status last set with `PUT /health?status=N` (to see
+//! the proxy's health checks take an endpoint out and bring it back).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ pub fn pattern_byte(i: usize) -> u8 {
 pub async fn serve(listener: tokio::net::TcpListener, name: &str) {
     let name: Arc<str> = name.into();
     let conns = Arc::new(AtomicU64::new(0));
+    let health = Arc::new(AtomicU16::new(200));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -60,10 +62,12 @@ pub async fn serve(listener: tokio::net::TcpListener, name: &str) {
         let _ = stream.set_nodelay(true);
         let conn = conns.fetch_add(1, Ordering::Relaxed) + 1;
         let name = name.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(answer(req, &name, conn, peer).await) }
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(answer(req, &name, conn, peer, &health).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -82,9 +86,30 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .expect("valid response")
 }
 
-async fn answer(req: Request<Incoming>, name: &str, conn: u64, peer: SocketAddr) -> Response<Body> {
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    conn: u64,
+    peer: SocketAddr,
+    health: &AtomicU16,
+) -> Response<Body> {
     if req.uri().path() == "/health" {
-        return full(StatusCode::OK, "text/plain", "ok\n");
+        if req.method() == http::Method::PUT {
+            let wanted = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("status="))
+                .and_then(|s| StatusCode::from_bytes(s.as_bytes()).ok());
+            return match wanted {
+                Some(s) => {
+                    health.store(s.as_u16(), Ordering::Relaxed);
+                    full(StatusCode::OK, "text/plain", format!("health is now {s}\n"))
+                }
+                None => full(StatusCode::BAD_REQUEST, "text/plain", "use ?status=N\n"),
+            };
+        }
+        let status = StatusCode::from_u16(health.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
+        return full(status, "text/plain", "ok\n");
     }
     let query: BTreeMap<String, String> = req
         .uri()

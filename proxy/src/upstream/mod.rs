@@ -134,19 +134,28 @@ impl Pool {
 
     /// Picks an endpoint not in `tried`, preferring healthy ones. When every untried endpoint is
     /// unhealthy it still picks one of them: better a likely failure than a certain one.
-    /// `key` is the hash key for `hash` balancing (`None` falls back to round robin).
-    pub fn select(&self, key: Option<&[u8]>, tried: Tried) -> Option<usize> {
+    /// `key` is the hash key for `hash` balancing (`None` falls back to round robin). `last` is
+    /// the endpoint of the previous attempt of the same request: a retry moves on from it
+    /// without taking a turn from the round-robin rotation of other requests.
+    pub fn select(&self, key: Option<&[u8]>, tried: Tried, last: Option<usize>) -> Option<usize> {
         let n = self.endpoints.len();
         if tried.len() >= n {
             return None;
         }
+        let start = match (&self.balancing, last) {
+            (Balancing::Hash(_), _) if key.is_some() => 0,
+            (_, Some(last)) => last + 1,
+            (Balancing::Random, None) => fastrand::usize(..n),
+            (_, None) => self.next.fetch_add(1, Ordering::Relaxed),
+        } % n;
         for healthy_only in [true, false] {
             let ok =
                 |i: usize| !tried.contains(i) && (!healthy_only || self.endpoints[i].is_healthy());
-            let pick = match (&self.balancing, key) {
-                (Balancing::Hash(_), Some(key)) => balancer::rendezvous(key, n, ok),
-                (Balancing::Random, _) => balancer::scan_from(fastrand::usize(..n), n, ok),
-                _ => balancer::scan_from(self.next.fetch_add(1, Ordering::Relaxed) % n, n, ok),
+            let pick = match key {
+                Some(key) if matches!(self.balancing, Balancing::Hash(_)) => {
+                    balancer::rendezvous(key, n, ok)
+                }
+                _ => balancer::scan_from(start, n, ok),
             };
             if pick.is_some() {
                 return pick;
