@@ -115,11 +115,15 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n")
             }
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::metrics().render(),
-        ),
+        "/metrics" => {
+            let m = crate::metrics::metrics();
+            m.in_flight.set(state.in_flight() as i64);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                m.render(),
+            )
+        }
         _ => {
             let rt = state.current();
             let body = serde_json::json!({

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! request_filter ─▶ upstream_peer ─▶ upstream_request_filter ─▶ upstream_response_filter
-//!   (route, id)      (pick endpoint;     (x-forwarded-*)            (count success)
+//!   (route, id)      (pick endpoint;     (x-request-id,             (count success)
+//!                     again on retry)     x-forwarded-*, Host)
 //!                     again on retry)
-//!                                      response_filter ─▶ logging (metrics, access log)
+//!                                                          ─▶ logging (metrics, access log)
 //! fail_to_connect: count, retry on another endpoint · fail_to_proxy: 502/504 with a reason
 //! ```
 
@@ -29,6 +30,9 @@ use crate::upstream::{Endpoint, Tried};
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The proxy of one listener.
 pub struct SluiceProxy {
@@ -60,7 +64,8 @@ pub struct RequestCtx {
     tried: Tried,
     /// Whether the current attempt's outcome is not yet counted.
     attempt_open: bool,
-    request_id: Option<HeaderValue>,
+    /// The id Sluice made for this request, when the client sent no valid one.
+    new_id: Option<RequestId>,
     start: Instant,
     _in_flight: InFlight,
 }
@@ -72,6 +77,18 @@ impl RequestCtx {
 
     fn endpoint(&self) -> Option<&Endpoint> {
         self.route()?.pool.endpoints.get(self.endpoint?)
+    }
+
+    /// The request's id: the client's if valid, else the one Sluice made.
+    fn request_id<'a>(&'a self, session: &'a Session) -> Option<&'a str> {
+        match &self.new_id {
+            Some(id) => Some(id.as_str()),
+            None => session
+                .req_header()
+                .headers
+                .get(X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+        }
     }
 
     /// Counts the outcome of the current upstream attempt, once.
@@ -92,34 +109,44 @@ fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A new random request id: 32 hex digits.
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let r = fastrand::u128(..);
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = HEX[((r >> (i * 4)) & 0xf) as usize];
+/// A request id made by Sluice: 32 random hex digits, kept inline (no allocation).
+#[derive(Clone, Copy)]
+struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn new() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let r = fastrand::u128(..);
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = HEX[((r >> (i * 4)) & 0xf) as usize];
+        }
+        RequestId(out)
     }
-    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
 /// Writes a small local text response.
-async fn respond(
-    session: &mut Session,
-    code: u16,
-    body: String,
-    request_id: Option<&HeaderValue>,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(code, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    if let Some(id) = request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
+async fn respond(session: &mut Session, ctx: &RequestCtx, code: u16, body: String) -> Result<()> {
+    let resp = local_response_header(ctx.request_id(session), code, body.len())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await
+}
+
+/// The header of a response Sluice makes itself: text, with the request's id.
+fn local_response_header(id: Option<&str>, code: u16, len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, TEXT_PLAIN)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    if let Some(id) = id {
+        resp.insert_header(X_REQUEST_ID, id.to_string())?;
+    }
+    Ok(resp)
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -212,7 +239,7 @@ impl ProxyHttp for SluiceProxy {
             endpoint: None,
             tried: Tried::default(),
             attempt_open: false,
-            request_id: None,
+            new_id: None,
             start: Instant::now(),
             _in_flight: self.state.enter(),
         }
@@ -220,23 +247,19 @@ impl ProxyHttp for SluiceProxy {
 
     /// Runs first for every request, before anything is sent upstream.
     ///
-    /// Takes the current config snapshot (kept to the end of the request), assigns the request
-    /// id (a valid `x-request-id` from the client is kept, else a new one replaces it) and
+    /// Takes the current config snapshot (kept to the end of the request), decides the request
+    /// id (a valid `x-request-id` from the client is kept, else a new one will replace it) and
     /// matches the route. No match: answers 404 itself and returns `Ok(true)` (done).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.state.current();
-        let id = match session.req_header().headers.get(X_REQUEST_ID) {
-            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => {
-                let id = new_request_id();
-                session
-                    .req_header_mut()
-                    .insert_header(X_REQUEST_ID, id.clone())?;
-                id
-            }
-        };
-        ctx.request_id = Some(id);
         let req = session.req_header();
+        let keep = req
+            .headers
+            .get(X_REQUEST_ID)
+            .is_some_and(|v| valid_request_id(v.as_bytes()));
+        if !keep {
+            ctx.new_id = Some(RequestId::new());
+        }
         ctx.route = runtime
             .router
             .find(request_host(req), req.uri.path(), &req.method);
@@ -244,9 +267,9 @@ impl ProxyHttp for SluiceProxy {
         if ctx.route.is_none() {
             respond(
                 session,
+                ctx,
                 404,
                 "404 Not Found: no route matches this request\n".into(),
-                ctx.request_id.as_ref(),
             )
             .await?;
             return Ok(true);
@@ -315,25 +338,22 @@ impl ProxyHttp for SluiceProxy {
         e
     }
 
-    /// Runs before the request header goes upstream (once per attempt, on a fresh copy).
-    /// Appends the client address to `x-forwarded-for`, sets `x-forwarded-proto`, and applies
-    /// the pool's `host_header` policy (by default the Host header is passed on unchanged).
+    /// Runs before the request header goes upstream (once per attempt, on a fresh copy of the
+    /// client's request). Sets `x-request-id` if Sluice made the id, appends the client address
+    /// to `x-forwarded-for`, sets `x-forwarded-proto`, and applies the pool's `host_header`
+    /// policy (by default the Host header is passed on unchanged).
+    ///
+    /// These headers go on the copy rather than on the client's request: the copy is cloned
+    /// from it for each attempt, and headers added before the clone cost more to clone than to
+    /// add here.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route() {
-            match &route.pool.host_header {
-                HostHeader::Preserve => {}
-                HostHeader::Fixed(v) => upstream_request.insert_header(http::header::HOST, v)?,
-                HostHeader::Endpoint => {
-                    if let Some(ep) = ctx.endpoint() {
-                        upstream_request.insert_header(http::header::HOST, ep.label.as_str())?;
-                    }
-                }
-            }
+        if let Some(id) = &ctx.new_id {
+            upstream_request.insert_header(X_REQUEST_ID, id.as_str().to_string())?;
         }
         if let Some(ip) = client_ip(session) {
             let mut prior = upstream_request
@@ -352,8 +372,18 @@ impl ProxyHttp for SluiceProxy {
             };
             upstream_request.insert_header(X_FORWARDED_FOR, value)?;
         }
-        upstream_request
-            .insert_header(X_FORWARDED_PROTO, if self.tls { "https" } else { "http" })?;
+        upstream_request.insert_header(X_FORWARDED_PROTO, if self.tls { HTTPS } else { HTTP })?;
+        if let Some(route) = ctx.route() {
+            match &route.pool.host_header {
+                HostHeader::Preserve => {}
+                HostHeader::Fixed(v) => upstream_request.insert_header(http::header::HOST, v)?,
+                HostHeader::Endpoint => {
+                    if let Some(ep) = ctx.endpoint() {
+                        upstream_request.insert_header(http::header::HOST, ep.label.as_str())?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -366,22 +396,6 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<()> {
         if !upstream_response.status.is_informational() {
             ctx.close_attempt(UpstreamResult::Success);
-        }
-        Ok(())
-    }
-
-    /// Runs before the response header goes to the client: adds `x-request-id` unless the
-    /// upstream set one.
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(id) = &ctx.request_id {
-            if !upstream_response.headers.contains_key(X_REQUEST_ID) {
-                upstream_response.insert_header(X_REQUEST_ID, id.clone())?;
-            }
         }
         Ok(())
     }
@@ -405,13 +419,11 @@ impl ProxyHttp for SluiceProxy {
         let upstream = ctx.route().map_or("", |r| r.pool.name.as_str());
         let (code, body) = failure_response(e, upstream);
         if code > 0 {
-            let mut resp = ResponseHeader::build(code, Some(4)).expect("valid status");
-            let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
-            if let Some(id) = &ctx.request_id {
-                let _ = resp.insert_header(X_REQUEST_ID, id.clone());
-            }
-            if let Err(err) = session.write_error_response(resp, Bytes::from(body)).await {
+            let sent = match local_response_header(ctx.request_id(session), code, body.len()) {
+                Ok(resp) => session.write_error_response(resp, Bytes::from(body)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(err) = sent {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }
@@ -454,7 +466,7 @@ impl ProxyHttp for SluiceProxy {
                 status,
                 duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 attempts = ctx.tried.len(),
-                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                request_id = ctx.request_id(session).unwrap_or(""),
                 client = %client_ip(session).map_or_else(String::new, |ip| ip.to_string()),
                 error = e.map_or_else(String::new, |e| e.etype().as_str().to_string()),
                 "request"
@@ -473,10 +485,10 @@ mod tests {
         assert!(!valid_request_id(b""));
         assert!(!valid_request_id(b"has space"));
         assert!(!valid_request_id(&[b'a'; 129]));
-        let a = new_request_id();
-        assert_eq!(a.len(), 32);
-        assert!(valid_request_id(a.as_bytes()));
-        assert_ne!(a, new_request_id());
+        let a = RequestId::new();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(valid_request_id(a.as_str().as_bytes()));
+        assert_ne!(a.as_str(), RequestId::new().as_str());
     }
 
     #[test]

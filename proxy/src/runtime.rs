@@ -111,7 +111,6 @@ impl State {
     /// Counts a request in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        crate::metrics::metrics().in_flight.inc();
         InFlight(self.clone())
     }
 }
@@ -122,6 +121,5 @@ pub struct InFlight(Arc<State>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::metrics().in_flight.dec();
     }
 }

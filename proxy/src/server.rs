@@ -2,7 +2,7 @@
 //! services for the admin API, health checks, readiness and (for `sluice demo`) the demo
 //! upstream. Also the shutdown sequence.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,9 +191,14 @@ impl BackgroundService for Readiness {
             })
             .collect();
         loop {
-            let all_up = targets
-                .iter()
-                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            let mut all_up = true;
+            for a in &targets {
+                let probe = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    tokio::net::TcpStream::connect(a),
+                );
+                all_up &= matches!(probe.await, Ok(Ok(_)));
+            }
             if all_up {
                 self.state.set_ready();
                 tracing::info!("all listeners accept connections");
