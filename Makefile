@@ -3,6 +3,7 @@
 
 WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
 CARGO ?= cargo
+SHELL := bash
 
 .PHONY: setup demo run test fmt lint wasm unit bench release clean
 
@@ -38,8 +39,12 @@ wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
 	$(CARGO) build --target wasm32-unknown-unknown -p sluice-abi -p sluice-sdk
 
+# Runs every test, then prints one line totalling all of cargo's `test result:` lines.
 unit:
-	$(CARGO) test --workspace
+	@mkdir -p target; set -o pipefail; \
+	$(CARGO) test --workspace 2>&1 | tee target/test-output.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
+	exit $$status
 
 ## bench: the benchmark table (see docs/benchmarks.md)
 bench: setup

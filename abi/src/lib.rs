@@ -1,10 +1,20 @@
 //! Proxy-Wasm ABI v0.2.1 types shared by the Sluice host and the guest SDK.
 //!
 //! `no_std`, no `unsafe`, no policy: the numbers of the ABI as Rust enums with checked
-//! conversions from the raw `u32`s that cross the boundary.
+//! conversions from the raw `u32`s that cross the boundary, the header-map codec ([`map`]),
+//! the property-path codec ([`path`]) and the import/export names ([`names`]).
+//!
+//! The `alloc` feature (on by default) adds the functions that return vectors.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+#[cfg(any(feature = "alloc", test))]
+extern crate alloc;
+
+pub mod map;
+pub mod names;
+pub mod path;
 
 /// Defines a `#[repr(u32)]` enum with a checked `TryFrom<u32>`.
 macro_rules! abi_enum {
@@ -172,6 +182,18 @@ abi_enum!(
         Gauge = 1,
         /// Histogram.
         Histogram = 2,
+    }
+);
+
+abi_enum!(
+    /// Which side closed a connection.
+    PeerType {
+        /// Not known.
+        Unknown = 0,
+        /// This side (the proxy).
+        Local = 1,
+        /// The other side.
+        Remote = 2,
     }
 );
 
