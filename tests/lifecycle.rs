@@ -298,6 +298,22 @@ fn check_names_the_field_of_each_error() {
 }
 
 #[test]
+fn the_example_config_in_deploy_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sluice.example.yaml");
+    let out = Command::new(sluice_bin())
+        .args(["check", "--config", path])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("OK (1 listener, 3 upstreams, 3 routes)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let out = Command::new(sluice_bin())
         .args(["check", "--config", "/nonexistent/sluice.yaml"])
