@@ -405,6 +405,13 @@ events {
 EOF
 }
 
+# The lines both nginx configs start their http block with.
+nginx_http_common() {
+    printf '    access_log off;\n'
+    nginx_temp_paths "$1"
+    printf '    keepalive_timeout 75s;\n    keepalive_requests 1000000;\n'
+}
+
 # --- upstream ---------------------------------------------------------------
 UPSTREAM_KIND=""
 if [[ -n "$NGINX" ]]; then
@@ -414,10 +421,7 @@ if [[ -n "$NGINX" ]]; then
         nginx_common "$dir"
         cat <<EOF
 http {
-    access_log off;
-$(nginx_temp_paths "$dir")
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
+$(nginx_http_common "$dir")
     server {
         listen 127.0.0.1:$UP_PORT backlog=4096;
         location / {
@@ -462,10 +466,7 @@ if [[ -n "$NGINX" ]]; then
         nginx_common "$dir"
         cat <<EOF
 http {
-    access_log off;
-$(nginx_temp_paths "$dir")
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
+$(nginx_http_common "$dir")
     upstream backend {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;

@@ -462,20 +462,9 @@ async fn http2_cleartext_to_the_proxy() {
 async fn tls_listener_speaks_http1_and_http2() {
     let up = upstream("up").await;
     let dir = temp_dir("tls");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
-    let proxy = Sluice::start_in(
-        &format!(
-            "listeners: [{{ name: secure, address: '{{LISTEN}}', tls: {{ cert: cert.pem, key: key.pem }} }}]\n\
-             admin: {{ address: '{{ADMIN}}' }}\n\
-             upstreams: {{ backend: {{ endpoints: ['{up}'] }} }}\n\
-             routes: [{{ name: all, upstream: backend }}]\n"
-        ),
-        dir,
-    )
-    .await;
-    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let pem = write_self_signed(&dir, "localhost");
+    let proxy = Sluice::start_in(&tls_listener_config(up), dir).await;
+    let root = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
     let url = format!("https://localhost:{}/secure", proxy.addr.port());
     for (h2, version) in [
         (false, reqwest::Version::HTTP_11),
@@ -499,19 +488,8 @@ async fn upstream_tls_with_and_without_certificate_verification() {
     // The TLS upstream is a second sluice terminating TLS in front of a demo upstream.
     let up = upstream("behind-tls").await;
     let dir = temp_dir("tls-upstream");
-    let cert = rcgen::generate_simple_self_signed(vec!["backend.test".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
-    let tls_front = Sluice::start_in(
-        &format!(
-            "listeners: [{{ name: tls, address: '{{LISTEN}}', tls: {{ cert: cert.pem, key: key.pem }} }}]\n\
-             admin: {{ address: '{{ADMIN}}' }}\n\
-             upstreams: {{ b: {{ endpoints: ['{up}'] }} }}\n\
-             routes: [{{ name: all, upstream: b }}]\n"
-        ),
-        dir,
-    )
-    .await;
+    write_self_signed(&dir, "backend.test");
+    let tls_front = Sluice::start_in(&tls_listener_config(up), dir).await;
     let tls_addr = tls_front.addr;
     let proxy = Sluice::start(&format!(
         "listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\

@@ -45,6 +45,26 @@ pub async fn upstream(name: &str) -> SocketAddr {
     addr
 }
 
+/// Writes a self-signed certificate for `host` to `dir/cert.pem` and its key to `dir/key.pem`;
+/// returns the certificate PEM (to trust it in a client).
+pub fn write_self_signed(dir: &Path, host: &str) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    cert.cert.pem()
+}
+
+/// Config of a sluice with one TLS listener (cert.pem/key.pem beside the config) proxying
+/// everything to `upstream`.
+pub fn tls_listener_config(upstream: SocketAddr) -> String {
+    format!(
+        "listeners: [{{ name: tls, address: '{{LISTEN}}', tls: {{ cert: cert.pem, key: key.pem }} }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams: {{ backend: {{ endpoints: ['{upstream}'] }} }}\n\
+         routes: [{{ name: all, upstream: backend }}]\n"
+    )
+}
+
 /// A running `sluice run` process, killed when dropped.
 pub struct Sluice {
     child: Option<Child>,
