@@ -8,7 +8,7 @@
 //! - Compiled modules are kept in memory by the sha256 of their bytes (two plugins with the
 //!   same binary, or a reload that keeps it, compile once), and on disk through wasmtime's
 //!   own compiled-code cache, so a restart does not recompile. Loading native code from disk
-//!   is done by wasmtime, which checks its own headers and version; the host has no `unsafe`.
+//!   is done by wasmtime, which checks its own headers and version, not by host code.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
