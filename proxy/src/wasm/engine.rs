@@ -253,32 +253,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn fuel_stops_an_endless_loop() {
+    /// Runs the endless loop with this fuel and deadline; returns the trap that ended it.
+    fn spin_until_trapped(fuel: u64, deadline_ticks: u64) -> Trap {
         let e = WasmEngine::new(&small()).unwrap();
         let (mut store, inst) = instance(&e, 1 << 20);
+        store.set_fuel(fuel).unwrap();
+        store.set_epoch_deadline(deadline_ticks);
         let spin = inst.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
         let err = spin.call(&mut store, ()).unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<Trap>(),
-            Some(&Trap::OutOfFuel),
-            "{err:?}"
-        );
+        *err.downcast_ref::<Trap>()
+            .unwrap_or_else(|| panic!("not a trap: {err:?}"))
+    }
+
+    #[test]
+    fn fuel_stops_an_endless_loop() {
+        assert_eq!(spin_until_trapped(1_000_000, 10_000), Trap::OutOfFuel);
     }
 
     #[test]
     fn the_epoch_deadline_stops_an_endless_loop() {
-        let e = WasmEngine::new(&small()).unwrap();
-        let (mut store, inst) = instance(&e, 1 << 20);
-        store.set_fuel(u64::MAX).unwrap();
-        store.set_epoch_deadline(5); // 5 ticks
-        let spin = inst.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
-        let err = spin.call(&mut store, ()).unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<Trap>(),
-            Some(&Trap::Interrupt),
-            "{err:?}"
-        );
+        assert_eq!(spin_until_trapped(u64::MAX, 5), Trap::Interrupt);
     }
 
     #[test]
