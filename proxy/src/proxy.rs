@@ -91,6 +91,15 @@ impl RequestCtx {
         }
     }
 
+    /// Counts the current attempt as ended by `e`: a timeout, else `otherwise`.
+    fn close_attempt_by(&mut self, e: &Error, otherwise: UpstreamResult) {
+        self.close_attempt(if is_timeout(e.etype()) {
+            UpstreamResult::Timeout
+        } else {
+            otherwise
+        });
+    }
+
     /// Counts the outcome of the current upstream attempt, once.
     fn close_attempt(&mut self, result: UpstreamResult) {
         if std::mem::take(&mut self.attempt_open) {
@@ -325,11 +334,7 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.close_attempt(if is_timeout(e.etype()) {
-            UpstreamResult::Timeout
-        } else {
-            UpstreamResult::ConnectError
-        });
+        ctx.close_attempt_by(&e, UpstreamResult::ConnectError);
         if let Some(route) = ctx.route() {
             if ctx.tried.len() < route.pool.endpoints.len() {
                 e.set_retry(true);
@@ -409,13 +414,6 @@ impl ProxyHttp for SluiceProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if e.esource() == &ErrorSource::Upstream {
-            ctx.close_attempt(if is_timeout(e.etype()) {
-                UpstreamResult::Timeout
-            } else {
-                UpstreamResult::Error
-            });
-        }
         let upstream = ctx.route().map_or("", |r| r.pool.name.as_str());
         let (code, body) = failure_response(e, upstream);
         if code > 0 {
@@ -433,16 +431,13 @@ impl ProxyHttp for SluiceProxy {
         }
     }
 
-    /// Runs last for every request, whatever happened: records metrics and writes the access
-    /// log line.
+    /// Runs last for every request, whatever happened (also after `fail_to_proxy`): counts an
+    /// upstream attempt that the final error ended, records metrics and writes the access log
+    /// line.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(e) = e {
             if e.esource() == &ErrorSource::Upstream {
-                ctx.close_attempt(if is_timeout(e.etype()) {
-                    UpstreamResult::Timeout
-                } else {
-                    UpstreamResult::Error
-                });
+                ctx.close_attempt_by(e, UpstreamResult::Error);
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

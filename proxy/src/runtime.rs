@@ -1,10 +1,10 @@
 //! The `Runtime` snapshot: everything a request needs, immutable, built once per config.
 //!
-//! Requests load the current snapshot once, at their start, and keep it to their end. A new
-//! config builds a new `Runtime` off the request path and swaps it in; requests in flight finish
-//! on the one they began with.
+//! Requests load the current snapshot once, at their start, and keep it to their end, so that a
+//! reload (still to come) can build a new `Runtime` off the request path and swap it in while
+//! requests in flight finish on the one they began with.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,7 +16,7 @@ use crate::upstream::Pool;
 
 /// One immutable configuration, ready to serve.
 pub struct Runtime {
-    /// 1 for the first config of the process, +1 for each one swapped in.
+    /// 1 for the first config of the process (reloads, still to come, will count up).
     pub version: u64,
     /// When it was built.
     pub loaded_at: SystemTime,
@@ -50,7 +50,6 @@ impl Runtime {
 /// Process-wide state shared by the proxy, the admin API and background tasks.
 pub struct State {
     current: ArcSwap<Runtime>,
-    versions: AtomicU64,
     ready: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -62,7 +61,6 @@ impl State {
         crate::metrics::metrics().config_version.set(1);
         Arc::new(State {
             current: ArcSwap::from_pointee(Runtime::build(config, 1)),
-            versions: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -72,15 +70,6 @@ impl State {
     /// The snapshot new requests use.
     pub fn current(&self) -> Arc<Runtime> {
         self.current.load_full()
-    }
-
-    /// Builds a runtime for `config` and makes it current; returns its version.
-    pub fn swap(&self, config: Config) -> Arc<Runtime> {
-        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let rt = Arc::new(Runtime::build(config, version));
-        self.current.store(rt.clone());
-        crate::metrics::metrics().config_version.set(version as i64);
-        rt
     }
 
     /// Whether every listener accepts connections.

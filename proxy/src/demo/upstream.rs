@@ -23,22 +23,10 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::hash::{fnv1a64_update, FNV1A64_START};
+
 const CHUNK: usize = 64 * 1024;
 const MAX_ECHO_BODY: usize = 64 * 1024;
-
-/// FNV-1a 64 of `bytes`, the checksum the echo reports for bodies.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    fnv1a64_update(0xcbf2_9ce4_8422_2325, bytes)
-}
-
-/// Continues an FNV-1a 64 checksum.
-pub fn fnv1a64_update(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 /// Byte `i` of a `bytes=N` response.
 pub fn pattern_byte(i: usize) -> u8 {
@@ -137,7 +125,7 @@ async fn answer(
 
     // Read the body as it streams in, keeping only its length, checksum and a prefix.
     let mut body = req.into_body();
-    let (mut len, mut sum, mut kept) = (0usize, 0xcbf2_9ce4_8422_2325u64, Vec::new());
+    let (mut len, mut sum, mut kept) = (0usize, FNV1A64_START, Vec::new());
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };
         if let Ok(data) = frame.into_data() {

@@ -8,19 +8,10 @@ pub(super) fn scan_from(start: usize, n: usize, ok: impl Fn(usize) -> bool) -> O
 /// Rendezvous (highest random weight) hashing: the eligible index with the highest score for
 /// `key`. Removing an endpoint only moves the keys that were on it.
 pub(super) fn rendezvous(key: &[u8], n: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
-    let h = fnv1a(key);
+    let h = crate::hash::fnv1a64(key);
     (0..n)
         .filter(|&i| ok(i))
         .max_by_key(|&i| mix(h ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// splitmix64's finaliser: spreads the bits so neighbouring indexes score independently.
