@@ -405,23 +405,25 @@ events {
 EOF
 }
 
-# The lines both nginx configs start their http block with.
-nginx_http_common() {
-    printf '    access_log off;\n'
-    nginx_temp_paths "$1"
-    printf '    keepalive_timeout 75s;\n    keepalive_requests 1000000;\n'
+# Writes $WORK/nginx-NAME/nginx.conf: the shared preamble and http settings, then the
+# http-block body given on stdin. Sets $dir to that folder.
+write_nginx_conf() {
+    dir="$WORK/nginx-$1"
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        printf 'http {\n    access_log off;\n'
+        nginx_temp_paths "$dir"
+        printf '    keepalive_timeout 75s;\n    keepalive_requests 1000000;\n'
+        cat
+        printf '}\n'
+    } >"$dir/nginx.conf"
 }
 
 # --- upstream ---------------------------------------------------------------
 UPSTREAM_KIND=""
 if [[ -n "$NGINX" ]]; then
-    dir="$WORK/nginx-upstream"
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        cat <<EOF
-http {
-$(nginx_http_common "$dir")
+    write_nginx_conf upstream <<EOF
     server {
         listen 127.0.0.1:$UP_PORT backlog=4096;
         location / {
@@ -429,9 +431,7 @@ $(nginx_http_common "$dir")
             return 200 "hello from upstream\n";
         }
     }
-}
 EOF
-    } >"$dir/nginx.conf"
     start_nginx upstream "$dir"
     if wait_http "upstream nginx" "${PID[upstream]}" "http://127.0.0.1:$UP_PORT/" "$dir/error.log"; then
         UPSTREAM_KIND="nginx (1 worker, return 200)"
@@ -460,13 +460,7 @@ log "upstream: $UPSTREAM_KIND on 127.0.0.1:$UP_PORT"
 
 # --- nginx reverse proxy ----------------------------------------------------
 if [[ -n "$NGINX" ]]; then
-    dir="$WORK/nginx-proxy"
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        cat <<EOF
-http {
-$(nginx_http_common "$dir")
+    write_nginx_conf proxy <<EOF
     upstream backend {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;
@@ -481,9 +475,7 @@ $(nginx_http_common "$dir")
             proxy_set_header Connection "";
         }
     }
-}
 EOF
-    } >"$dir/nginx.conf"
     start_nginx nginx "$dir"
     if wait_http "nginx proxy" "${PID[nginx]}" "http://127.0.0.1:$NGINX_PORT/" "$dir/error.log"; then
         LABEL[nginx]="nginx proxy"
