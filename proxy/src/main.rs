@@ -101,15 +101,29 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(c) => {
-                println!(
-                    "{}: OK ({} listener{}, {} upstream{}, {} route{})",
-                    config.display(),
+                let summary = (
                     c.listeners.len(),
-                    if c.listeners.len() == 1 { "" } else { "s" },
                     c.upstreams.len(),
-                    if c.upstreams.len() == 1 { "" } else { "s" },
                     c.routes.len(),
-                    if c.routes.len() == 1 { "" } else { "s" },
+                    c.plugins.len(),
+                );
+                // Load every plugin for real: compile, start its VM, on_vm_start, on_configure.
+                if let Err(e) = sluice::runtime::Runtime::build(c, 1, 1) {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
+                let (l, u, r, p) = summary;
+                println!(
+                    "{}: OK ({} listener{}, {} upstream{}, {} route{}, {} plugin{})",
+                    config.display(),
+                    l,
+                    if l == 1 { "" } else { "s" },
+                    u,
+                    if u == 1 { "" } else { "s" },
+                    r,
+                    if r == 1 { "" } else { "s" },
+                    p,
+                    if p == 1 { "" } else { "s" },
                 );
                 ExitCode::SUCCESS
             }

@@ -29,6 +29,20 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `sluice_config_version`.
     pub config_version: IntGauge,
+    /// `sluice_plugin_calls_total{plugin,phase}`.
+    pub plugin_calls: IntCounterVec,
+    /// `sluice_plugin_call_duration_seconds{plugin,phase}`.
+    pub plugin_call_duration: HistogramVec,
+    /// `sluice_plugin_errors_total{plugin,phase,kind}`.
+    pub plugin_errors: IntCounterVec,
+    /// `sluice_plugin_vms{plugin}`.
+    pub plugin_vms: IntGaugeVec,
+    /// `sluice_plugin_memory_bytes{plugin}`.
+    pub plugin_memory: IntGaugeVec,
+    /// `sluice_plugin_refused_writes_total{plugin}`.
+    pub plugin_refused_writes: IntCounterVec,
+    /// `sluice_plugin_contexts{plugin}`: stream contexts alive.
+    pub plugin_contexts: IntGaugeVec,
 }
 
 fn build() -> Metrics {
@@ -80,8 +94,84 @@ fn build() -> Metrics {
         "Version number of the configuration being served (1 for the first).",
     )
     .expect("valid metric");
+    let plugin_calls = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_calls_total",
+            "Calls into plugins, by plugin and phase.",
+        ),
+        &["plugin", "phase"],
+    )
+    .expect("valid metric");
+    let plugin_call_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "sluice_plugin_call_duration_seconds",
+            "Time spent in one call into a plugin, by plugin and phase.",
+        )
+        .buckets(vec![
+            0.000_001,
+            0.000_002_5,
+            0.000_005,
+            0.000_01,
+            0.000_025,
+            0.000_05,
+            0.000_1,
+            0.000_25,
+            0.000_5,
+            0.001,
+            0.005,
+            0.01,
+            0.05,
+            0.1,
+        ]),
+        &["plugin", "phase"],
+    )
+    .expect("valid metric");
+    let plugin_errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_errors_total",
+            "Plugin failures, by plugin, phase and kind (trap, fuel, timeout, memory, abi).",
+        ),
+        &["plugin", "phase", "kind"],
+    )
+    .expect("valid metric");
+    let plugin_vms = IntGaugeVec::new(
+        Opts::new("sluice_plugin_vms", "Healthy VMs of each plugin."),
+        &["plugin"],
+    )
+    .expect("valid metric");
+    let plugin_memory = IntGaugeVec::new(
+        Opts::new(
+            "sluice_plugin_memory_bytes",
+            "Linear memory of all VMs of each plugin.",
+        ),
+        &["plugin"],
+    )
+    .expect("valid metric");
+    let plugin_refused_writes = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_refused_writes_total",
+            "Writes to hidden headers that were refused, by plugin.",
+        ),
+        &["plugin"],
+    )
+    .expect("valid metric");
+    let plugin_contexts = IntGaugeVec::new(
+        Opts::new(
+            "sluice_plugin_contexts",
+            "Request contexts alive in each plugin's VMs.",
+        ),
+        &["plugin"],
+    )
+    .expect("valid metric");
     for c in [
         Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(plugin_calls.clone()),
+        Box::new(plugin_call_duration.clone()),
+        Box::new(plugin_errors.clone()),
+        Box::new(plugin_vms.clone()),
+        Box::new(plugin_memory.clone()),
+        Box::new(plugin_refused_writes.clone()),
+        Box::new(plugin_contexts.clone()),
         Box::new(request_duration.clone()),
         Box::new(upstream_requests_total.clone()),
         Box::new(upstream_healthy.clone()),
@@ -98,6 +188,13 @@ fn build() -> Metrics {
         upstream_healthy,
         in_flight,
         config_version,
+        plugin_calls,
+        plugin_call_duration,
+        plugin_errors,
+        plugin_vms,
+        plugin_memory,
+        plugin_refused_writes,
+        plugin_contexts,
     }
 }
 
@@ -108,6 +205,11 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Registers a collector created later (metrics plugins define).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);

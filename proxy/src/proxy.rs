@@ -21,11 +21,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::chain::{Chain, HeadersDone, Reply};
 use crate::config::{Balancing, HashKey, HostHeader};
 use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
 use crate::router::{request_host, RouteEntry};
 use crate::runtime::{InFlight, Runtime, State};
 use crate::upstream::{Endpoint, Tried};
+use crate::wasm::stream::RequestInfo;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -52,6 +54,91 @@ impl SluiceProxy {
     }
 }
 
+impl SluiceProxy {
+    /// Runs the route's plugins on the request before anything goes upstream: adds the
+    /// forwarding headers first (so plugins see them, as behind Envoy), then
+    /// `on_request_headers` in order; if a plugin waits for the body, reads the whole body
+    /// (up to 64 KiB, what pingora can replay) and runs `on_request_body`; then writes the
+    /// plugins' changes back into the request. `Some(reply)`: answer with it instead.
+    async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Reply>> {
+        let Some(route) = ctx.route() else {
+            return Ok(None);
+        };
+        if route.plugins.is_empty() {
+            return Ok(None);
+        }
+        let plugins = route.plugins.clone();
+        let route_name = route.name.clone();
+        let ip = client_ip(session);
+        add_forwarding(session.req_header_mut(), ctx.new_id.as_ref(), ip, self.tls)?;
+        ctx.forwarded_early = true;
+        let id = ctx.request_id(session).unwrap_or("").to_string();
+        let info = request_info(session, &route_name, &id, self.tls);
+        let mut chain = match Chain::new(&plugins, info) {
+            Ok(c) => c,
+            Err(reply) => return Ok(Some(reply)),
+        };
+        chain.load_request(
+            session.req_header(),
+            if self.tls { "https" } else { "http" },
+        );
+        let no_body = session.is_body_empty();
+        let outcome = chain.request_headers(no_body).await;
+        let reply = match outcome {
+            Err(reply) => Some(reply),
+            Ok(HeadersDone::Continue) => None,
+            Ok(HeadersDone::NeedBody) => {
+                match self.read_body_for_plugins(session, &mut chain).await? {
+                    Ok(body) => {
+                        ctx.prebody = Some(Bytes::from(body));
+                        None
+                    }
+                    Err(reply) => Some(reply),
+                }
+            }
+        };
+        if reply.is_none() {
+            chain.apply_request(session.req_header_mut())?;
+            if let Some(pre) = &ctx.prebody {
+                let req = session.req_header_mut();
+                req.remove_header(&http::header::TRANSFER_ENCODING);
+                req.insert_header(http::header::CONTENT_LENGTH, pre.len())?;
+            }
+        }
+        ctx.chain = Some(chain);
+        Ok(reply)
+    }
+
+    /// Reads the whole request body for a plugin that holds the request until it has it.
+    async fn read_body_for_plugins(
+        &self,
+        session: &mut Session,
+        chain: &mut Chain,
+    ) -> Result<std::result::Result<Vec<u8>, Reply>> {
+        session.as_mut().enable_retry_buffering();
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > PREREAD_MAX {
+                return Ok(Err(Reply {
+                    status: 413,
+                    headers: vec![(b"content-type".to_vec(), b"text/plain; charset=utf-8".to_vec())],
+                    body: Bytes::from(format!(
+                        "413 Content Too Large: a plugin inspects this request's body before forwarding it, which is limited to {} KiB\n",
+                        PREREAD_MAX / 1024
+                    )),
+                    plugin: String::new(),
+                }));
+            }
+        }
+        Ok(chain.request_body_complete(body).await)
+    }
+}
+
 /// What one request carries from hook to hook.
 pub struct RequestCtx {
     /// The config snapshot the request started on.
@@ -66,6 +153,14 @@ pub struct RequestCtx {
     attempt_open: bool,
     /// The id Sluice made for this request, when the client sent no valid one.
     new_id: Option<RequestId>,
+    /// The route's plugins for this request (routes with plugins only).
+    chain: Option<Chain>,
+    /// A reply a plugin phase decided on, sent by `fail_to_proxy`.
+    reply: Option<Reply>,
+    /// The request body, read and processed before forwarding (a plugin held it).
+    prebody: Option<Bytes>,
+    /// The forwarding headers were added before the plugins ran (so they see them).
+    forwarded_early: bool,
     start: Instant,
     _in_flight: InFlight,
 }
@@ -137,6 +232,98 @@ impl RequestId {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
+
+/// Sets `x-request-id` (if Sluice made the id), appends the client address to
+/// `x-forwarded-for` and sets `x-forwarded-proto`.
+fn add_forwarding(
+    req: &mut RequestHeader,
+    new_id: Option<&RequestId>,
+    client: Option<IpAddr>,
+    tls: bool,
+) -> Result<()> {
+    if let Some(id) = new_id {
+        req.insert_header(X_REQUEST_ID, id.as_str().to_string())?;
+    }
+    if let Some(ip) = client {
+        let mut prior = req
+            .headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        let value = if prior.peek().is_some() {
+            let mut joined = prior.collect::<Vec<_>>().join(", ");
+            joined.push_str(", ");
+            joined.push_str(&ip.to_string());
+            joined
+        } else {
+            ip.to_string()
+        };
+        req.insert_header(X_FORWARDED_FOR, value)?;
+    }
+    req.insert_header(X_FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
+    Ok(())
+}
+
+/// Writes a plugin's reply (local response or failure answer).
+async fn send_reply(session: &mut Session, id: Option<&str>, reply: &Reply) -> Result<()> {
+    let resp = reply_header(id, reply)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(reply.body.clone()), true)
+        .await
+}
+
+fn reply_header(id: Option<&str>, reply: &Reply) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (k, v) in &reply.headers {
+        resp.append_header(String::from_utf8_lossy(k).into_owned(), v.as_slice())?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+    if let Some(id) = id {
+        resp.insert_header(X_REQUEST_ID, id.to_string())?;
+    }
+    Ok(resp)
+}
+
+/// The error that makes pingora call `fail_to_proxy`, which sends `ctx.reply`.
+fn reply_error(ctx: &mut RequestCtx, reply: Reply) -> Box<Error> {
+    let code = reply.status;
+    ctx.reply = Some(reply);
+    Error::explain(ErrorType::HTTPStatus(code), "plugin reply")
+}
+
+/// Facts about the request that plugins read as properties.
+fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestInfo {
+    let req = session.req_header();
+    let source = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let destination = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let mut conn = crate::hash::FNV1A64_START;
+    for a in [source, destination].into_iter().flatten() {
+        conn = crate::hash::fnv1a64_update(conn, a.to_string().as_bytes());
+    }
+    RequestInfo {
+        protocol: match req.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+        id: id.to_string(),
+        source,
+        destination,
+        connection_id: conn,
+        tls,
+        route_name: route.to_string(),
+        upstream_address: None,
+        response_code: None,
+    }
+}
+
+/// Most request body bytes held before forwarding: what pingora can replay to the upstream.
+const PREREAD_MAX: usize = 64 * 1024;
 
 /// Writes a small local text response.
 async fn respond(session: &mut Session, ctx: &RequestCtx, code: u16, body: String) -> Result<()> {
@@ -249,6 +436,10 @@ impl ProxyHttp for SluiceProxy {
             tried: Tried::default(),
             attempt_open: false,
             new_id: None,
+            chain: None,
+            reply: None,
+            prebody: None,
+            forwarded_early: false,
             start: Instant::now(),
             _in_flight: self.state.enter(),
         }
@@ -283,7 +474,98 @@ impl ProxyHttp for SluiceProxy {
             .await?;
             return Ok(true);
         }
-        Ok(false)
+        match self.run_request_plugins(session, ctx).await? {
+            Some(reply) => {
+                let id = ctx.request_id(session).map(str::to_string);
+                send_reply(session, id.as_deref(), &reply).await?;
+                ctx.reply = Some(reply);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Runs `request_body_filter`'s plugin part; see [`Chain::request_body`].
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(pre) = &ctx.prebody {
+            // The body was read and processed before forwarding; pingora replays what it
+            // read, which is replaced by the processed body.
+            *body = end_of_stream.then(|| pre.clone());
+            return Ok(());
+        }
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        if let Err(reply) = chain.request_body(body, end_of_stream).await {
+            return Err(reply_error(ctx, reply));
+        }
+        Ok(())
+    }
+
+    /// Runs after `upstream_response_filter`, before the response header goes to the client:
+    /// the plugins' `on_response_headers`, in reverse order. They may change the status and
+    /// headers, or answer locally instead. On routes with plugins a response with a body loses
+    /// its `content-length` (plugins may change the body), and is sent chunked over HTTP/1.1.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        let code = upstream_response.status.as_u16();
+        let no_body = session.req_header().method == http::Method::HEAD
+            || code == 204
+            || code == 304
+            || (100..200).contains(&code);
+        chain.load_response(upstream_response);
+        if let Err(reply) = chain.response_headers(no_body).await {
+            return Err(reply_error(ctx, reply));
+        }
+        chain.apply_response(upstream_response)?;
+        if !no_body {
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            if session.req_header().version != http::Version::HTTP_2 {
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs for each chunk of the response body on its way to the client: the plugins'
+    /// `on_response_body`, in reverse order (synchronous in pingora). A failure here, after
+    /// the header went out, ends the response early.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(chain) = ctx.chain.as_mut() {
+            if let Err(reply) = chain.response_body(body, end_of_stream) {
+                tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed during the response body; the response is cut");
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    format!("plugin {} failed in the response body", reply.plugin),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Plugin replies already sent in `request_filter` are not errors worth a log line; the
+    /// same goes for replies sent through `fail_to_proxy`.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        ctx.reply.is_some()
     }
 
     /// Runs once per attempt: picks an endpoint of the route's pool that this request has not
@@ -321,6 +603,9 @@ impl ProxyHttp for SluiceProxy {
         ctx.tried.insert(idx);
         ctx.endpoint = Some(idx);
         ctx.attempt_open = true;
+        if let Some(chain) = ctx.chain.as_mut() {
+            chain.stream().info.upstream_address = Some(pool.endpoints[idx].addr.to_string());
+        }
         Ok(pool.endpoints[idx].peer())
     }
 
@@ -357,27 +642,21 @@ impl ProxyHttp for SluiceProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(id) = &ctx.new_id {
-            upstream_request.insert_header(X_REQUEST_ID, id.as_str().to_string())?;
+        if !ctx.forwarded_early {
+            add_forwarding(
+                upstream_request,
+                ctx.new_id.as_ref(),
+                client_ip(session),
+                self.tls,
+            )?;
         }
-        if let Some(ip) = client_ip(session) {
-            let mut prior = upstream_request
-                .headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .peekable();
-            let value = if prior.peek().is_some() {
-                let mut joined = prior.collect::<Vec<_>>().join(", ");
-                joined.push_str(", ");
-                joined.push_str(&ip.to_string());
-                joined
-            } else {
-                ip.to_string()
-            };
-            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        if ctx.chain.is_some() && ctx.prebody.is_none() && !session.is_body_empty() {
+            // Plugins may change the body's length while it streams: send it chunked.
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            if upstream_request.version != http::Version::HTTP_2 {
+                upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, if self.tls { HTTPS } else { HTTP })?;
         if let Some(route) = ctx.route() {
             match &route.pool.host_header {
                 HostHeader::Preserve => {}
@@ -414,6 +693,19 @@ impl ProxyHttp for SluiceProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(reply) = &ctx.reply {
+            let sent = match reply_header(ctx.request_id(session), reply) {
+                Ok(resp) => session.write_error_response(resp, reply.body.clone()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(err) = sent {
+                tracing::debug!(error = %err, "could not send the plugin's reply");
+            }
+            return FailToProxy {
+                error_code: reply.status,
+                can_reuse_downstream: false,
+            };
+        }
         let upstream = ctx.route().map_or("", |r| r.pool.name.as_str());
         let (code, body) = failure_response(e, upstream);
         if code > 0 {
@@ -441,6 +733,9 @@ impl ProxyHttp for SluiceProxy {
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(chain) = ctx.chain.as_mut() {
+            chain.log(status);
+        }
         let elapsed = ctx.start.elapsed();
         let route = ctx.route();
         let route_metrics: &RouteMetrics = match route {

@@ -1,5 +1,6 @@
 //! Route matching: ordered routes, first match wins.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -7,6 +8,7 @@ use http::Method;
 use crate::config::{HostMatch, Route};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Pool;
+use crate::wasm::plugin::Plugin;
 
 /// A route ready to serve.
 pub struct RouteEntry {
@@ -17,8 +19,8 @@ pub struct RouteEntry {
     methods: Vec<Method>,
     /// The pool that serves it.
     pub pool: Arc<Pool>,
-    /// Plugin names, in order (not run by this version).
-    pub plugins: Vec<String>,
+    /// The plugin chain, in request order.
+    pub plugins: Vec<Arc<Plugin>>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -30,7 +32,11 @@ pub struct Router {
 
 impl Router {
     /// Builds the router; `pools` must hold every upstream the routes name.
-    pub fn new(routes: &[Route], pools: &[Arc<Pool>]) -> Router {
+    pub fn new(
+        routes: &[Route],
+        pools: &[Arc<Pool>],
+        plugins: &HashMap<String, Arc<Plugin>>,
+    ) -> Router {
         let routes = routes
             .iter()
             .map(|r| RouteEntry {
@@ -43,7 +49,16 @@ impl Router {
                     .find(|p| p.name == r.upstream)
                     .expect("validated config: route upstream exists")
                     .clone(),
-                plugins: r.plugins.clone(),
+                plugins: r
+                    .plugins
+                    .iter()
+                    .map(|p| {
+                        plugins
+                            .get(p)
+                            .expect("validated config: plugin exists")
+                            .clone()
+                    })
+                    .collect(),
                 metrics: RouteMetrics::new(&r.name),
             })
             .collect();
@@ -97,7 +112,7 @@ mod tests {
     fn router(yaml: &str) -> Router {
         let c = Config::from_yaml(yaml, Path::new(".")).expect("valid");
         let pools: Vec<_> = c.upstreams.iter().map(|u| Arc::new(Pool::new(u))).collect();
-        Router::new(&c.routes, &pools)
+        Router::new(&c.routes, &pools, &HashMap::new())
     }
 
     const BASE: &str = "listeners: [{name: l, address: '127.0.0.1:18080'}]\nupstreams: {a: {endpoints: ['127.0.0.1:1']}, b: {endpoints: ['127.0.0.1:2']}}\n";

@@ -10,9 +10,12 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use std::collections::HashMap;
+
 use crate::config::Config;
 use crate::router::Router;
 use crate::upstream::Pool;
+use crate::wasm::plugin::{Plugin, PluginError};
 
 /// One immutable configuration, ready to serve.
 pub struct Runtime {
@@ -26,24 +29,34 @@ pub struct Runtime {
     pub router: Router,
     /// Upstream pools, in the order of `config.upstreams`.
     pub pools: Vec<Arc<Pool>>,
+    /// Loaded plugins by name.
+    pub plugins: HashMap<String, Arc<Plugin>>,
 }
 
 impl Runtime {
-    /// Builds the pools and the router of `config`.
-    pub fn build(config: Config, version: u64) -> Runtime {
+    /// Builds the pools, loads the plugins (running their start-up) and builds the router.
+    /// `threads` is the number of worker threads, the default number of VMs per plugin.
+    pub fn build(config: Config, version: u64, threads: usize) -> Result<Runtime, PluginError> {
         let pools: Vec<Arc<Pool>> = config
             .upstreams
             .iter()
             .map(|u| Arc::new(Pool::new(u)))
             .collect();
-        let router = Router::new(&config.routes, &pools);
-        Runtime {
+        let plugins = crate::wasm::load_plugins(
+            &config.plugins,
+            &pools,
+            &config.file.sanitize.extra_headers,
+            threads,
+        )?;
+        let router = Router::new(&config.routes, &pools, &plugins);
+        Ok(Runtime {
             version,
             loaded_at: SystemTime::now(),
             config,
             router,
             pools,
-        }
+            plugins,
+        })
     }
 }
 
@@ -56,15 +69,16 @@ pub struct State {
 }
 
 impl State {
-    /// State serving `config` as version 1.
-    pub fn new(config: Config) -> Arc<State> {
+    /// State serving `config` as version 1 (loading its plugins).
+    pub fn new(config: Config, threads: usize) -> Result<Arc<State>, PluginError> {
+        let runtime = Runtime::build(config, 1, threads)?;
         crate::metrics::metrics().config_version.set(1);
-        Arc::new(State {
-            current: ArcSwap::from_pointee(Runtime::build(config, 1)),
+        Ok(Arc::new(State {
+            current: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-        })
+        }))
     }
 
     /// The snapshot new requests use.

@@ -23,6 +23,9 @@ use crate::runtime::State;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A plugin did not load or start.
+    #[error("{0}")]
+    Plugin(crate::wasm::plugin::PluginError),
     /// A socket could not be bound.
     #[error("{field}: cannot listen on {address}: {source}")]
     Bind {
@@ -81,7 +84,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), StartError> {
         .to_string();
     let grace = Duration::from_secs(config.server.grace_period_seconds);
     let listeners = config.listeners.clone();
-    let state = State::new(config);
+    let threads = conf.threads;
+    let state = State::new(config, threads).map_err(StartError::Plugin)?;
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::{Admin, AdminFile};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
-pub use plugin::{LimitsFile, PluginFile};
+pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
 pub use upstream::{
@@ -47,6 +47,9 @@ pub struct ConfigFile {
     /// Named plugins that routes refer to.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginFile>,
+    /// What plugins may not see, beyond the built-in list.
+    #[serde(default)]
+    pub sanitize: SanitizeFile,
 }
 
 /// One configuration problem, naming the field it is about.
@@ -122,6 +125,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes in match order; `upstream` is an index into `upstreams`.
     pub routes: Vec<Route>,
+    /// Plugins, sorted by name.
+    pub plugins: Vec<PluginSpec>,
 }
 
 impl Config {
@@ -222,8 +227,29 @@ impl ConfigFile {
         }
         let upstream_names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
 
+        let mut plugins = Vec::new();
+        for (i, h) in self.sanitize.extra_headers.iter().enumerate() {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                errors.push(ConfigError::invalid(
+                    format!("sanitize.extra_headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
         for (name, p) in &self.plugins {
-            p.validate(name, base_dir, &upstream_names, &mut errors);
+            if let Some(spec) = p.validate(
+                name,
+                base_dir,
+                &upstream_names,
+                &self.sanitize.extra_headers,
+                &mut errors,
+            ) {
+                plugins.push(spec);
+            }
         }
 
         let mut routes = Vec::new();
@@ -250,6 +276,7 @@ impl ConfigFile {
                 admin: admin.expect("admin validated without errors"),
                 upstreams,
                 routes,
+                plugins,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -1,14 +1,21 @@
-//! `plugins:` — named Proxy-Wasm plugins that routes refer to.
+//! `plugins:` — named Proxy-Wasm plugins that routes refer to — and `sanitize:`, the
+//! operator's additions to the headers hidden from plugins.
 //!
-//! The file format is accepted and checked now; running plugins is not part of this build, so a
-//! config that defines any plugin is refused with an error that says so.
+//! Validation checks what can be checked without running the plugin (file exists, digest
+//! format, grants, upstream names, limits). Loading the binary, its sha256, and its
+//! `on_vm_start`/`on_configure` happen when the runtime is built (also by `sluice check`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::listener::{check_name, existing_file};
 use super::ConfigError;
+use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
+use crate::wasm::settings::{
+    FailurePolicy, Limits, DEFAULT_FUEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CALLOUTS,
+    DEFAULT_MEMORY_MB, DEFAULT_PAUSE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS,
+};
 
 /// One entry of `plugins:` as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -19,13 +26,16 @@ pub struct PluginFile {
     /// Expected SHA-256 of the file, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// Root context id passed to the plugin.
+    /// Root context id passed to the plugin (`plugin_root_id`).
     #[serde(default)]
     pub root_id: String,
+    /// VM id (`plugin_vm_id`) and shared-data namespace; default: the plugin's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
     /// Plugin configuration: a map is passed as JSON, a string as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_yaml::Value>,
-    /// VM configuration, passed to `on_vm_start`.
+    /// VM configuration, passed to `on_vm_start` (same encoding as `config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_config: Option<serde_yaml::Value>,
     /// Sensitive data this plugin may see.
@@ -40,6 +50,9 @@ pub struct PluginFile {
     /// `fail_closed` (default) or `fail_open`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
+    /// VMs to run (default: one per worker thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms: Option<usize>,
 }
 
 /// `limits:` of a plugin.
@@ -58,15 +71,72 @@ pub struct LimitsFile {
     /// Body buffering cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// How long a paused request may wait for the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_timeout_ms: Option<u64>,
+    /// HTTP callouts per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_callouts: Option<u32>,
 }
 
-const EXPOSABLE: &[&str] = &[
-    "authorization",
-    "proxy_authorization",
-    "cookie",
-    "set_cookie",
-    "client_address",
-];
+/// `sanitize:` as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanitizeFile {
+    /// More header names to hide from plugins (unless a plugin's `expose` grants them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_headers: Vec<String>,
+}
+
+/// A validated plugin entry.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Name.
+    pub name: String,
+    /// The `.wasm` file, resolved.
+    pub path: PathBuf,
+    /// Expected sha256 (lower-case hex).
+    pub sha256: Option<String>,
+    /// Root id.
+    pub root_id: String,
+    /// VM id.
+    pub vm_id: String,
+    /// Bytes for `on_configure`.
+    pub config: Vec<u8>,
+    /// Bytes for `on_vm_start`.
+    pub vm_config: Vec<u8>,
+    /// Grants (normalized).
+    pub expose: Vec<String>,
+    /// Callout targets.
+    pub allowed_upstreams: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Failure policy.
+    pub on_error: FailurePolicy,
+    /// VMs (0 = one per worker thread).
+    pub vms: usize,
+}
+
+/// Encodes a `config`/`vm_config` value: a string as is, anything else as JSON.
+fn encode_config(v: &Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
+    match v {
+        None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+        Some(serde_yaml::Value::String(s)) => Ok(s.clone().into_bytes()),
+        Some(other) => {
+            serde_json::to_vec(other).map_err(|e| format!("cannot be encoded as JSON: {e}"))
+        }
+    }
+}
+
+/// Header names that may appear in `expose` (besides `client_address`).
+fn exposable(extra: &[String]) -> Vec<String> {
+    CREDENTIAL_HEADERS
+        .iter()
+        .chain(ADDRESS_HEADERS)
+        .map(|s| s.to_string())
+        .chain(extra.iter().map(|s| sanitize::normalize(s)))
+        .collect()
+}
 
 impl PluginFile {
     pub(super) fn validate(
@@ -74,11 +144,13 @@ impl PluginFile {
         name: &str,
         base: &Path,
         upstreams: &[&str],
+        extra_hidden: &[String],
         errors: &mut Vec<ConfigError>,
-    ) {
+    ) -> Option<PluginSpec> {
+        let before = errors.len();
         let field = format!("plugins.{name}");
         check_name(&field, name, errors);
-        existing_file(&format!("{field}.path"), &self.path, base, errors);
+        let path = existing_file(&format!("{field}.path"), &self.path, base, errors);
         if let Some(sha) = &self.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 errors.push(ConfigError::invalid(
@@ -87,13 +159,20 @@ impl PluginFile {
                 ));
             }
         }
+        let allowed = exposable(extra_hidden);
+        let mut expose = Vec::new();
         for (i, e) in self.expose.iter().enumerate() {
-            if !EXPOSABLE.contains(&e.as_str()) {
+            let n = sanitize::normalize(e);
+            if n != CLIENT_ADDRESS && !allowed.contains(&n) {
                 errors.push(ConfigError::invalid(
                     format!("{field}.expose[{i}]"),
-                    format!("{e:?} is not one of {}", EXPOSABLE.join(", ")),
+                    format!(
+                        "{e:?} is not hidden, so it cannot be exposed; one of {CLIENT_ADDRESS}, {}",
+                        allowed.join(", ")
+                    ),
                 ));
             }
+            expose.push(n);
         }
         for (i, u) in self.allowed_upstreams.iter().enumerate() {
             if !upstreams.contains(&u.as_str()) {
@@ -103,17 +182,99 @@ impl PluginFile {
                 ));
             }
         }
-        if let Some(policy) = &self.on_error {
-            if policy != "fail_closed" && policy != "fail_open" {
+        let on_error = match self.on_error.as_deref() {
+            None | Some("fail_closed") => FailurePolicy::FailClosed,
+            Some("fail_open") => FailurePolicy::FailOpen,
+            Some(policy) => {
                 errors.push(ConfigError::invalid(
                     format!("{field}.on_error"),
                     format!("{policy:?} must be fail_closed or fail_open"),
                 ));
+                FailurePolicy::FailClosed
             }
+        };
+        let config = encode_config(&self.config).unwrap_or_else(|m| {
+            errors.push(ConfigError::invalid(format!("{field}.config"), m));
+            Vec::new()
+        });
+        let vm_config = encode_config(&self.vm_config).unwrap_or_else(|m| {
+            errors.push(ConfigError::invalid(format!("{field}.vm_config"), m));
+            Vec::new()
+        });
+        let limits = self
+            .limits
+            .clone()
+            .unwrap_or_default()
+            .validate(&field, errors);
+        if self.vms == Some(0) || self.vms.is_some_and(|n| n > 256) {
+            errors.push(ConfigError::invalid(
+                format!("{field}.vms"),
+                "must be between 1 and 256",
+            ));
         }
-        errors.push(ConfigError::invalid(
-            field,
-            "running Wasm plugins is not implemented in this version of sluice yet",
-        ));
+        if errors.len() > before {
+            return None;
+        }
+        Some(PluginSpec {
+            name: name.to_string(),
+            path: path?,
+            sha256: self.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            root_id: self.root_id.clone(),
+            vm_id: self.vm_id.clone().unwrap_or_else(|| name.to_string()),
+            config,
+            vm_config,
+            expose,
+            allowed_upstreams: self.allowed_upstreams.clone(),
+            limits,
+            on_error,
+            vms: self.vms.unwrap_or(0),
+        })
+    }
+}
+
+impl LimitsFile {
+    fn validate(self, plugin_field: &str, errors: &mut Vec<ConfigError>) -> Limits {
+        let mut check = |name: &str, v: Option<u64>, default: u64, min: u64, max: u64| -> u64 {
+            let v = v.unwrap_or(default);
+            if v < min || v > max {
+                errors.push(ConfigError::invalid(
+                    format!("{plugin_field}.limits.{name}"),
+                    format!("{v} is outside {min}..={max}"),
+                ));
+            }
+            v
+        };
+        let fuel = check("fuel", self.fuel, DEFAULT_FUEL, 10_000, u64::MAX / 2);
+        let timeout_ms = check("timeout_ms", self.timeout_ms, DEFAULT_TIMEOUT_MS, 1, 60_000);
+        let memory_mb = check("memory_mb", self.memory_mb, DEFAULT_MEMORY_MB, 1, 4096);
+        let max_body = check(
+            "max_body_bytes",
+            self.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            0,
+            1 << 30,
+        );
+        let pause = check(
+            "pause_timeout_ms",
+            self.pause_timeout_ms,
+            DEFAULT_PAUSE_TIMEOUT_MS,
+            1,
+            3_600_000,
+        );
+        let callouts = check(
+            "max_callouts",
+            self.max_callouts.map(u64::from),
+            DEFAULT_MAX_CALLOUTS.into(),
+            0,
+            10_000,
+        );
+        Limits {
+            fuel,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            memory_bytes: (memory_mb << 20) as usize,
+            max_body_bytes: max_body as usize,
+            pause_timeout: std::time::Duration::from_millis(pause),
+            max_callouts: callouts as u32,
+        }
     }
 }

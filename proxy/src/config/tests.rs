@@ -168,19 +168,34 @@ fn tls_files_must_exist() {
 }
 
 #[test]
-fn unknown_plugin_and_plugins_not_runnable_yet() {
+fn unknown_plugin_and_bad_plugin_fields() {
     let errs = errors(&OK.replace(
         "upstream: backend\n  - name: rest",
         "upstream: backend\n    plugins: [auth]\n  - name: rest",
     ));
     has(&errs, r#"routes[0].plugins[0]: no plugin named "auth""#);
-    let with_plugin = format!("{OK}plugins:\n  auth:\n    path: auth.wasm\n    on_error: maybe\n");
+    let with_plugin = format!(
+        "{OK}plugins:\n  auth:\n    path: auth.wasm\n    on_error: maybe\n    expose: [host]\n    \
+         limits: {{ timeout_ms: 0, memory_mb: 99999 }}\n    vms: 0\n    allowed_upstreams: [nope]\n"
+    );
     let errs = errors(&with_plugin);
     has(&errs, "plugins.auth.path: cannot read");
     has(&errs, "plugins.auth.on_error");
+    has(&errs, "plugins.auth.expose[0]: \"host\" is not hidden");
     has(
         &errs,
-        "plugins.auth: running Wasm plugins is not implemented",
+        "plugins.auth.limits.timeout_ms: 0 is outside 1..=60000",
+    );
+    has(&errs, "plugins.auth.limits.memory_mb: 99999 is outside");
+    has(&errs, "plugins.auth.vms: must be between 1 and 256");
+    has(
+        &errs,
+        "plugins.auth.allowed_upstreams[0]: no upstream named \"nope\"",
+    );
+    let extra = format!("{OK}sanitize: {{ extra_headers: [x-secret, 'bad name'] }}\n");
+    has(
+        &errors(&extra),
+        "sanitize.extra_headers[1]: \"bad name\" is not a header name",
     );
 }
 

@@ -38,6 +38,11 @@ pub const MAX_IOVECS: u32 = 1024;
 /// Most bytes one `random_get` fills.
 pub const MAX_RANDOM: u32 = 64 * 1024;
 
+/// The trap `proc_exit` raises: the plugin asked to exit with this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("plugin called proc_exit({0})")]
+pub struct ProcExit(pub i32);
+
 /// What the store's data must provide to the WASI functions.
 pub trait WasiHost {
     /// Output the plugin wrote to `fd` (1 = stdout, 2 = stderr).
@@ -203,9 +208,7 @@ fn add_module<T: WasiHost + 'static>(linker: &mut Linker<T>, module: &str) -> wa
     )?;
     linker.func_wrap(module, "sched_yield", || -> i32 { errno::SUCCESS })?;
     linker.func_wrap(module, "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!(
-            "plugin called proc_exit({code})"
-        )))
+        Err(wasmtime::Error::new(ProcExit(code)))
     })?;
 
     // Everything else: present with its exact signature, answering an errno.

@@ -1,0 +1,719 @@
+//! A route's plugin chain for one request: which VM and context each plugin serves it from,
+//! the request's [`Stream`], and one function per phase that runs the plugins in order (the
+//! reverse order on the response path) and says what the proxy must do next.
+//!
+//! Semantics, as Envoy's Wasm filter:
+//! - A local response from a plugin ends the phase; later plugins do not run for it.
+//! - PAUSE from a header callback stops the chain until the plugin resumes it
+//!   (`proxy_continue_stream`, typically after an HTTP callout) or answers locally. A plugin
+//!   that pauses request headers while a body follows, with no callout pending, is waiting for
+//!   the body: the proxy reads the whole body before anything goes upstream and gives it to
+//!   the plugin, which may then still change the headers or answer locally.
+//! - PAUSE from a body callback means "buffer": the plugin sees the body so far, cumulatively,
+//!   on its next call; later plugins see nothing until it continues. Past the plugin's
+//!   `max_body_bytes` the request gets 413 (a response, 502).
+//! - A plugin that fails (trap, fuel, deadline, memory, ABI) fails the request by its policy:
+//!   `fail_closed` answers 503, `fail_open` skips the plugin for the rest of the request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::wasm::callout::{CalloutDone, CalloutSink};
+use crate::wasm::plugin::Plugin;
+use crate::wasm::settings::FailurePolicy;
+use crate::wasm::stream::{BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
+use crate::wasm::vm::{StreamCall, Vm};
+
+/// A response the proxy must send instead of going on: a plugin's local response, or the
+/// answer to a plugin failure.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Headers (besides content type/length and the request id).
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Bytes,
+    /// The plugin it came from.
+    pub plugin: String,
+}
+
+impl Reply {
+    fn text(status: u16, plugin: &str, body: String) -> Reply {
+        Reply {
+            status,
+            headers: vec![(
+                b"content-type".to_vec(),
+                b"text/plain; charset=utf-8".to_vec(),
+            )],
+            body: Bytes::from(body),
+            plugin: plugin.to_string(),
+        }
+    }
+
+    fn failed(plugin: &str) -> Reply {
+        Reply::text(
+            503,
+            plugin,
+            format!("503 Service Unavailable: plugin \"{plugin}\" failed\n"),
+        )
+    }
+
+    fn local(plugin: &str, r: LocalResponse) -> Reply {
+        Reply {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+            plugin: plugin.to_string(),
+        }
+    }
+}
+
+/// A plugin's stream context: ended (`on_done`, `on_delete`) when dropped.
+struct Ctx {
+    vm: Arc<Vm>,
+    id: u32,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.vm.finish_context(self.id);
+    }
+}
+
+struct Member {
+    plugin: Arc<Plugin>,
+    /// `None`: skipped (failed open).
+    ctx: Option<Ctx>,
+    /// Body bytes this plugin holds back (it paused its body callback).
+    held: Vec<u8>,
+}
+
+/// What a request-headers pass ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadersDone {
+    /// Every plugin continued.
+    Continue,
+    /// A plugin waits for the whole request body before the request may go on.
+    NeedBody,
+}
+
+enum Step {
+    Continue,
+    Pause,
+}
+
+/// The chain of one request.
+pub struct Chain {
+    members: Vec<Member>,
+    stream: Option<Box<Stream>>,
+    tx: UnboundedSender<CalloutDone>,
+    rx: UnboundedReceiver<CalloutDone>,
+    /// Plugins whose request-headers callback ran.
+    headers_done: usize,
+    /// The whole request body was read before forwarding.
+    body_read: bool,
+}
+
+fn policy_skip(m: &mut Member) -> Result<(), Reply> {
+    match m.plugin.settings.on_error {
+        FailurePolicy::FailOpen => {
+            m.ctx = None;
+            m.held.clear();
+            Ok(())
+        }
+        FailurePolicy::FailClosed => Err(Reply::failed(&m.plugin.settings.name)),
+    }
+}
+
+impl Chain {
+    /// Takes a VM of each plugin and creates the request's context in it. A plugin with no
+    /// healthy VM, or whose context creation fails, is handled by its policy.
+    pub fn new(plugins: &[Arc<Plugin>], info: RequestInfo) -> Result<Chain, Reply> {
+        let (tx, rx) = unbounded_channel();
+        let mut members = Vec::with_capacity(plugins.len());
+        for p in plugins {
+            let mut m = Member {
+                plugin: p.clone(),
+                ctx: None,
+                held: Vec::new(),
+            };
+            match p.pick() {
+                Some(vm) => match vm.create_context() {
+                    Ok(id) => m.ctx = Some(Ctx { vm, id }),
+                    Err(_) => policy_skip(&mut m)?,
+                },
+                None => {
+                    tracing::warn!(plugin = %p.settings.name, "plugin has no healthy VM");
+                    policy_skip(&mut m)?;
+                }
+            }
+            members.push(m);
+        }
+        let stream = Box::new(Stream {
+            info,
+            ..Stream::default()
+        });
+        Ok(Chain {
+            members,
+            stream: Some(stream),
+            tx,
+            rx,
+            headers_done: 0,
+            body_read: false,
+        })
+    }
+
+    /// The request's state.
+    pub fn stream(&mut self) -> &mut Stream {
+        self.stream
+            .as_deref_mut()
+            .expect("the stream is back after every call")
+    }
+
+    /// Runs one callback of member `i`. `Ok(None)`: the member is skipped.
+    fn invoke(&mut self, i: usize, call: StreamCall) -> Result<Option<Step>, Reply> {
+        let m = &mut self.members[i];
+        let Some(ctx) = &m.ctx else {
+            return Ok(None);
+        };
+        let vm = ctx.vm.clone();
+        let id = ctx.id;
+        {
+            let s = self.stream.as_deref_mut().expect("stream present");
+            s.effects.local_response = None;
+            s.effects.close = false;
+        }
+        let sink = CalloutSink::Request(self.tx.clone());
+        let r = vm.call_stream(id, call, &mut self.stream, i, &sink, None);
+        let action = match r {
+            Ok(a) => a,
+            Err(_) => {
+                policy_skip(&mut self.members[i])?;
+                return Ok(None);
+            }
+        };
+        let name = self.members[i].plugin.settings.name.clone();
+        let s = self.stream.as_deref_mut().expect("stream present");
+        if let Some(local) = s.effects.local_response.take() {
+            return Err(Reply::local(&name, local));
+        }
+        if s.effects.close {
+            return Err(Reply::text(
+                503,
+                &name,
+                format!("503 Service Unavailable: plugin \"{name}\" closed the stream\n"),
+            ));
+        }
+        Ok(Some(if action == 1 {
+            Step::Pause
+        } else {
+            Step::Continue
+        }))
+    }
+
+    /// Waits until the request (or response) is resumed, delivering callout results to the
+    /// plugins that made them; fails after member `i`'s `pause_timeout`.
+    async fn wait_resume(&mut self, i: usize, request: bool) -> Result<(), Reply> {
+        let limits = self.members[i].plugin.settings.limits;
+        let deadline = tokio::time::Instant::now() + limits.pause_timeout;
+        loop {
+            {
+                let s = self.stream();
+                let resumed = if request {
+                    &mut s.effects.resume_request
+                } else {
+                    &mut s.effects.resume_response
+                };
+                if std::mem::take(resumed) {
+                    return Ok(());
+                }
+            }
+            if self.members[i].ctx.is_none() {
+                // Failed open while paused: go on without it.
+                return Ok(());
+            }
+            let done = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(_) => {
+                    let name = self.members[i].plugin.settings.name.clone();
+                    tracing::warn!(plugin = %name, "plugin did not resume the request in time");
+                    return Err(Reply::text(
+                        504,
+                        &name,
+                        format!(
+                            "504 Gateway Timeout: plugin \"{name}\" did not resume the request within {} ms\n",
+                            limits.pause_timeout.as_millis()
+                        ),
+                    ));
+                }
+            };
+            self.deliver(done)?;
+        }
+    }
+
+    /// Calls `on_http_call_response` on the plugin that made the callout.
+    fn deliver(&mut self, done: CalloutDone) -> Result<(), Reply> {
+        {
+            let s = self.stream();
+            s.pending_callouts = s.pending_callouts.saturating_sub(1);
+        }
+        let j = done.member;
+        let Some(m) = self.members.get(j) else {
+            return Ok(());
+        };
+        let Some(ctx) = &m.ctx else {
+            return Ok(());
+        };
+        let (vm, id) = (ctx.vm.clone(), ctx.id);
+        let token = done.token;
+        let (nh, len, nt, resp) = done.counts();
+        self.stream().effects.local_response = None;
+        let sink = CalloutSink::Request(self.tx.clone());
+        let r = vm.call_stream(
+            id,
+            StreamCall::HttpCallResponse(token, nh, len, nt),
+            &mut self.stream,
+            j,
+            &sink,
+            Some(resp.unwrap_or_default()),
+        );
+        if r.is_err() {
+            return policy_skip(&mut self.members[j]);
+        }
+        let name = self.members[j].plugin.settings.name.clone();
+        if let Some(local) = self.stream().effects.local_response.take() {
+            return Err(Reply::local(&name, local));
+        }
+        Ok(())
+    }
+
+    /// Loads the request header (with pseudo-headers) into the stream.
+    pub fn load_request(&mut self, req: &RequestHeader, scheme: &str) {
+        let s = self.stream();
+        s.request_headers = request_list(req, scheme);
+        s.request_headers_writable = true;
+    }
+
+    /// Runs `on_request_headers` of the plugins not yet run. `end_of_stream`: the request has
+    /// no body.
+    pub async fn request_headers(&mut self, end_of_stream: bool) -> Result<HeadersDone, Reply> {
+        while self.headers_done < self.members.len() {
+            let i = self.headers_done;
+            self.headers_done += 1;
+            let n = self.stream().request_headers.len() as u32;
+            match self.invoke(i, StreamCall::RequestHeaders(n, end_of_stream))? {
+                None | Some(Step::Continue) => {}
+                Some(Step::Pause) => {
+                    let pending = self.stream().pending_callouts > 0;
+                    if !pending && !end_of_stream && !self.body_read {
+                        return Ok(HeadersDone::NeedBody);
+                    }
+                    self.wait_resume(i, true).await?;
+                }
+            }
+        }
+        Ok(HeadersDone::Continue)
+    }
+
+    /// After [`HeadersDone::NeedBody`]: gives the whole request `body` to the plugins in
+    /// order (each sees it once, complete), runs the remaining request-headers callbacks, and
+    /// returns the body to forward.
+    pub async fn request_body_complete(&mut self, body: Vec<u8>) -> Result<Vec<u8>, Reply> {
+        self.body_read = true;
+        let mut body = body;
+        let mut fed = 0;
+        loop {
+            for j in fed..self.headers_done {
+                let max = self.members[j].plugin.settings.limits.max_body_bytes;
+                if self.members[j].ctx.is_some() && body.len() > max {
+                    return Err(too_large(&self.members[j].plugin.settings.name, 413));
+                }
+                {
+                    let s = self.stream();
+                    s.body = std::mem::take(&mut body);
+                    s.body_kind = Some(BodyKind::Request);
+                    s.body_end = true;
+                }
+                let len = self.stream().body.len() as u32;
+                let step = self.invoke(j, StreamCall::RequestBody(len, true));
+                let s = self.stream();
+                body = std::mem::take(&mut s.body);
+                s.body_kind = None;
+                if let Some(Step::Pause) = step? {
+                    self.wait_resume(j, true).await?;
+                }
+            }
+            fed = self.headers_done;
+            if self.headers_done >= self.members.len() {
+                return Ok(body);
+            }
+            self.request_headers(false).await?;
+        }
+    }
+
+    /// Runs one chunk of a streamed body through the plugins (request order for requests,
+    /// reverse for responses). Returns `true` if the caller must wait for a resume (a plugin
+    /// paused at the end of the stream).
+    fn body_chunk(
+        &mut self,
+        kind: BodyKind,
+        chunk: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<Option<usize>, Reply> {
+        let n = self.members.len();
+        let mut data: Option<Vec<u8>> = chunk.take().map(|b| b.to_vec());
+        let order: Vec<usize> = match kind {
+            BodyKind::Request => (0..n).collect(),
+            BodyKind::Response => (0..n).rev().collect(),
+        };
+        for i in order {
+            if self.members[i].ctx.is_none() {
+                continue;
+            }
+            let m = &mut self.members[i];
+            match data.take() {
+                Some(d) if m.held.is_empty() => m.held = d,
+                Some(d) => m.held.extend_from_slice(&d),
+                None => {}
+            }
+            if m.held.is_empty() && !end {
+                continue;
+            }
+            let max = m.plugin.settings.limits.max_body_bytes;
+            if m.held.len() > max {
+                let status = if kind == BodyKind::Request { 413 } else { 502 };
+                return Err(too_large(&m.plugin.settings.name, status));
+            }
+            let held = std::mem::take(&mut m.held);
+            let len = held.len() as u32;
+            {
+                let s = self.stream();
+                s.body = held;
+                s.body_kind = Some(kind);
+                s.body_end = end;
+            }
+            let call = match kind {
+                BodyKind::Request => StreamCall::RequestBody(len, end),
+                BodyKind::Response => StreamCall::ResponseBody(len, end),
+            };
+            let step = self.invoke(i, call);
+            let s = self.stream();
+            let body = std::mem::take(&mut s.body);
+            s.body_kind = None;
+            match step? {
+                None | Some(Step::Continue) => data = Some(body),
+                Some(Step::Pause) if !end => {
+                    self.members[i].held = body;
+                    *chunk = None;
+                    return Ok(None);
+                }
+                Some(Step::Pause) => {
+                    // Paused at the end: the body stays with it until it resumes.
+                    self.members[i].held = body;
+                    *chunk = None;
+                    return Ok(Some(i));
+                }
+            }
+        }
+        *chunk = data.map(Bytes::from);
+        Ok(None)
+    }
+
+    /// `on_request_body` for one chunk streamed to the upstream. A plugin pausing at the end
+    /// of the body is waited for (callouts).
+    pub async fn request_body(
+        &mut self,
+        chunk: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<(), Reply> {
+        let mut waiting = self.body_chunk(BodyKind::Request, chunk, end)?;
+        while let Some(i) = waiting {
+            self.wait_resume(i, true).await?;
+            // Release what it held, through the plugins after it.
+            let held = std::mem::take(&mut self.members[i].held);
+            let mut rest = Some(Bytes::from(held));
+            waiting = self.body_chunk_from(BodyKind::Request, i + 1, &mut rest, end)?;
+            let mut out = chunk.take().map(|b| b.to_vec()).unwrap_or_default();
+            out.extend_from_slice(rest.as_deref().unwrap_or_default());
+            *chunk = Some(Bytes::from(out));
+        }
+        Ok(())
+    }
+
+    fn body_chunk_from(
+        &mut self,
+        kind: BodyKind,
+        start: usize,
+        chunk: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<Option<usize>, Reply> {
+        // Members before `start` are skipped by moving them out for the call.
+        let upto = start.min(self.members.len());
+        let before: Vec<Option<Ctx>> = self.members[..upto]
+            .iter_mut()
+            .map(|m| m.ctx.take())
+            .collect();
+        let r = self.body_chunk(kind, chunk, end);
+        for (m, ctx) in self.members.iter_mut().zip(before) {
+            m.ctx = ctx;
+        }
+        r
+    }
+
+    /// Loads the response header (with `:status`) into the stream.
+    pub fn load_response(&mut self, resp: &ResponseHeader) {
+        let s = self.stream();
+        s.response_headers = response_list(resp);
+        s.response_headers_writable = true;
+        s.request_headers_writable = false;
+        s.info.response_code = Some(resp.status.as_u16());
+    }
+
+    /// `on_response_headers`, in reverse order. A pause with a callout pending is waited for;
+    /// a pause without one is treated as continue (the response header cannot be held back
+    /// while its body streams).
+    pub async fn response_headers(&mut self, end_of_stream: bool) -> Result<(), Reply> {
+        for i in (0..self.members.len()).rev() {
+            let n = self.stream().response_headers.len() as u32;
+            if let Some(Step::Pause) =
+                self.invoke(i, StreamCall::ResponseHeaders(n, end_of_stream))?
+            {
+                if self.stream().pending_callouts > 0 {
+                    self.wait_resume(i, false).await?;
+                }
+            }
+        }
+        self.stream().response_headers_writable = false;
+        Ok(())
+    }
+
+    /// `on_response_body` for one chunk (synchronous: pingora's response body hook is). A
+    /// plugin still pausing at the end of the body gets what it held released as is.
+    pub fn response_body(&mut self, chunk: &mut Option<Bytes>, end: bool) -> Result<(), Reply> {
+        let mut waiting = self.body_chunk(BodyKind::Response, chunk, end)?;
+        while let Some(i) = waiting {
+            tracing::debug!(
+                plugin = %self.members[i].plugin.settings.name,
+                "plugin paused at the end of the response body; releasing it"
+            );
+            let held = std::mem::take(&mut self.members[i].held);
+            let mut rest = Some(Bytes::from(held));
+            // Members after `i` in response order are those before it in the list.
+            let before: Vec<Option<Ctx>> =
+                self.members[i..].iter_mut().map(|m| m.ctx.take()).collect();
+            let r = self.body_chunk(BodyKind::Response, &mut rest, end);
+            for (m, ctx) in self.members[i..].iter_mut().zip(before) {
+                m.ctx = ctx;
+            }
+            waiting = r?;
+            let mut out = chunk.take().map(|b| b.to_vec()).unwrap_or_default();
+            out.extend_from_slice(rest.as_deref().unwrap_or_default());
+            *chunk = Some(Bytes::from(out));
+        }
+        Ok(())
+    }
+
+    /// `on_log` of every plugin (failures are counted; the response is already sent).
+    pub fn log(&mut self, status: u16) {
+        self.stream().info.response_code = Some(status).filter(|s| *s > 0);
+        for i in 0..self.members.len() {
+            let _ = self.invoke(i, StreamCall::Log);
+        }
+    }
+}
+
+fn too_large(plugin: &str, status: u16) -> Reply {
+    let what = if status == 413 { "request" } else { "response" };
+    let reason = if status == 413 {
+        "413 Content Too Large"
+    } else {
+        "502 Bad Gateway"
+    };
+    Reply::text(
+        status,
+        plugin,
+        format!("{reason}: the {what} body is over the limit plugin \"{plugin}\" may buffer\n"),
+    )
+}
+
+/// The request header as plugins see it.
+pub fn request_list(req: &RequestHeader, scheme: &str) -> HeaderList {
+    let mut list = Vec::with_capacity(req.headers.len() + 4);
+    list.push((b":method".to_vec(), req.method.as_str().as_bytes().to_vec()));
+    let path = req
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes()
+        .to_vec();
+    list.push((b":path".to_vec(), path));
+    let authority = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()))
+        .unwrap_or_default();
+    list.push((b":authority".to_vec(), authority));
+    list.push((b":scheme".to_vec(), scheme.as_bytes().to_vec()));
+    for (k, v) in req.headers.iter() {
+        list.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    list
+}
+
+/// The response header as plugins see it.
+pub fn response_list(resp: &ResponseHeader) -> HeaderList {
+    let mut list = Vec::with_capacity(resp.headers.len() + 1);
+    list.push((
+        b":status".to_vec(),
+        resp.status.as_str().as_bytes().to_vec(),
+    ));
+    for (k, v) in resp.headers.iter() {
+        list.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    list
+}
+
+fn apply_names<R, A>(
+    list: &HeaderList,
+    names: &[Vec<u8>],
+    mut remove: R,
+    mut append: A,
+) -> pingora::Result<()>
+where
+    R: FnMut(&str),
+    A: FnMut(String, Vec<u8>) -> pingora::Result<()>,
+{
+    for name in names {
+        let Ok(n) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if n.starts_with(':') {
+            continue;
+        }
+        remove(n);
+        for (k, v) in list.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            append(String::from_utf8_lossy(k).into_owned(), v.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// Names to rewrite: those changed, or (map replaced) every name before or after.
+fn changed_names(
+    changes: &crate::wasm::stream::Changes,
+    old: impl Iterator<Item = Vec<u8>>,
+    list: &HeaderList,
+) -> Vec<Vec<u8>> {
+    if !changes.all {
+        return changes.names.clone();
+    }
+    let mut names: Vec<Vec<u8>> = old.collect();
+    for (k, _) in list {
+        let k = k.to_ascii_lowercase();
+        if !names.contains(&k) {
+            names.push(k);
+        }
+    }
+    names
+}
+
+impl Chain {
+    /// Writes what plugins changed in the request headers back into pingora's header.
+    pub fn apply_request(&mut self, req: &mut RequestHeader) -> pingora::Result<()> {
+        let s = self.stream.as_deref_mut().expect("stream present");
+        if !s.request_changed.any() {
+            return Ok(());
+        }
+        let list = &s.request_headers;
+        let get = |n: &[u8]| list.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if let Some(m) = get(b":method") {
+            if m != req.method.as_str().as_bytes() {
+                if let Ok(method) = http::Method::from_bytes(&m) {
+                    req.set_method(method);
+                }
+            }
+        }
+        if let Some(p) = get(b":path") {
+            let current = req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes();
+            if p != current {
+                req.set_raw_path(&p)?;
+            }
+        }
+        if let Some(a) = get(b":authority") {
+            let current = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
+            if current != Some(a.as_slice()) && !a.is_empty() {
+                req.insert_header(http::header::HOST, a)?;
+            }
+        }
+        let old = req.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
+        let names = changed_names(&s.request_changed, old, list);
+        let mut removals: Vec<String> = Vec::new();
+        let mut appends: Vec<(String, Vec<u8>)> = Vec::new();
+        apply_names(
+            list,
+            &names,
+            |n| removals.push(n.to_string()),
+            |k, v| {
+                appends.push((k, v));
+                Ok(())
+            },
+        )?;
+        for n in &removals {
+            req.remove_header(n.as_str());
+        }
+        for (k, v) in appends {
+            req.append_header(k, v)?;
+        }
+        s.request_changed = Default::default();
+        Ok(())
+    }
+
+    /// Writes what plugins changed in the response headers back into pingora's header.
+    pub fn apply_response(&mut self, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        let s = self.stream.as_deref_mut().expect("stream present");
+        if !s.response_changed.any() {
+            return Ok(());
+        }
+        let list = &s.response_headers;
+        if let Some((_, st)) = list.iter().find(|(k, _)| k == b":status") {
+            if let Some(code) = std::str::from_utf8(st)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+            {
+                if code != resp.status.as_u16() {
+                    resp.set_status(code)?;
+                }
+            }
+        }
+        let old = resp.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
+        let names = changed_names(&s.response_changed, old, list);
+        let mut removals: Vec<String> = Vec::new();
+        let mut appends: Vec<(String, Vec<u8>)> = Vec::new();
+        apply_names(
+            list,
+            &names,
+            |n| removals.push(n.to_string()),
+            |k, v| {
+                appends.push((k, v));
+                Ok(())
+            },
+        )?;
+        for n in &removals {
+            resp.remove_header(n.as_str());
+        }
+        for (k, v) in appends {
+            resp.append_header(k, v)?;
+        }
+        s.response_changed = Default::default();
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! HTTP callouts (`proxy_http_call`): a request to an upstream named in the config, made off
+//! the request path, whose result is delivered to the plugin through
+//! `proxy_on_http_call_response` on the context that made it.
+//!
+//! Callouts run on a small runtime of their own, so they work from any thread (pingora's
+//! workers, the ticker). HTTP/1.1 over plain TCP to the pool's endpoints; a pool with TLS is
+//! refused when the call is made.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::stream::HeaderList;
+use super::vm::{RootEvent, Vm};
+use crate::upstream::{Pool, Tried};
+
+/// Most bytes of a callout response body kept.
+pub const MAX_RESPONSE_BODY: usize = 4 << 20;
+
+/// What came back.
+#[derive(Debug, Clone, Default)]
+pub struct CalloutResponse {
+    /// Response headers with `:status` first.
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailers (HTTP/1.1 responses have none here).
+    pub trailers: HeaderList,
+}
+
+/// A finished callout, addressed to the context that made it.
+#[derive(Debug)]
+pub struct CalloutDone {
+    /// The token the plugin got.
+    pub token: u32,
+    /// Position of the plugin in the request's chain.
+    pub member: usize,
+    /// The response; `None` if the call failed (connect error, timeout, bad response).
+    pub response: Option<CalloutResponse>,
+}
+
+impl CalloutDone {
+    /// `(n_headers, body_len, n_trailers)` as `on_http_call_response` reports them, and the
+    /// response to make visible during that call.
+    pub fn counts(self) -> (u32, u32, u32, Option<CalloutResponse>) {
+        match self.response {
+            None => (0, 0, 0, None),
+            Some(r) => (
+                r.headers.len() as u32,
+                r.body.len() as u32,
+                r.trailers.len() as u32,
+                Some(r),
+            ),
+        }
+    }
+}
+
+/// Where a callout's result goes.
+#[derive(Clone)]
+pub enum CalloutSink {
+    /// To the request that made it (its chain waits for it).
+    Request(UnboundedSender<CalloutDone>),
+    /// To the root context of a VM (delivered by the ticker thread).
+    Root(Weak<Vm>),
+}
+
+impl CalloutSink {
+    fn deliver(&self, done: CalloutDone) {
+        match self {
+            CalloutSink::Request(tx) => {
+                // The request may be gone; then nobody waits for the answer.
+                let _ = tx.send(done);
+            }
+            CalloutSink::Root(vm) => {
+                if let Some(vm) = vm.upgrade() {
+                    vm.push_root_event(RootEvent::Callout(done));
+                }
+            }
+        }
+    }
+}
+
+/// A callout to make.
+pub struct CalloutRequest {
+    /// Target pool.
+    pub pool: Arc<Pool>,
+    /// Headers with `:method`, `:path`, `:authority` (checked by the caller).
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Deadline for the whole exchange.
+    pub timeout: Duration,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-callout")
+            .enable_all()
+            .build()
+            .expect("cannot start the callout runtime")
+    })
+}
+
+/// Starts the callout; its result goes to `sink` as `token` of chain member `member`.
+pub fn dispatch(req: CalloutRequest, token: u32, member: usize, sink: CalloutSink) {
+    runtime().spawn(async move {
+        let response = match tokio::time::timeout(req.timeout, exchange(&req)).await {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, error = %e, "callout failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, "callout timed out");
+                None
+            }
+        };
+        sink.deliver(CalloutDone {
+            token,
+            member,
+            response,
+        });
+    });
+}
+
+async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
+    let idx = req
+        .pool
+        .select(None, Tried::default(), None)
+        .ok_or("the upstream has no endpoint")?;
+    let endpoint = &req.pool.endpoints[idx];
+    let tcp = tokio::net::TcpStream::connect(endpoint.addr)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut builder = http::Request::builder();
+    let mut authority = None;
+    for (k, v) in &req.headers {
+        match k.as_slice() {
+            b":method" => builder = builder.method(v.as_slice()),
+            b":path" => builder = builder.uri(v.as_slice()),
+            b":authority" => authority = Some(v.clone()),
+            b":scheme" => {}
+            _ => builder = builder.header(k.as_slice(), v.as_slice()),
+        }
+    }
+    if let Some(a) = authority {
+        builder = builder.header(http::header::HOST, a);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(req.body.clone())))
+        .map_err(|e| format!("bad callout request: {e}"))?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut headers: HeaderList = Vec::with_capacity(resp.headers().len() + 1);
+    headers.push((
+        b":status".to_vec(),
+        resp.status().as_str().as_bytes().to_vec(),
+    ));
+    for (k, v) in resp.headers() {
+        headers.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the callout response: {e}"))?
+        .to_bytes()
+        .to_vec();
+    Ok(CalloutResponse {
+        headers,
+        body,
+        trailers: Vec::new(),
+    })
+}

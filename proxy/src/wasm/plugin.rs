@@ -1,0 +1,280 @@
+//! A loaded plugin: its compiled module, its settings and its VMs.
+//!
+//! A request takes one VM per plugin at its start and keeps it (its stream context lives
+//! there). A VM that fails is replaced in the background, with exponential backoff while the
+//! replacements keep failing; meanwhile requests use the plugin's other healthy VMs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use wasmtime::{InstancePre, Linker};
+
+use super::engine::{hex, WasmEngine};
+use super::settings::PluginSettings;
+use super::shared::{self, Namespace};
+use super::vm::{PhaseMetrics, Vm, VmError, VmState};
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("plugin {plugin:?}: cannot read {path}: {message}")]
+    Read {
+        /// Plugin name.
+        plugin: String,
+        /// File.
+        path: String,
+        /// OS error.
+        message: String,
+    },
+    /// The file's sha256 differs from the config's.
+    #[error("plugin {plugin:?}: sha256 of {path} is {actual}, the config expects {expected}")]
+    Digest {
+        /// Plugin name.
+        plugin: String,
+        /// File.
+        path: String,
+        /// Computed.
+        actual: String,
+        /// Configured.
+        expected: String,
+    },
+    /// Not a valid wasm module.
+    #[error("plugin {plugin:?}: {message}")]
+    Compile {
+        /// Plugin name.
+        plugin: String,
+        /// Compiler message.
+        message: String,
+    },
+    /// It imports something the host does not provide.
+    #[error("plugin {plugin:?}: cannot link: {message}")]
+    Link {
+        /// Plugin name.
+        plugin: String,
+        /// Linker message.
+        message: String,
+    },
+    /// A VM did not start.
+    #[error("plugin {plugin:?}: {error}")]
+    Start {
+        /// Plugin name.
+        plugin: String,
+        /// What failed.
+        error: VmError,
+    },
+}
+
+struct Slot {
+    vm: Mutex<Option<Arc<Vm>>>,
+    /// Consecutive failures of this slot's VMs (resets when one serves a while).
+    failures: AtomicUsize,
+}
+
+/// One configured plugin, ready to serve.
+pub struct Plugin {
+    /// Settings.
+    pub settings: Arc<PluginSettings>,
+    /// sha256 of the binary.
+    pub sha256: [u8; 32],
+    engine: wasmtime::Engine,
+    pre: InstancePre<VmState>,
+    shared: Arc<Namespace>,
+    metrics: Arc<PhaseMetrics>,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+impl Plugin {
+    /// Compiles `bytes`, links them and starts `settings.vms` VMs (each runs start-up,
+    /// `on_vm_start` and `on_configure`). Any failure is an error naming the plugin.
+    pub fn load(
+        engine: &WasmEngine,
+        linker: &Linker<VmState>,
+        settings: PluginSettings,
+        bytes: &[u8],
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let plugin = settings.name.clone();
+        let (module, sha256) = engine.compile(bytes).map_err(|e| PluginError::Compile {
+            plugin: plugin.clone(),
+            message: e.to_string(),
+        })?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| PluginError::Link {
+                plugin: plugin.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let settings = Arc::new(settings);
+        let shared = shared::namespace(&settings.vm_id);
+        let metrics = Arc::new(PhaseMetrics::new(&settings.name));
+        let n = settings.vms.max(1);
+        let mut first_error = None;
+        let p = Arc::new_cyclic(|weak: &Weak<Plugin>| {
+            let slots = (0..n)
+                .map(|slot| {
+                    let vm = if first_error.is_none() {
+                        match Vm::start(
+                            engine.engine(),
+                            &pre,
+                            settings.clone(),
+                            shared.clone(),
+                            metrics.clone(),
+                            weak.clone(),
+                            slot,
+                        ) {
+                            Ok(vm) => Some(vm),
+                            Err(e) => {
+                                first_error = Some(e);
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    Slot {
+                        vm: Mutex::new(vm),
+                        failures: AtomicUsize::new(0),
+                    }
+                })
+                .collect();
+            Plugin {
+                settings: settings.clone(),
+                sha256,
+                engine: engine.engine().clone(),
+                pre: pre.clone(),
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+                slots,
+                next: AtomicUsize::new(0),
+            }
+        });
+        if let Some(error) = first_error {
+            return Err(PluginError::Start { plugin, error });
+        }
+        p.update_gauges();
+        tracing::info!(
+            plugin = %p.settings.name,
+            sha256 = %hex(&p.sha256),
+            vms = n,
+            "plugin loaded"
+        );
+        Ok(p)
+    }
+
+    /// A healthy VM for a new request (round robin), or `None` if none is healthy.
+    pub fn pick(&self) -> Option<Arc<Vm>> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let slot = &self.slots[(start + i) % n];
+            let guard = slot.vm.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = guard.as_ref() {
+                if !vm.is_failed() {
+                    return Some(vm.clone());
+                }
+            }
+        }
+        None
+    }
+
+    /// Healthy VMs.
+    pub fn healthy_vms(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.vm.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|vm| !vm.is_failed())
+            })
+            .count()
+    }
+
+    /// Each VM of the plugin (for tests and the admin API).
+    pub fn vms(&self) -> Vec<Arc<Vm>> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.vm.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    fn update_gauges(&self) {
+        let m = crate::metrics::metrics();
+        m.plugin_vms
+            .with_label_values(&[&self.settings.name])
+            .set(self.healthy_vms() as i64);
+        let mem: usize = self.vms().iter().map(|vm| vm.memory_bytes()).sum();
+        m.plugin_memory
+            .with_label_values(&[&self.settings.name])
+            .set(mem as i64);
+    }
+
+    /// Called by a VM that failed: builds its replacement in the background, after a delay
+    /// that doubles with each consecutive failure of the slot (10 ms up to 10 s).
+    pub fn vm_failed(self: &Arc<Self>, slot: usize) {
+        let Some(s) = self.slots.get(slot) else {
+            return;
+        };
+        let failures = s.failures.fetch_add(1, Ordering::AcqRel);
+        let delay = Duration::from_millis(10u64.saturating_mul(1 << failures.min(10)))
+            .min(Duration::from_secs(10));
+        self.update_gauges();
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-vm-replace".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                if let Some(p) = weak.upgrade() {
+                    p.replace(slot);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(plugin = %self.settings.name, error = %e, "cannot start a VM replacement");
+        }
+    }
+
+    fn replace(self: &Arc<Self>, slot: usize) {
+        match Vm::start(
+            &self.engine,
+            &self.pre,
+            self.settings.clone(),
+            self.shared.clone(),
+            self.metrics.clone(),
+            Arc::downgrade(self),
+            slot,
+        ) {
+            Ok(vm) => {
+                *self.slots[slot]
+                    .vm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(vm);
+                tracing::info!(plugin = %self.settings.name, slot, "plugin VM replaced");
+                self.update_gauges();
+                // Forgive earlier failures once the new VM has served for a while.
+                let weak = Arc::downgrade(self);
+                let _ = std::thread::Builder::new()
+                    .name("sluice-vm-forgive".into())
+                    .spawn(move || {
+                        std::thread::sleep(Duration::from_secs(30));
+                        if let Some(p) = weak.upgrade() {
+                            let healthy = p.slots[slot]
+                                .vm
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .as_ref()
+                                .is_some_and(|vm| !vm.is_failed());
+                            if healthy {
+                                p.slots[slot].failures.store(0, Ordering::Release);
+                            }
+                        }
+                    });
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.settings.name, slot, error = %e, "plugin VM replacement failed");
+                self.vm_failed(slot);
+            }
+        }
+    }
+}

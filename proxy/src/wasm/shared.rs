@@ -1,0 +1,183 @@
+//! Shared data (key → value with a compare-and-swap version) and shared queues.
+//!
+//! Both live outside any config: a namespace is the plugin's `vm_id` (by default its name),
+//! shared by all VMs of the plugin and kept across reloads, so a rate-limit counter survives a
+//! plugin swap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use sluice_abi::Status;
+
+use super::vm::Vm;
+
+/// Largest key.
+pub const MAX_KEY_BYTES: u32 = 4096;
+/// Largest value.
+pub const MAX_VALUE_BYTES: u32 = 1 << 20;
+/// Most keys per namespace.
+pub const MAX_KEYS: usize = 100_000;
+/// Most items waiting in one queue.
+pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+/// A value and its version.
+type Entry = (Vec<u8>, u32);
+
+/// The keys of one namespace.
+#[derive(Default)]
+pub struct Namespace {
+    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+}
+
+impl Namespace {
+    /// The value and its version (CAS), or `None`.
+    pub fn get(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        self.entries.lock().expect("not poisoned").get(key).cloned()
+    }
+
+    /// Sets `key`. `cas` 0 is unconditional; otherwise it must equal the current version of an
+    /// existing key (a new key is set whatever `cas` says, as Envoy does).
+    pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Status {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        match entries.get_mut(key) {
+            Some((v, version)) => {
+                if cas != 0 && cas != *version {
+                    return Status::CasMismatch;
+                }
+                v.clear();
+                v.extend_from_slice(value);
+                *version = version.wrapping_add(1).max(1);
+                Status::Ok
+            }
+            None => {
+                if entries.len() >= MAX_KEYS {
+                    return Status::BadArgument;
+                }
+                entries.insert(key.to_vec(), (value.to_vec(), 1));
+                Status::Ok
+            }
+        }
+    }
+}
+
+/// The namespace `vm_id`, created on first use.
+pub fn namespace(vm_id: &str) -> Arc<Namespace> {
+    static ALL: OnceLock<Mutex<HashMap<String, Arc<Namespace>>>> = OnceLock::new();
+    ALL.get_or_init(Default::default)
+        .lock()
+        .expect("not poisoned")
+        .entry(vm_id.to_string())
+        .or_default()
+        .clone()
+}
+
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    /// The VM whose root context registered the queue (told by `on_queue_ready`).
+    owner: Weak<Vm>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_name: HashMap<(String, Vec<u8>), u32>,
+    queues: HashMap<u32, Queue>,
+    next: u32,
+}
+
+fn queues() -> &'static Mutex<Queues> {
+    static Q: OnceLock<Mutex<Queues>> = OnceLock::new();
+    Q.get_or_init(Default::default)
+}
+
+/// Registers (or re-registers, taking ownership) the queue `name` of `vm_id`.
+pub fn register_queue(vm_id: &str, name: &[u8], owner: Weak<Vm>) -> u32 {
+    let mut q = queues().lock().expect("not poisoned");
+    let key = (vm_id.to_string(), name.to_vec());
+    if let Some(&id) = q.by_name.get(&key) {
+        if let Some(queue) = q.queues.get_mut(&id) {
+            queue.owner = owner;
+        }
+        return id;
+    }
+    q.next += 1;
+    let id = q.next;
+    q.by_name.insert(key, id);
+    q.queues.insert(
+        id,
+        Queue {
+            items: VecDeque::new(),
+            owner,
+        },
+    );
+    id
+}
+
+/// The id of queue `name` of `vm_id`.
+pub fn resolve_queue(vm_id: &str, name: &[u8]) -> Option<u32> {
+    let q = queues().lock().expect("not poisoned");
+    q.by_name.get(&(vm_id.to_string(), name.to_vec())).copied()
+}
+
+/// Appends to queue `id` and tells its owner.
+pub fn enqueue(id: u32, item: &[u8]) -> Status {
+    let owner = {
+        let mut q = queues().lock().expect("not poisoned");
+        let Some(queue) = q.queues.get_mut(&id) else {
+            return Status::NotFound;
+        };
+        if queue.items.len() >= MAX_QUEUE_ITEMS {
+            return Status::BadArgument;
+        }
+        queue.items.push_back(item.to_vec());
+        queue.owner.clone()
+    };
+    if let Some(vm) = owner.upgrade() {
+        vm.queue_ready(id);
+    }
+    Status::Ok
+}
+
+/// Takes the oldest item of queue `id`.
+pub fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
+    let mut q = queues().lock().expect("not poisoned");
+    let queue = q.queues.get_mut(&id).ok_or(Status::NotFound)?;
+    queue.items.pop_front().ok_or(Status::Empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cas_semantics() {
+        let ns = namespace("shared-test-cas");
+        assert!(ns.get(b"k").is_none());
+        assert_eq!(ns.set(b"k", b"1", 77), Status::Ok, "a new key ignores cas");
+        let (v, cas) = ns.get(b"k").unwrap();
+        assert_eq!((v.as_slice(), cas), (&b"1"[..], 1));
+        assert_eq!(ns.set(b"k", b"2", cas + 1), Status::CasMismatch);
+        assert_eq!(ns.set(b"k", b"2", cas), Status::Ok);
+        assert_eq!(
+            ns.set(b"k", b"3", cas),
+            Status::CasMismatch,
+            "stale version"
+        );
+        assert_eq!(ns.set(b"k", b"3", 0), Status::Ok, "0 is unconditional");
+        assert_eq!(ns.get(b"k").unwrap(), (b"3".to_vec(), 3));
+        assert!(Arc::ptr_eq(&ns, &namespace("shared-test-cas")));
+    }
+
+    #[test]
+    fn queues_in_order() {
+        let id = register_queue("shared-test-q", b"q", Weak::new());
+        assert_eq!(resolve_queue("shared-test-q", b"q"), Some(id));
+        assert_eq!(resolve_queue("shared-test-q", b"other"), None);
+        assert_eq!(dequeue(id), Err(Status::Empty));
+        assert_eq!(enqueue(id, b"a"), Status::Ok);
+        assert_eq!(enqueue(id, b"b"), Status::Ok);
+        assert_eq!(dequeue(id).unwrap(), b"a");
+        assert_eq!(dequeue(id).unwrap(), b"b");
+        assert_eq!(enqueue(u32::MAX, b"x"), Status::NotFound);
+        assert_eq!(register_queue("shared-test-q", b"q", Weak::new()), id);
+    }
+}

@@ -1,0 +1,216 @@
+//! What one request shares with the plugins of its chain: its header maps, the body chunk of
+//! the current body callback, what is known about the request (for properties), custom
+//! properties, and what the plugins asked for during a callback (local response, resume).
+//!
+//! The request owns one boxed [`Stream`]; before each guest call it is moved into the VM's
+//! store and moved back afterwards, so host calls work on it without borrowing request data.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// A header map as plugins see it: ordered `(name, value)` pairs; request maps start with the
+/// pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, response maps with `:status`.
+pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Most bytes a header map (names and values) may grow to through plugin writes.
+pub const MAX_HEADER_MAP_BYTES: usize = 256 * 1024;
+/// Most pairs a header map may grow to through plugin writes.
+pub const MAX_HEADER_MAP_PAIRS: usize = 1024;
+
+/// Facts about the request that properties expose.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// Wall-clock start of the request, ns since the epoch.
+    pub time_ns: i64,
+    /// The request's id (`x-request-id` as forwarded).
+    pub id: String,
+    /// The client's address.
+    pub source: Option<SocketAddr>,
+    /// The listener address the client connected to.
+    pub destination: Option<SocketAddr>,
+    /// An id of the downstream connection.
+    pub connection_id: u64,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+    /// The matched route.
+    pub route_name: String,
+    /// The endpoint chosen for the request, once known.
+    pub upstream_address: Option<String>,
+    /// The response status, once known.
+    pub response_code: Option<u16>,
+}
+
+/// A response a plugin asked the host to send instead of going on.
+#[derive(Debug, Clone, Default)]
+pub struct LocalResponse {
+    /// HTTP status (validated: 200–599).
+    pub status: u16,
+    /// Headers to send (hidden names were refused when they were set).
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Bytes,
+    /// The plugin's `details` string, for logs.
+    pub details: String,
+}
+
+/// What plugins asked for during one callback; read and cleared by the chain after each call.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// `proxy_send_local_response` was called (the last call wins).
+    pub local_response: Option<LocalResponse>,
+    /// `proxy_continue_stream(REQUEST)` was called.
+    pub resume_request: bool,
+    /// `proxy_continue_stream(RESPONSE)` was called.
+    pub resume_response: bool,
+    /// `proxy_close_stream` was called.
+    pub close: bool,
+}
+
+/// Which body the current body callback is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// The request body.
+    Request,
+    /// The response body.
+    Response,
+}
+
+/// The per-request state plugins act on.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// Request headers, pseudo-headers first.
+    pub request_headers: HeaderList,
+    /// Whether plugins may still change the request headers (before they are sent upstream).
+    pub request_headers_writable: bool,
+    /// Names (lower case) whose values plugins changed; `None` entry = all may have changed.
+    pub request_changed: Changes,
+    /// Request trailers (empty: pingora does not surface them).
+    pub request_trailers: HeaderList,
+    /// Response headers with `:status`, once the response started.
+    pub response_headers: HeaderList,
+    /// Whether plugins may still change the response headers.
+    pub response_headers_writable: bool,
+    /// Response header names plugins changed.
+    pub response_changed: Changes,
+    /// Response trailers.
+    pub response_trailers: HeaderList,
+    /// The body visible to the current body callback, and which one it is.
+    pub body: Vec<u8>,
+    /// See [`BodyKind`]; `None` outside body callbacks.
+    pub body_kind: Option<BodyKind>,
+    /// Whether the current body chunk is the last.
+    pub body_end: bool,
+    /// Whether plugins changed `body` in this callback.
+    pub body_changed: bool,
+    /// Request facts for properties.
+    pub info: RequestInfo,
+    /// Properties set by plugins of this request (`proxy_set_property`).
+    pub custom_properties: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Requests of the current callback.
+    pub effects: Effects,
+    /// Callouts started and not yet delivered.
+    pub pending_callouts: u32,
+    /// Callouts this request made (capped per plugin by `limits.max_callouts`).
+    pub callouts_made: u32,
+}
+
+/// Header names plugins changed, so that only those are written back to pingora's header.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Every name may have changed (the map was replaced).
+    pub all: bool,
+    /// Lower-case names changed.
+    pub names: Vec<Vec<u8>>,
+}
+
+impl Changes {
+    /// Records a change of `name` (any case).
+    pub fn touch(&mut self, name: &[u8]) {
+        if self.all {
+            return;
+        }
+        if !self.names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            self.names.push(name.to_ascii_lowercase());
+        }
+    }
+
+    /// Whether anything changed.
+    pub fn any(&self) -> bool {
+        self.all || !self.names.is_empty()
+    }
+}
+
+/// Total bytes of a header list's names and values.
+pub fn list_bytes(list: &HeaderList) -> usize {
+    list.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// The first value of `name` (case-insensitive).
+pub fn list_get<'a>(list: &'a HeaderList, name: &[u8]) -> Option<&'a [u8]> {
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Replaces every value of `name` with one `value` (appends if absent), keeping the position
+/// of the first.
+pub fn list_replace(list: &mut HeaderList, name: &[u8], value: &[u8]) {
+    let mut seen = false;
+    list.retain_mut(|(k, v)| {
+        if !k.eq_ignore_ascii_case(name) {
+            return true;
+        }
+        if seen {
+            return false;
+        }
+        seen = true;
+        *v = value.to_vec();
+        true
+    });
+    if !seen {
+        list.push((name.to_ascii_lowercase(), value.to_vec()));
+    }
+}
+
+/// Removes every value of `name`.
+pub fn list_remove(list: &mut HeaderList, name: &[u8]) {
+    list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> HeaderList {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn replace_keeps_the_first_position_and_drops_duplicates() {
+        let mut list = l(&[("a", "1"), ("B", "2"), ("c", "3"), ("b", "4")]);
+        list_replace(&mut list, b"b", b"x");
+        assert_eq!(list, l(&[("a", "1"), ("B", "x"), ("c", "3")]));
+        list_replace(&mut list, b"D", b"y");
+        assert_eq!(list.last().unwrap(), &(b"d".to_vec(), b"y".to_vec()));
+        list_remove(&mut list, b"A");
+        assert_eq!(list_get(&list, b"a"), None);
+        assert_eq!(list_get(&list, b"C"), Some(&b"3"[..]));
+        assert_eq!(list_bytes(&list), 2 + 2 + 2);
+    }
+
+    #[test]
+    fn changes_are_case_insensitive() {
+        let mut c = Changes::default();
+        assert!(!c.any());
+        c.touch(b"X-A");
+        c.touch(b"x-a");
+        assert_eq!(c.names, vec![b"x-a".to_vec()]);
+        assert!(c.any());
+    }
+}

@@ -1,0 +1,884 @@
+//! One VM: a wasmtime `Store` with one instance of a plugin, its root context, and the calls
+//! into it.
+//!
+//! The store sits behind a mutex held only for one guest call (never across an `.await`).
+//! Every call gets the plugin's fuel and wall-clock deadline. Any failure — trap, fuel,
+//! deadline, memory, or a host call that caught the guest misbehaving — marks the VM failed:
+//! it is never entered again, and its plugin builds a replacement.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use prometheus::{Histogram, IntCounter};
+use sluice_abi::names::{exports, ABI_VERSION_0_2_0, ABI_VERSION_0_2_1};
+use wasmtime::{
+    AsContextMut, Engine, Instance, InstancePre, Memory, ResourceLimiter, Store, Trap, TypedFunc,
+    WasmParams, WasmResults,
+};
+
+use super::callout::{CalloutDone, CalloutResponse, CalloutSink};
+use super::engine::EPOCH_TICK;
+use super::plugin::Plugin;
+use super::settings::PluginSettings;
+use super::shared::Namespace;
+use super::stream::Stream;
+use super::wasi::{ProcExit, WasiHost};
+
+/// The phase a guest call belongs to (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `_initialize`/`main`/`_start`, root context creation, `on_vm_start`.
+    Start,
+    /// `on_configure`.
+    Configure,
+    /// `on_tick`.
+    Tick,
+    /// Stream context creation.
+    Create,
+    /// `on_request_headers`.
+    RequestHeaders,
+    /// `on_request_body`.
+    RequestBody,
+    /// `on_request_trailers`.
+    RequestTrailers,
+    /// `on_response_headers`.
+    ResponseHeaders,
+    /// `on_response_body`.
+    ResponseBody,
+    /// `on_response_trailers`.
+    ResponseTrailers,
+    /// `on_http_call_response`.
+    HttpCallResponse,
+    /// `on_queue_ready`.
+    QueueReady,
+    /// `on_log`.
+    Log,
+    /// `on_done` / `on_delete`.
+    Done,
+}
+
+impl Phase {
+    /// All phases, in label order.
+    pub const ALL: [Phase; 14] = [
+        Phase::Start,
+        Phase::Configure,
+        Phase::Tick,
+        Phase::Create,
+        Phase::RequestHeaders,
+        Phase::RequestBody,
+        Phase::RequestTrailers,
+        Phase::ResponseHeaders,
+        Phase::ResponseBody,
+        Phase::ResponseTrailers,
+        Phase::HttpCallResponse,
+        Phase::QueueReady,
+        Phase::Log,
+        Phase::Done,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "vm_start",
+            Phase::Configure => "configure",
+            Phase::Tick => "tick",
+            Phase::Create => "context_create",
+            Phase::RequestHeaders => "request_headers",
+            Phase::RequestBody => "request_body",
+            Phase::RequestTrailers => "request_trailers",
+            Phase::ResponseHeaders => "response_headers",
+            Phase::ResponseBody => "response_body",
+            Phase::ResponseTrailers => "response_trailers",
+            Phase::HttpCallResponse => "http_call_response",
+            Phase::QueueReady => "queue_ready",
+            Phase::Log => "log",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// How a guest call failed (the `kind` label of `sluice_plugin_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A trap (unreachable, out-of-bounds access, stack overflow, panic, `proc_exit`).
+    Trap,
+    /// The call ran out of fuel.
+    Fuel,
+    /// The call passed its wall-clock deadline.
+    Timeout,
+    /// The guest failed after a memory growth was refused.
+    Memory,
+    /// The guest broke the ABI (wrong return value, bad allocator, …).
+    Abi,
+    /// The VM had already failed in another request; nothing new is counted.
+    Lost,
+}
+
+impl ErrorKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Trap => "trap",
+            ErrorKind::Fuel => "fuel",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Abi => "abi",
+            ErrorKind::Lost => "lost",
+        }
+    }
+}
+
+/// A failed guest call.
+#[derive(Debug, Clone)]
+pub struct GuestError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened, for the log.
+    pub message: String,
+}
+
+impl std::fmt::Display for GuestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
+
+/// Caps linear memory and remembers whether a growth was refused.
+pub struct Limiter {
+    max_bytes: usize,
+    /// A `memory.grow` was refused since the last call began.
+    pub denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Host-side state of one VM, reachable from host calls.
+pub struct VmState {
+    /// The plugin's settings.
+    pub settings: Arc<PluginSettings>,
+    /// Memory limiter.
+    pub limiter: Limiter,
+    /// The plugin's shared-data namespace.
+    pub shared: Arc<Namespace>,
+    /// The guest allocator (`malloc`, else `proxy_on_memory_allocate`).
+    pub alloc: Option<TypedFunc<u32, u32>>,
+    /// The guest's memory.
+    pub memory: Option<Memory>,
+    /// Root context id.
+    pub root_id: u32,
+    /// The context the current callback is for (changed by `proxy_set_effective_context`).
+    pub context: u32,
+    /// The request being served by the current callback, if any.
+    pub stream: Option<Box<Stream>>,
+    /// The HTTP-call response visible during `on_http_call_response`.
+    pub callout_response: Option<CalloutResponse>,
+    /// Where callouts made during the current callback report.
+    pub callout_sink: Option<CalloutSink>,
+    /// The chain position of this plugin in the current request (callouts report it back).
+    pub member: usize,
+    /// Tick period asked for, ms (0 = none).
+    pub tick_period_ms: u32,
+    /// Next callout token.
+    pub next_token: u32,
+    /// A host call found the guest breaking the ABI and trapped it.
+    pub abi_error: Option<String>,
+    /// The VM itself (for queues that notify it).
+    pub vm: Weak<Vm>,
+    /// Whether a refused write to a hidden header was logged already.
+    pub warned_hidden: bool,
+}
+
+impl WasiHost for VmState {
+    fn wasi_output(&mut self, fd: u32, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end();
+        if fd == 2 {
+            tracing::error!(target: "sluice::plugin", plugin = %self.settings.name, "{text}");
+        } else {
+            tracing::info!(target: "sluice::plugin", plugin = %self.settings.name, "{text}");
+        }
+    }
+}
+
+type F1 = TypedFunc<u32, ()>;
+type F2 = TypedFunc<(u32, u32), ()>;
+type F2R = TypedFunc<(u32, u32), u32>;
+type F3R = TypedFunc<(u32, u32, u32), u32>;
+type F1R = TypedFunc<u32, u32>;
+type F5 = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
+/// The guest's callbacks (each optional).
+#[derive(Default)]
+struct Exports {
+    context_create: Option<F2>,
+    vm_start: Option<F2R>,
+    configure: Option<F2R>,
+    tick: Option<F1>,
+    request_headers: Option<F3R>,
+    request_body: Option<F3R>,
+    response_headers: Option<F3R>,
+    response_body: Option<F3R>,
+    log: Option<F1>,
+    done: Option<F1R>,
+    delete: Option<F1>,
+    http_call_response: Option<F5>,
+    queue_ready: Option<F2>,
+}
+
+struct Inner {
+    store: Store<VmState>,
+    ex: Exports,
+    next_context: u32,
+}
+
+/// Per-phase metric handles of a plugin.
+pub struct PhaseMetrics {
+    calls: Vec<IntCounter>,
+    durations: Vec<Histogram>,
+}
+
+impl PhaseMetrics {
+    /// Handles for `plugin`.
+    pub fn new(plugin: &str) -> PhaseMetrics {
+        let m = crate::metrics::metrics();
+        PhaseMetrics {
+            calls: Phase::ALL
+                .iter()
+                .map(|p| m.plugin_calls.with_label_values(&[plugin, p.as_str()]))
+                .collect(),
+            durations: Phase::ALL
+                .iter()
+                .map(|p| {
+                    m.plugin_call_duration
+                        .with_label_values(&[plugin, p.as_str()])
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Events for the root context, delivered by the ticker thread.
+pub enum RootEvent {
+    /// A callout made from the root context finished.
+    Callout(CalloutDone),
+    /// A queue this VM registered has items.
+    QueueReady(u32),
+}
+
+/// A stream callback.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamCall {
+    /// `on_request_headers(n, end_of_stream)`.
+    RequestHeaders(u32, bool),
+    /// `on_request_body(len, end_of_stream)`.
+    RequestBody(u32, bool),
+    /// `on_response_headers(n, end_of_stream)`.
+    ResponseHeaders(u32, bool),
+    /// `on_response_body(len, end_of_stream)`.
+    ResponseBody(u32, bool),
+    /// `on_http_call_response(token, n_headers, body_len, n_trailers)`.
+    HttpCallResponse(u32, u32, u32, u32),
+    /// `on_log`.
+    Log,
+}
+
+impl StreamCall {
+    fn phase(self) -> Phase {
+        match self {
+            StreamCall::RequestHeaders(..) => Phase::RequestHeaders,
+            StreamCall::RequestBody(..) => Phase::RequestBody,
+            StreamCall::ResponseHeaders(..) => Phase::ResponseHeaders,
+            StreamCall::ResponseBody(..) => Phase::ResponseBody,
+            StreamCall::HttpCallResponse(..) => Phase::HttpCallResponse,
+            StreamCall::Log => Phase::Log,
+        }
+    }
+}
+
+/// One VM of a plugin.
+pub struct Vm {
+    /// The plugin's settings.
+    pub settings: Arc<PluginSettings>,
+    /// The slot it fills in its plugin, and the how-manieth VM of that slot it is.
+    pub slot: usize,
+    inner: Mutex<Inner>,
+    failed: AtomicBool,
+    tick_ms: AtomicU32,
+    root_events: Mutex<Vec<RootEvent>>,
+    contexts: AtomicUsize,
+    plugin: Weak<Plugin>,
+    metrics: Arc<PhaseMetrics>,
+}
+
+/// Why a VM could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The module is not a Proxy-Wasm plugin or has bad exports.
+    #[error("{0}")]
+    Module(String),
+    /// Instantiation or a start callback failed.
+    #[error("{phase} failed: {error}")]
+    Start {
+        /// The callback.
+        phase: &'static str,
+        /// What happened.
+        error: GuestError,
+    },
+    /// `on_vm_start` or `on_configure` returned false.
+    #[error("{0} returned false")]
+    Refused(&'static str),
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    store: &mut Store<VmState>,
+    instance: &Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, VmError> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f.typed::<P, R>(&*store).map(Some).map_err(|_| {
+            VmError::Module(format!(
+                "export {name} has the wrong signature ({:?})",
+                f.ty(&*store)
+            ))
+        }),
+    }
+}
+
+impl Vm {
+    /// Instantiates the plugin and runs its start-up: `_initialize` + `main` (or `_start`),
+    /// the root context, `on_vm_start` and `on_configure`.
+    pub fn start(
+        engine: &Engine,
+        pre: &InstancePre<VmState>,
+        settings: Arc<PluginSettings>,
+        shared: Arc<Namespace>,
+        metrics: Arc<PhaseMetrics>,
+        plugin: Weak<Plugin>,
+        slot: usize,
+    ) -> Result<Arc<Vm>, VmError> {
+        let mut result = Ok(());
+        let vm = Arc::new_cyclic(|weak: &Weak<Vm>| {
+            let state = VmState {
+                settings: settings.clone(),
+                limiter: Limiter {
+                    max_bytes: settings.limits.memory_bytes,
+                    denied: false,
+                },
+                shared,
+                alloc: None,
+                memory: None,
+                root_id: 1,
+                context: 1,
+                stream: None,
+                callout_response: None,
+                callout_sink: None,
+                member: 0,
+                tick_period_ms: 0,
+                next_token: 0,
+                abi_error: None,
+                vm: weak.clone(),
+                warned_hidden: false,
+            };
+            let mut store = Store::new(engine, state);
+            store.limiter(|s| &mut s.limiter);
+            let mut inner = Inner {
+                store,
+                ex: Exports::default(),
+                next_context: 2,
+            };
+            if let Err(e) = init(&mut inner, pre, &settings, &metrics) {
+                result = Err(e);
+            }
+            Vm {
+                settings,
+                slot,
+                inner: Mutex::new(inner),
+                failed: AtomicBool::new(false),
+                tick_ms: AtomicU32::new(0),
+                root_events: Mutex::new(Vec::new()),
+                contexts: AtomicUsize::new(0),
+                plugin,
+                metrics,
+            }
+        });
+        result?;
+        let tick = vm.lock().store.data().tick_period_ms;
+        vm.set_tick(tick);
+        Ok(vm)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a host bug; the store is still consistent
+        // for our purposes (the VM is marked failed below if a call was interrupted).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the VM failed and must not be used.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Linear memory size, bytes.
+    pub fn memory_bytes(&self) -> usize {
+        let mut inner = self.lock();
+        let Inner { store, .. } = &mut *inner;
+        match store.data().memory {
+            Some(m) => m.data_size(&*store),
+            None => 0,
+        }
+    }
+
+    /// Stream contexts alive in this VM.
+    pub fn contexts(&self) -> usize {
+        self.contexts.load(Ordering::Relaxed)
+    }
+
+    fn set_tick(self: &Arc<Self>, ms: u32) {
+        let before = self.tick_ms.swap(ms, Ordering::AcqRel);
+        if ms > 0 && before == 0 {
+            super::ticker::register(Arc::downgrade(self));
+        }
+    }
+
+    /// The tick period the plugin asked for, ms (0 = none).
+    pub fn tick_period_ms(&self) -> u32 {
+        self.tick_ms.load(Ordering::Acquire)
+    }
+
+    fn fail(&self, phase: Phase, error: &GuestError) {
+        if error.kind == ErrorKind::Lost {
+            return;
+        }
+        if self.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let name = &self.settings.name;
+        crate::metrics::metrics()
+            .plugin_errors
+            .with_label_values(&[name, phase.as_str(), error.kind.as_str()])
+            .inc();
+        tracing::error!(
+            target: "sluice::plugin",
+            plugin = %name,
+            phase = phase.as_str(),
+            kind = error.kind.as_str(),
+            error = %error.message,
+            "plugin failed; its VM is replaced"
+        );
+        if let Some(p) = self.plugin.upgrade() {
+            p.vm_failed(self.slot);
+        }
+    }
+
+    /// Creates a stream context; returns its id.
+    pub fn create_context(self: &Arc<Self>) -> Result<u32, GuestError> {
+        if self.is_failed() {
+            return Err(lost());
+        }
+        let mut inner = self.lock();
+        let id = inner.next_context;
+        inner.next_context = inner.next_context.wrapping_add(1).max(2);
+        if let Some(f) = inner.ex.context_create.clone() {
+            let root = inner.store.data().root_id;
+            let r = guest_call(&mut inner, &self.metrics, Phase::Create, &f, (id, root));
+            if let Err(e) = r {
+                drop(inner);
+                self.fail(Phase::Create, &e);
+                return Err(e);
+            }
+        }
+        self.contexts.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .plugin_contexts
+            .with_label_values(&[&self.settings.name])
+            .inc();
+        Ok(id)
+    }
+
+    /// Runs a stream callback for context `id`, with the request's state moved in for the
+    /// call. Returns the raw result (an action; 0 for callbacks without one).
+    pub fn call_stream(
+        self: &Arc<Self>,
+        id: u32,
+        call: StreamCall,
+        stream: &mut Option<Box<Stream>>,
+        member: usize,
+        sink: &CalloutSink,
+        callout: Option<CalloutResponse>,
+    ) -> Result<u32, GuestError> {
+        if self.is_failed() {
+            return Err(lost());
+        }
+        let phase = call.phase();
+        let mut inner = self.lock();
+        let f3 = |f: &Option<F3R>| f.clone();
+        {
+            let data = inner.store.data_mut();
+            data.context = id;
+            data.stream = stream.take();
+            data.callout_sink = Some(sink.clone());
+            data.member = member;
+            data.callout_response = callout;
+        }
+        let r = match call {
+            StreamCall::RequestHeaders(n, eos) => match f3(&inner.ex.request_headers) {
+                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
+                None => Ok(0),
+            },
+            StreamCall::RequestBody(n, eos) => match f3(&inner.ex.request_body) {
+                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
+                None => Ok(0),
+            },
+            StreamCall::ResponseHeaders(n, eos) => match f3(&inner.ex.response_headers) {
+                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
+                None => Ok(0),
+            },
+            StreamCall::ResponseBody(n, eos) => match f3(&inner.ex.response_body) {
+                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
+                None => Ok(0),
+            },
+            StreamCall::HttpCallResponse(token, nh, len, nt) => {
+                match inner.ex.http_call_response.clone() {
+                    Some(f) => guest_call(
+                        &mut inner,
+                        &self.metrics,
+                        phase,
+                        &f,
+                        (id, token, nh, len, nt),
+                    )
+                    .map(|()| 0),
+                    None => Ok(0),
+                }
+            }
+            StreamCall::Log => match inner.ex.log.clone() {
+                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, id).map(|()| 0),
+                None => Ok(0),
+            },
+        };
+        let tick = {
+            let data = inner.store.data_mut();
+            *stream = data.stream.take();
+            data.callout_sink = None;
+            data.callout_response = None;
+            data.tick_period_ms
+        };
+        drop(inner);
+        self.set_tick(tick);
+        if let Err(e) = &r {
+            self.fail(phase, e);
+        }
+        r
+    }
+
+    /// Ends stream context `id`: `on_done`, then `on_delete`. Errors are counted and logged;
+    /// the request is over, so there is no policy to apply.
+    pub fn finish_context(self: &Arc<Self>, id: u32) {
+        self.contexts.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .plugin_contexts
+            .with_label_values(&[&self.settings.name])
+            .dec();
+        if self.is_failed() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.store.data_mut().context = id;
+        let mut r = Ok(());
+        if let Some(f) = inner.ex.done.clone() {
+            r = guest_call(&mut inner, &self.metrics, Phase::Done, &f, id).map(|_| ());
+        }
+        if r.is_ok() {
+            if let Some(f) = inner.ex.delete.clone() {
+                r = guest_call(&mut inner, &self.metrics, Phase::Done, &f, id);
+            }
+        }
+        drop(inner);
+        if let Err(e) = r {
+            self.fail(Phase::Done, &e);
+        }
+    }
+
+    /// Calls `on_tick` on the root context.
+    pub fn tick(self: &Arc<Self>) {
+        self.root_call(Phase::Tick, None);
+    }
+
+    /// Records a root-context event and wakes the ticker to deliver it.
+    pub fn push_root_event(&self, e: RootEvent) {
+        self.root_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+        super::ticker::wake();
+    }
+
+    /// A queue this VM registered has items.
+    pub fn queue_ready(self: &Arc<Self>, queue: u32) {
+        self.push_root_event(RootEvent::QueueReady(queue));
+        super::ticker::register(Arc::downgrade(self));
+    }
+
+    /// Delivers pending root-context events (ticker thread).
+    pub fn deliver_root_events(self: &Arc<Self>) {
+        let events =
+            std::mem::take(&mut *self.root_events.lock().unwrap_or_else(|p| p.into_inner()));
+        for e in events {
+            self.root_call(Phase::HttpCallResponse, Some(e));
+        }
+    }
+
+    fn root_call(self: &Arc<Self>, phase: Phase, event: Option<RootEvent>) {
+        if self.is_failed() {
+            return;
+        }
+        let mut inner = self.lock();
+        let root = inner.store.data().root_id;
+        let sink = CalloutSink::Root(Arc::downgrade(self));
+        {
+            let data = inner.store.data_mut();
+            data.context = root;
+            data.callout_sink = Some(sink);
+        }
+        let (phase, r) = match event {
+            None => match inner.ex.tick.clone() {
+                Some(f) => (
+                    phase,
+                    guest_call(&mut inner, &self.metrics, Phase::Tick, &f, root),
+                ),
+                None => (phase, Ok(())),
+            },
+            Some(RootEvent::QueueReady(q)) => match inner.ex.queue_ready.clone() {
+                Some(f) => (
+                    Phase::QueueReady,
+                    guest_call(&mut inner, &self.metrics, Phase::QueueReady, &f, (root, q)),
+                ),
+                None => (Phase::QueueReady, Ok(())),
+            },
+            Some(RootEvent::Callout(done)) => {
+                let token = done.token;
+                let (nh, len, nt, resp) = done.counts();
+                inner.store.data_mut().callout_response = resp;
+                match inner.ex.http_call_response.clone() {
+                    Some(f) => (
+                        Phase::HttpCallResponse,
+                        guest_call(
+                            &mut inner,
+                            &self.metrics,
+                            Phase::HttpCallResponse,
+                            &f,
+                            (root, token, nh, len, nt),
+                        ),
+                    ),
+                    None => (Phase::HttpCallResponse, Ok(())),
+                }
+            }
+        };
+        let tick = {
+            let data = inner.store.data_mut();
+            data.callout_sink = None;
+            data.callout_response = None;
+            data.tick_period_ms
+        };
+        drop(inner);
+        self.set_tick(tick);
+        if let Err(e) = r {
+            self.fail(phase, &e);
+        }
+    }
+}
+
+fn lost() -> GuestError {
+    GuestError {
+        kind: ErrorKind::Lost,
+        message: "its VM failed in another request".into(),
+    }
+}
+
+/// Calls `f` with the plugin's limits and classifies a failure.
+fn guest_call<P: WasmParams, R: WasmResults>(
+    inner: &mut Inner,
+    metrics: &PhaseMetrics,
+    phase: Phase,
+    f: &TypedFunc<P, R>,
+    params: P,
+) -> Result<R, GuestError> {
+    let store = &mut inner.store;
+    let limits = store.data().settings.limits;
+    {
+        let data = store.data_mut();
+        data.limiter.denied = false;
+        data.abi_error = None;
+    }
+    // The store cannot fail to take fuel when fuel is enabled on the engine.
+    let _ = store.set_fuel(limits.fuel);
+    let ticks = (limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    let start = Instant::now();
+    let r = f.call(store.as_context_mut(), params);
+    let idx = phase as usize;
+    metrics.calls[idx].inc();
+    metrics.durations[idx].observe(start.elapsed().as_secs_f64());
+    r.map_err(|e| classify(store.data(), &e))
+}
+
+fn classify(state: &VmState, e: &wasmtime::Error) -> GuestError {
+    let mut message = format!("{e:#}");
+    if message.len() > 2000 {
+        let mut cut = 2000;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    let kind = if let Some(abi) = &state.abi_error {
+        message = abi.clone();
+        ErrorKind::Abi
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => ErrorKind::Fuel,
+            Some(Trap::Interrupt) => ErrorKind::Timeout,
+            _ if state.limiter.denied => ErrorKind::Memory,
+            _ => ErrorKind::Trap,
+        }
+    };
+    GuestError { kind, message }
+}
+
+fn start_error(phase: &'static str, error: GuestError) -> VmError {
+    VmError::Start { phase, error }
+}
+
+fn init(
+    inner: &mut Inner,
+    pre: &InstancePre<VmState>,
+    settings: &PluginSettings,
+    metrics: &PhaseMetrics,
+) -> Result<(), VmError> {
+    let store = &mut inner.store;
+    let _ = store.set_fuel(settings.limits.fuel);
+    store.set_epoch_deadline(
+        (settings.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1,
+    );
+    let instance = pre.instantiate(&mut *store).map_err(|e| {
+        let ge = classify(store.data(), &e);
+        start_error("instantiation (start function)", ge)
+    })?;
+    if instance.get_func(&mut *store, ABI_VERSION_0_2_1).is_none()
+        && instance.get_func(&mut *store, ABI_VERSION_0_2_0).is_none()
+    {
+        return Err(VmError::Module(format!(
+            "not a Proxy-Wasm plugin: it exports neither {ABI_VERSION_0_2_1} nor {ABI_VERSION_0_2_0}"
+        )));
+    }
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| VmError::Module("the module exports no memory named \"memory\"".into()))?;
+    let alloc = match typed::<u32, u32>(store, &instance, exports::MALLOC)? {
+        Some(f) => Some(f),
+        None => typed::<u32, u32>(store, &instance, exports::ON_MEMORY_ALLOCATE)?,
+    };
+    if alloc.is_none() {
+        return Err(VmError::Module(format!(
+            "the module exports no allocator ({} or {})",
+            exports::MALLOC,
+            exports::ON_MEMORY_ALLOCATE
+        )));
+    }
+    {
+        let data = store.data_mut();
+        data.memory = Some(memory);
+        data.alloc = alloc;
+    }
+    let ex = Exports {
+        context_create: typed(store, &instance, exports::ON_CONTEXT_CREATE)?,
+        vm_start: typed(store, &instance, exports::ON_VM_START)?,
+        configure: typed(store, &instance, exports::ON_CONFIGURE)?,
+        tick: typed(store, &instance, exports::ON_TICK)?,
+        request_headers: typed(store, &instance, exports::ON_REQUEST_HEADERS)?,
+        request_body: typed(store, &instance, exports::ON_REQUEST_BODY)?,
+        response_headers: typed(store, &instance, exports::ON_RESPONSE_HEADERS)?,
+        response_body: typed(store, &instance, exports::ON_RESPONSE_BODY)?,
+        log: typed(store, &instance, exports::ON_LOG)?,
+        done: typed(store, &instance, exports::ON_DONE)?,
+        delete: typed(store, &instance, exports::ON_DELETE)?,
+        http_call_response: typed(store, &instance, exports::ON_HTTP_CALL_RESPONSE)?,
+        queue_ready: typed(store, &instance, exports::ON_QUEUE_READY)?,
+    };
+    // WASI start-up: a reactor's `_initialize` (then `main(0, 0)` if exported), else a
+    // command's `_start`, where `proc_exit(0)` is a normal end.
+    let initialize = typed::<(), ()>(store, &instance, exports::INITIALIZE)?;
+    let main = typed::<(u32, u32), u32>(store, &instance, exports::MAIN)?;
+    let start = typed::<(), ()>(store, &instance, exports::START)?;
+    inner.ex = ex;
+    if let Some(f) = initialize {
+        guest_call(inner, metrics, Phase::Start, &f, ())
+            .map_err(|e| start_error(exports::INITIALIZE, e))?;
+        if let Some(main) = main {
+            guest_call(inner, metrics, Phase::Start, &main, (0, 0))
+                .map_err(|e| start_error(exports::MAIN, e))?;
+        }
+    } else if let Some(f) = start {
+        if let Err(e) = guest_call(inner, metrics, Phase::Start, &f, ()) {
+            if !e.message.contains(&ProcExit(0).to_string()) {
+                return Err(start_error(exports::START, e));
+            }
+        }
+    }
+    let root = inner.store.data().root_id;
+    if let Some(f) = inner.ex.context_create.clone() {
+        guest_call(inner, metrics, Phase::Start, &f, (root, 0))
+            .map_err(|e| start_error(exports::ON_CONTEXT_CREATE, e))?;
+    }
+    if let Some(f) = inner.ex.vm_start.clone() {
+        let ok = guest_call(
+            inner,
+            metrics,
+            Phase::Start,
+            &f,
+            (root, settings.vm_config.len() as u32),
+        )
+        .map_err(|e| start_error(exports::ON_VM_START, e))?;
+        if ok == 0 {
+            return Err(VmError::Refused(exports::ON_VM_START));
+        }
+    }
+    if let Some(f) = inner.ex.configure.clone() {
+        let ok = guest_call(
+            inner,
+            metrics,
+            Phase::Configure,
+            &f,
+            (root, settings.config.len() as u32),
+        )
+        .map_err(|e| start_error(exports::ON_CONFIGURE, e))?;
+        if ok == 0 {
+            return Err(VmError::Refused(exports::ON_CONFIGURE));
+        }
+    }
+    Ok(())
+}
