@@ -2,10 +2,12 @@
 # themselves on a fresh Debian machine with rustup (run as root, or with sudo available).
 
 WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
+# Test plugins built with the public Proxy-Wasm SDKs (used by the integration tests).
+TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup demo run test fmt lint wasm unit bench release clean
+.PHONY: setup demo run test fmt lint wasm wasm-as unit bench release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -27,17 +29,23 @@ demo: setup
 	$(CARGO) run -p sluice-proxy --bin sluice -- demo
 
 ## test: everything CI runs: format, lints, wasm builds, all tests
-test: setup fmt lint wasm unit
+test: setup fmt lint wasm wasm-as unit
 
 fmt:
 	$(CARGO) fmt --all -- --check
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(TEST_PLUGIN_CRATES) -- -D warnings
 
 wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
+	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
 	$(CARGO) build --target wasm32-unknown-unknown -p sluice-abi -p sluice-sdk
+
+## wasm-as: the AssemblyScript test plugin -> target/wasm-plugins/sluice_as.wasm (needs npm)
+wasm-as:
+	bash tests/plugins/assemblyscript/build.sh
 
 # Runs every test, then prints one line totalling all of cargo's `test result:` lines.
 unit:

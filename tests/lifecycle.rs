@@ -189,7 +189,7 @@ fn check_accepts_a_good_config() {
     let (ok, out, err) = check(GOOD);
     assert!(ok, "{err}");
     assert!(
-        out.contains("OK (1 listener, 1 upstream, 1 route)"),
+        out.contains("OK (1 listener, 1 upstream, 1 route, 0 plugins)"),
         "{out}"
     );
 }
@@ -308,7 +308,7 @@ fn the_example_config_in_deploy_is_valid() {
     assert!(out.status.success(), "{err}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("OK (1 listener, 3 upstreams, 3 routes)"),
+        text.contains("OK (1 listener, 3 upstreams, 3 routes, 0 plugins)"),
         "{text}"
     );
 }
