@@ -9,7 +9,7 @@ use sluice_abi::{LogLevel, Status};
 use tracing::Level;
 use wasmtime::Linker;
 
-use super::{done, put_u32, put_u64, read, st, HostResult, C};
+use super::{check_range, done, put_u32, put_u64, read, st, HostResult, C};
 use crate::wasm::vm::VmState;
 
 /// Longest log line kept; longer ones are cut.
@@ -87,12 +87,8 @@ fn proxy_log(mut c: C<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
         return Ok(st(Status::BadArgument));
     };
     // Check the whole range, keep at most MAX_LOG_BYTES of it.
-    let mem = match c.data().memory {
-        Some(m) => m,
-        None => return Ok(st(Status::InvalidMemoryAccess)),
-    };
-    if crate::wasm::memory::slice(mem.data(&c), ptr, len).is_err() {
-        return Ok(st(Status::InvalidMemoryAccess));
+    if let Err(s) = check_range(&c, ptr, len) {
+        return Ok(st(s));
     }
     let kept = len.min(MAX_LOG_BYTES);
     let bytes = match read(&mut c, ptr, kept, MAX_LOG_BYTES) {

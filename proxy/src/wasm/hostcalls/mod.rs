@@ -63,6 +63,13 @@ fn read(c: &mut C<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, Status> 
     Ok(bytes.to_vec())
 }
 
+/// Checks that `[ptr, ptr + len)` is guest memory, without copying it.
+fn check_range(c: &C<'_>, ptr: u32, len: u32) -> Result<(), Status> {
+    let mem = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    memory::slice(mem.data(c), ptr, len)?;
+    Ok(())
+}
+
 /// Writes a `u32` to guest memory.
 fn put_u32(c: &mut C<'_>, ptr: u32, v: u32) -> Result<(), Status> {
     let mem = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;

@@ -8,7 +8,7 @@ use sluice_abi::{Status, StreamType};
 use wasmtime::Linker;
 
 use super::headers::{valid_name, valid_value};
-use super::{give, put_u32, read, st, HostResult, C};
+use super::{check_range, give, put_u32, read, st, HostResult, C};
 use crate::wasm::stream::{LocalResponse, MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_PAIRS};
 use crate::wasm::vm::VmState;
 
@@ -84,6 +84,10 @@ fn send_local_response(
     _grpc_status: i32,
 ) -> HostResult {
     let max_body = u32::try_from(c.data().settings.limits.max_body_bytes).unwrap_or(u32::MAX);
+    // The whole range must be guest memory; at most MAX_DETAILS_BYTES of it are kept.
+    if let Err(s) = check_range(&c, details_ptr, details_len) {
+        return Ok(st(s));
+    }
     let details = match read(
         &mut c,
         details_ptr,
