@@ -434,6 +434,18 @@ async fn metrics_ticks_and_logs() {
         Some(3.0)
     );
 
+    // Linear memory of the plugin's VMs, read at the scrape: whole wasm pages.
+    let mem = proxy
+        .metric("sluice_plugin_memory_bytes{plugin=\"metrics\"}")
+        .await
+        .unwrap();
+    assert!(mem >= 65536.0 && mem % 65536.0 == 0.0, "memory gauge {mem}");
+    assert_eq!(
+        proxy.metric("sluice_plugin_vms{plugin=\"metrics\"}").await,
+        Some(2.0),
+        "one VM per worker thread"
+    );
+
     tokio::time::sleep(Duration::from_millis(300)).await;
     let e = echo(c.get(proxy.url("/t")).send().await.unwrap()).await;
     let ticks: u64 = echo_header(&e, "x-ticks").unwrap().parse().unwrap();
@@ -631,4 +643,61 @@ async fn check_loads_plugins_and_names_the_one_that_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 plugin)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_end_at_the_pause_timeout_or_as_soon_as_the_client_leaves() {
+    let proxy = start(
+        &[
+            ("held", "/held", "held"),
+            ("gone", "/gone", "forever, gone"),
+            ("slow", "/slow", "slow"),
+        ],
+        "  held: { path: sdk.wasm, config: { mode: pause-forever }, limits: { pause_timeout_ms: 300 } }\n\
+         \x20 forever: { path: sdk.wasm, config: { mode: pause-forever }, limits: { pause_timeout_ms: 600000 } }\n\
+         \x20 gone: { path: sdk.wasm, config: { mode: log, tag: gone } }\n\
+         \x20 slow: { path: sdk.wasm, config: { mode: log, tag: slow } }\n",
+    )
+    .await;
+    let r = client().get(proxy.url("/held")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "504 Gateway Timeout: plugin \"held\" did not resume the request within 300 ms\n"
+    );
+    proxy
+        .wait_metric("sluice_plugin_contexts{plugin=\"held\"}", 0.0)
+        .await;
+
+    // The client gives up on a request a plugin holds for 10 minutes, and on one the
+    // upstream is slow to answer: both requests end at once, and every plugin of their
+    // chains gets on_log, on_done and on_delete.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(impatient.get(proxy.url("/gone")).send().await.is_err());
+    assert!(impatient
+        .get(proxy.url("/slow?delay_ms=4000"))
+        .send()
+        .await
+        .is_err());
+    for plugin in ["forever", "gone", "slow"] {
+        proxy
+            .wait_metric(
+                &format!("sluice_plugin_contexts{{plugin=\"{plugin}\"}}"),
+                0.0,
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = proxy.logs();
+    for tag in ["gone", "slow"] {
+        for what in ["on_log", "on_done", "on_delete"] {
+            assert!(
+                logs.contains(&format!("sdk-log {what} {tag}")),
+                "{what} of {tag} missing:\n{logs}"
+            );
+        }
+    }
 }

@@ -118,6 +118,9 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let m = crate::metrics::metrics();
             m.in_flight.set(state.in_flight() as i64);
+            for p in state.current().plugins.values() {
+                p.update_gauges();
+            }
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

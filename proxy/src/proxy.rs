@@ -87,7 +87,14 @@ impl SluiceProxy {
             if self.tls { "https" } else { "http" },
         );
         let no_body = session.is_body_empty();
-        let outcome = chain.request_headers(no_body).await;
+        let outcome = match while_client_waits(session, chain.request_headers(no_body)).await {
+            Ok(o) => o,
+            Err(gone) => {
+                // on_log, on_done and on_delete still run, when the request ends.
+                ctx.chain = Some(chain);
+                return Err(gone);
+            }
+        };
         let reply = match outcome {
             Err(reply) => Some(reply),
             Ok(HeadersDone::Continue) => None,
@@ -135,7 +142,32 @@ impl SluiceProxy {
                 }));
             }
         }
-        Ok(chain.request_body_complete(body).await)
+        while_client_waits(session, chain.request_body_complete(body)).await
+    }
+}
+
+/// Runs a plugin phase that may wait for a paused plugin (an HTTP callout, a plugin that never
+/// resumes) while watching the client: once the request body is fully read, a client that
+/// closes the connection (or resets the HTTP/2 stream) ends the wait with its error, so the
+/// request's plugin contexts end at once instead of at the plugin's `pause_timeout_ms`.
+async fn while_client_waits<T>(
+    session: &mut Session,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    if !session.is_body_done() {
+        return Ok(work.await);
+    }
+    let downstream = &mut session.downstream_session;
+    tokio::select! {
+        out = work => Ok(out),
+        r = downstream.read_body_or_idle(true) => Err(match r {
+            Err(e) => e,
+            Ok(_) => Error::explain(
+                ErrorType::ConnectionClosed,
+                "the client sent data while its request was held by a plugin",
+            ),
+        }
+        .into_down()),
     }
 }
 

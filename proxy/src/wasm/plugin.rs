@@ -200,7 +200,9 @@ impl Plugin {
             .collect()
     }
 
-    fn update_gauges(&self) {
+    /// Sets `sluice_plugin_vms` and `sluice_plugin_memory_bytes` of this plugin (at load, on
+    /// VM changes, and at each scrape of `/metrics`).
+    pub fn update_gauges(&self) {
         let m = crate::metrics::metrics();
         m.plugin_vms
             .with_label_values(&[&self.settings.name])

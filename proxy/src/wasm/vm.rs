@@ -252,6 +252,8 @@ struct Inner {
     store: Store<VmState>,
     ex: Exports,
     next_context: u32,
+    /// Linear memory size after the last guest call (read without the lock).
+    memory_bytes: Arc<AtomicUsize>,
 }
 
 /// Per-phase metric handles of a plugin.
@@ -329,6 +331,7 @@ pub struct Vm {
     tick_ms: AtomicU32,
     root_events: Mutex<Vec<RootEvent>>,
     contexts: AtomicUsize,
+    memory_bytes: Arc<AtomicUsize>,
     plugin: Weak<Plugin>,
     metrics: Arc<PhaseMetrics>,
 }
@@ -405,10 +408,12 @@ impl Vm {
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);
+            let memory_bytes = Arc::new(AtomicUsize::new(0));
             let mut inner = Inner {
                 store,
                 ex: Exports::default(),
                 next_context: 2,
+                memory_bytes: memory_bytes.clone(),
             };
             if let Err(e) = init(&mut inner, pre, &settings, &metrics) {
                 result = Err(e);
@@ -421,6 +426,7 @@ impl Vm {
                 tick_ms: AtomicU32::new(0),
                 root_events: Mutex::new(Vec::new()),
                 contexts: AtomicUsize::new(0),
+                memory_bytes,
                 plugin,
                 metrics,
             }
@@ -442,14 +448,9 @@ impl Vm {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Linear memory size, bytes.
+    /// Linear memory size, bytes, as of the end of the last guest call.
     pub fn memory_bytes(&self) -> usize {
-        let mut inner = self.lock();
-        let Inner { store, .. } = &mut *inner;
-        match store.data().memory {
-            Some(m) => m.data_size(&*store),
-            None => 0,
-        }
+        self.memory_bytes.load(Ordering::Relaxed)
     }
 
     /// Stream contexts alive in this VM.
@@ -742,6 +743,11 @@ fn guest_call<P: WasmParams, R: WasmResults>(
     let idx = phase as usize;
     metrics.calls[idx].inc();
     metrics.durations[idx].observe(start.elapsed().as_secs_f64());
+    if let Some(m) = store.data().memory {
+        inner
+            .memory_bytes
+            .store(m.data_size(&*store), Ordering::Relaxed);
+    }
     r.map_err(|e| classify(store.data(), &e))
 }
 

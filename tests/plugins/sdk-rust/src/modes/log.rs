@@ -1,4 +1,4 @@
-//! Mode `log`: one message at every log level.
+//! Mode `log`: one message at every log level, and a line from each end-of-request callback.
 
 use std::rc::Rc;
 
@@ -28,7 +28,29 @@ impl Log {
     }
 }
 
-impl Context for Log {}
+impl Log {
+    fn line(&self, what: &str) {
+        // Nowhere to report a failure from these callbacks; the tests look for the lines.
+        let _ = hostcalls::log(
+            LogLevel::Info,
+            &format!("sdk-log {what} {}", self.settings.tag),
+        );
+    }
+}
+
+impl Context for Log {
+    fn on_done(&mut self) -> bool {
+        self.line("on_done");
+        true
+    }
+}
+
+/// The SDK drops the context in `on_delete`.
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.line("on_delete");
+    }
+}
 
 impl HttpContext for Log {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -39,5 +61,9 @@ impl HttpContext for Log {
             }
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.line("on_log");
     }
 }
