@@ -7,7 +7,7 @@ TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup demo run test fmt lint wasm wasm-as unit bench release clean
+.PHONY: setup demo run test fmt lint wasm wasm-as unit bench bench-micro release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -24,9 +24,11 @@ setup:
 		|| { echo "setup: 'rustup target add wasm32-wasip1 wasm32-unknown-unknown' failed; the wasm crates cannot be built" >&2; exit 1; }
 	@echo "setup: ok ($$(rustc --version))"
 
-## demo: run the proxy in front of the built-in demo upstream (prints curl commands to try)
+## demo: run the proxy with the example plugin in front of the built-in demo upstream
+## (prints curl commands to try)
 demo: setup
-	$(CARGO) run -p sluice-proxy --bin sluice -- demo
+	$(CARGO) build --release --target wasm32-wasip1 -p sluice-plugin-hello
+	$(CARGO) run -p sluice-proxy --bin sluice -- demo --plugins target/wasm32-wasip1/release
 
 ## test: everything CI runs: format, lints, wasm builds, all tests
 test: setup fmt lint wasm wasm-as unit
@@ -36,7 +38,7 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(TEST_PLUGIN_CRATES) -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) -- -D warnings
 
 wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
@@ -57,6 +59,11 @@ unit:
 ## bench: the benchmark table (see docs/benchmarks.md)
 bench: setup
 	bash bench/run.sh
+
+## bench-micro: criterion micro-benchmarks of the plugin host (bench/wasm.rs)
+bench-micro: setup
+	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
+	$(CARGO) bench -p sluice-proxy --bench wasm
 
 ## release: optimised binary in target/release/sluice
 release: setup

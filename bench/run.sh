@@ -3,7 +3,8 @@
 #   - the upstream served directly (reference for the load generator),
 #   - nginx as a reverse proxy (1 worker),
 #   - bare pingora (bench/bare-pingora: only upstream_peer),
-#   - sluice with no plugins,
+#   - sluice with no plugins, then on routes with 1 and 3 header plugins and with a plugin
+#     that buffers and rewrites a 16 KiB response body (next to sluice on the same body),
 # all on loopback on this machine, in one run. See docs/benchmarks.md.
 #
 # Usage: bash bench/run.sh          (or: make bench)
@@ -274,7 +275,7 @@ to_ms() {
 declare -A S_RPS=() S_P50=() S_P99=() S_REQS=() S_CPU_S=() S_CPU_US=()
 declare -A R_RPS=() R_P50=() R_P99=() R_REQS=() R_CPU_S=() R_CPU_US=() R_NOTE=()
 TARGETS=()
-declare -A LABEL=() PORT=() PID=()
+declare -A LABEL=() PORT=() PID=() URLPATH=()
 
 # add_note ID TEXT
 add_note() {
@@ -285,7 +286,7 @@ add_note() {
 # measure ID ROUND: warm-up, then the measured wrk run with CPU sampling.
 measure() {
     local id="$1" round="$2" url out t0 t1 reqs rps p50 p99 errs non2xx tag=""
-    url="http://127.0.0.1:${PORT[$id]}/"
+    url="http://127.0.0.1:${PORT[$id]}${URLPATH[$id]:-/}"
     out="$WORK/wrk-$id-$round.txt"
     ((ROUNDS > 1)) && tag="round $round: "
 
@@ -354,6 +355,8 @@ if [[ "$SKIP_SLUICE" == 1 ]]; then
     cargo build --release -p sluice-bench-bare-pingora
 else
     cargo build --release -p sluice-proxy -p sluice-bench-bare-pingora
+    # The plugin the plugin rows run: the test plugin built with the public Rust SDK.
+    cargo build --release --target wasm32-wasip1 -p sluice-test-plugin-sdk-rust
 fi
 [[ -x "$BARE_BIN" ]] || die "$BARE_BIN not found after build"
 if [[ "$SKIP_SLUICE" != 1 ]]; then
@@ -430,8 +433,15 @@ if [[ -n "$NGINX" ]]; then
             default_type text/plain;
             return 200 "hello from upstream\n";
         }
+        location ~ body16k\$ {
+            default_type text/plain;
+            root $WORK/www;
+            try_files /16k.txt =404;
+        }
     }
 EOF
+    mkdir -p "$WORK/www"
+    head -c 16384 /dev/zero | tr '\0' 'a' >"$WORK/www/16k.txt"
     start_nginx upstream "$dir"
     if wait_http "upstream nginx" "${PID[upstream]}" "http://127.0.0.1:$UP_PORT/" "$dir/error.log"; then
         UPSTREAM_KIND="nginx (1 worker, return 200)"
@@ -502,6 +512,7 @@ TARGETS+=(bare)
 
 # --- sluice -------------------------------------------------------------------
 if [[ "$SKIP_SLUICE" != 1 ]]; then
+    cp "$ROOT/target/wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm" "$WORK/sdk.wasm"
     cat >"$WORK/sluice.yaml" <<EOF
 listeners:
   - name: bench
@@ -512,9 +523,26 @@ upstreams:
   backend:
     endpoints: ["127.0.0.1:$UP_PORT"]
 routes:
+  - name: one-plugin
+    match: { path_prefix: "/p1/" }
+    upstream: backend
+    plugins: [copy1]
+  - name: three-plugins
+    match: { path_prefix: "/p3/" }
+    upstream: backend
+    plugins: [copy1, copy2, copy3]
+  - name: body-rewrite
+    match: { path_prefix: "/rw/" }
+    upstream: backend
+    plugins: [rewrite]
   - name: all
     match: { path_prefix: "/" }
     upstream: backend
+plugins:
+  copy1: { path: sdk.wasm, config: { mode: copy-header } }
+  copy2: { path: sdk.wasm, config: { mode: copy-header } }
+  copy3: { path: sdk.wasm, config: { mode: copy-header } }
+  rewrite: { path: sdk.wasm, config: { mode: resp-body, tag: rewritten } }
 EOF
     "$SLUICE_BIN" run --config "$WORK/sluice.yaml" --threads "$THREADS" --log-level warn \
         >"$WORK/sluice.log" 2>&1 &
@@ -528,6 +556,22 @@ EOF
     LABEL[sluice]="sluice"
     PORT[sluice]="$SLUICE_PORT"
     TARGETS+=(sluice)
+    # The same process on its plugin routes (one target each, measured in turn).
+    add_sluice_target() {
+        LABEL[$1]="$2"
+        PORT[$1]="$SLUICE_PORT"
+        PID[$1]="${PID[sluice]}"
+        URLPATH[$1]="$3"
+        TARGETS+=("$1")
+    }
+    add_sluice_target sluice_p1 "sluice 1 plugin" "/p1/"
+    add_sluice_target sluice_p3 "sluice 3 plugins" "/p3/"
+    add_sluice_target sluice_body "sluice 16K" "/body16k?bytes=16384"
+    add_sluice_target sluice_rw "sluice 16K rewrite" "/rw/body16k?bytes=16384"
+    for id in sluice_p1 sluice_rw; do
+        wait_http "${LABEL[$id]}" "${PID[sluice]}" "http://127.0.0.1:$SLUICE_PORT${URLPATH[$id]}" \
+            "$WORK/sluice.log" || die "sluice does not serve ${URLPATH[$id]}"
+    done
 else
     log "SKIP_SLUICE=1: sluice is left out of this run"
 fi
@@ -559,6 +603,20 @@ ratio() {
     [[ -n "$a" && -n "$b" ]] || return 0
     awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.3f", a / b }'
 }
+
+# extra A B: R_CPU_US[A] - R_CPU_US[B] as "+N.NN", or empty if either is missing.
+extra() {
+    local a="${R_CPU_US[$1]:-}" b="${R_CPU_US[$2]:-}"
+    [[ -n "$a" && -n "$b" ]] || return 0
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%+.2f", a - b }'
+}
+EXTRA_P1="$(extra sluice_p1 sluice)"
+EXTRA_P3="$(extra sluice_p3 sluice)"
+EXTRA_RW="$(extra sluice_rw sluice_body)"
+P1_WITHIN=""
+if [[ -n "$EXTRA_P1" ]]; then
+    if awk -v d="$EXTRA_P1" 'BEGIN { exit !(d <= 3) }'; then P1_WITHIN="yes"; else P1_WITHIN="no"; fi
+fi
 
 RATIO_NGINX="$(ratio sluice nginx)"
 RATIO_BARE="$(ratio sluice bare)"
@@ -603,6 +661,9 @@ echo
 echo "CPU per request, sluice / nginx:        ${RATIO_NGINX:-n/a}"
 echo "CPU per request, sluice / bare pingora: ${RATIO_BARE:-n/a}"
 echo "sluice within 10% of bare pingora:      ${WITHIN:-n/a}"
+echo "CPU us per request added by 1 plugin (copy-header), vs sluice:       ${EXTRA_P1:-n/a} (target +3 or less: ${P1_WITHIN:-n/a})"
+echo "CPU us per request added by 3 plugins (copy-header x3), vs sluice:   ${EXTRA_P3:-n/a}"
+echo "CPU us per request added by a 16 KiB body rewrite, vs sluice 16K:    ${EXTRA_RW:-n/a}"
 echo
 
 mkdir -p "$RESULTS_DIR"
@@ -643,5 +704,8 @@ mkdir -p "$RESULTS_DIR"
     echo "- CPU per request, sluice / nginx: ${RATIO_NGINX:-n/a}"
     echo "- CPU per request, sluice / bare pingora: ${RATIO_BARE:-n/a}"
     echo "- sluice within 10% of bare pingora: ${WITHIN:-n/a}"
+    echo "- CPU µs per request added by 1 plugin (copy-header), vs sluice: ${EXTRA_P1:-n/a} (target ≤ +3: ${P1_WITHIN:-n/a})"
+    echo "- CPU µs per request added by 3 plugins (copy-header ×3), vs sluice: ${EXTRA_P3:-n/a}"
+    echo "- CPU µs per request added by a 16 KiB response body rewrite, vs sluice 16K: ${EXTRA_RW:-n/a}"
 } >"$RESULTS_FILE"
 log "markdown table written to ${RESULTS_FILE#"$ROOT"/}"

@@ -358,9 +358,15 @@ async fn run_refuses_an_address_in_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_the_echo_upstream_through_the_proxy() {
+async fn demo_serves_the_echo_upstream_through_the_proxy_and_the_example_plugin() {
     let (listen, admin, up) = (free_port(), free_port(), free_port());
     let dir = temp_dir("demo");
+    // `make wasm` builds the example plugin here.
+    let plugins = target_dir().join("wasm32-wasip1/debug");
+    assert!(
+        plugins.join("sluice_plugin_hello.wasm").is_file(),
+        "build the example plugin with `make wasm` first"
+    );
     let mut child = spawn_logged(
         Command::new(sluice_bin()).args([
             "demo",
@@ -370,6 +376,8 @@ async fn demo_serves_the_echo_upstream_through_the_proxy() {
             &format!("127.0.0.1:{admin}"),
             "--upstream",
             &format!("127.0.0.1:{up}"),
+            "--plugins",
+            plugins.to_str().unwrap(),
         ]),
         &dir.join("demo.log"),
     );
@@ -395,6 +403,7 @@ async fn demo_serves_the_echo_upstream_through_the_proxy() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-hello"], "hello from the Sluice demo");
     let e = echo(r).await;
     assert_eq!(e["upstream"], "demo");
     assert_eq!(e["body"], "hi there");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::wasm::callout::{CalloutDone, CalloutSink};
 use crate::wasm::plugin::Plugin;
@@ -106,14 +106,32 @@ enum Step {
     Pause,
 }
 
+/// A body's `content-length` as it went out with the header, and what followed it: plugins
+/// that change a body's length must remove `content-length` in the header phase first (as on
+/// Envoy); if one does not, the body would not match its header, so the request fails instead.
+#[derive(Debug, Default)]
+struct BodyLength {
+    /// `content-length` sent with the header (`None`: chunked, or no body).
+    declared: Option<u64>,
+    /// Body bytes passed on so far.
+    passed: u64,
+    /// The last plugin (chain position) whose callback changed the body's length.
+    changed_by: Option<usize>,
+}
+
 /// The chain of one request.
 pub struct Chain {
     members: Vec<Member>,
     stream: Option<Box<Stream>>,
-    tx: UnboundedSender<CalloutDone>,
+    /// Where this request's callouts report (the sending end of `rx`).
+    sink: CalloutSink,
     rx: UnboundedReceiver<CalloutDone>,
     /// Plugins whose request-headers callback ran.
     headers_done: usize,
+    /// The request body's declared length and what was forwarded.
+    request_length: BodyLength,
+    /// The response body's declared length and what was sent.
+    response_length: BodyLength,
     /// The whole request body was read before forwarding.
     body_read: bool,
 }
@@ -160,9 +178,11 @@ impl Chain {
         Ok(Chain {
             members,
             stream: Some(stream),
-            tx,
+            sink: CalloutSink::Request(tx),
             rx,
             headers_done: 0,
+            request_length: BodyLength::default(),
+            response_length: BodyLength::default(),
             body_read: false,
         })
     }
@@ -187,8 +207,7 @@ impl Chain {
             s.effects.local_response = None;
             s.effects.close = false;
         }
-        let sink = CalloutSink::Request(self.tx.clone());
-        let r = vm.call_stream(id, call, &mut self.stream, i, &sink, None);
+        let r = vm.call_stream(id, call, &mut self.stream, i, &self.sink, None);
         let action = match r {
             Ok(a) => a,
             Err(_) => {
@@ -272,13 +291,12 @@ impl Chain {
         let token = done.token;
         let (nh, len, nt, resp) = done.counts();
         self.stream().effects.local_response = None;
-        let sink = CalloutSink::Request(self.tx.clone());
         let r = vm.call_stream(
             id,
             StreamCall::HttpCallResponse(token, nh, len, nt),
             &mut self.stream,
             j,
-            &sink,
+            &self.sink,
             Some(resp.unwrap_or_default()),
         );
         if r.is_err() {
@@ -404,6 +422,9 @@ impl Chain {
             let s = self.stream();
             let body = std::mem::take(&mut s.body);
             s.body_kind = None;
+            if body.len() != len as usize {
+                self.length_mut(kind).changed_by = Some(i);
+            }
             match step? {
                 None | Some(Step::Continue) => data = Some(body),
                 Some(Step::Pause) if !end => {
@@ -441,7 +462,61 @@ impl Chain {
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
             *chunk = Some(Bytes::from(out));
         }
-        Ok(())
+        self.check_length(BodyKind::Request, chunk, end)
+    }
+
+    fn length_mut(&mut self, kind: BodyKind) -> &mut BodyLength {
+        match kind {
+            BodyKind::Request => &mut self.request_length,
+            BodyKind::Response => &mut self.response_length,
+        }
+    }
+
+    /// Records the `content-length` the body's header went out with (`None`: chunked).
+    pub fn set_declared_length(&mut self, kind: BodyKind, declared: Option<u64>) {
+        self.length_mut(kind).declared = declared;
+    }
+
+    /// Counts what goes out and fails when a plugin changed the body's length while the header
+    /// still declares the old one: past the declared length, or short of it at the end.
+    fn check_length(
+        &mut self,
+        kind: BodyKind,
+        chunk: &Option<Bytes>,
+        end: bool,
+    ) -> Result<(), Reply> {
+        let l = self.length_mut(kind);
+        l.passed += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        let (Some(declared), Some(i)) = (l.declared, l.changed_by) else {
+            return Ok(());
+        };
+        if l.passed <= declared && !(end && l.passed < declared) {
+            return Ok(());
+        }
+        let (passed, name) = (l.passed, self.members[i].plugin.settings.name.clone());
+        let (phase, what, status) = match kind {
+            BodyKind::Request => ("request_body", "request", 500),
+            BodyKind::Response => ("response_body", "response", 502),
+        };
+        crate::metrics::metrics()
+            .plugin_errors
+            .with_label_values(&[&name, phase, "abi"])
+            .inc();
+        tracing::error!(
+            target: "sluice::plugin",
+            plugin = %name,
+            declared,
+            body_bytes = passed,
+            "plugin changed the {what} body's length but left content-length; remove it in on_{what}_headers"
+        );
+        Err(Reply::text(
+            status,
+            &name,
+            format!(
+                "{status} {}: plugin \"{name}\" changed the {what} body's length but kept its content-length\n",
+                if status == 500 { "Internal Server Error" } else { "Bad Gateway" }
+            ),
+        ))
     }
 
     fn body_chunk_from(
@@ -514,7 +589,7 @@ impl Chain {
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
             *chunk = Some(Bytes::from(out));
         }
-        Ok(())
+        self.check_length(BodyKind::Response, chunk, end)
     }
 
     /// `on_log` of every plugin (failures are counted; the response is already sent).

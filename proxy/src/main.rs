@@ -54,6 +54,10 @@ enum Command {
         /// Address of the demo upstream.
         #[arg(long, default_value = "127.0.0.1:3000")]
         upstream: String,
+        /// Directory holding the example plugin (`sluice_plugin_hello.wasm`), run on the demo
+        /// route; `make demo` builds it and passes this.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
     },
     /// Run only the demo upstream (an HTTP echo server), e.g. as a test backend.
     Upstream {
@@ -143,7 +147,8 @@ fn main() -> ExitCode {
             listen,
             admin,
             upstream,
-        } => demo(&listen, &admin, &upstream),
+            plugins,
+        } => demo(&listen, &admin, &upstream, plugins.as_deref()),
         Command::Upstream { address, name } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(listen: &str, admin: &str, upstream: &str) -> ExitCode {
+fn demo(listen: &str, admin: &str, upstream: &str, plugins: Option<&std::path::Path>) -> ExitCode {
     let upstream_listener = match std::net::TcpListener::bind(upstream) {
         Ok(l) => l,
         Err(e) => {
@@ -174,11 +179,14 @@ fn demo(listen: &str, admin: &str, upstream: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let yaml = sluice::demo::demo_config(listen, admin, upstream);
+    let yaml = sluice::demo::demo_config(listen, admin, upstream, plugins);
     let config = match Config::from_yaml(&yaml, std::path::Path::new(".")) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("sluice demo: the demo config is invalid:\n{errors}");
+            if plugins.is_some() {
+                eprintln!("(build the example plugin with `make demo`, which passes --plugins)");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -186,6 +194,7 @@ fn demo(listen: &str, admin: &str, upstream: &str) -> ExitCode {
         "\nSluice demo: proxy on http://{listen}, demo upstream on http://{upstream}, admin on http://{admin}\n\
          Try:\n  \
          curl -s http://{listen}/hello                       # the upstream echoes what it got, incl. x-forwarded-for and x-request-id\n  \
+         curl -si http://{listen}/hello | grep x-hello       # added by the example plugin (with --plugins)\n  \
          curl -s -X POST --data 'hi there' http://{listen}/echo\n  \
          curl -s 'http://{listen}/slow?delay_ms=500'\n  \
          curl -s --http2-prior-knowledge http://{listen}/h2  # HTTP/2 without TLS\n  \

@@ -27,7 +27,7 @@ use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
 use crate::router::{request_host, RouteEntry};
 use crate::runtime::{InFlight, Runtime, State};
 use crate::upstream::{Endpoint, Tried};
-use crate::wasm::stream::RequestInfo;
+use crate::wasm::stream::{BodyKind, RequestInfo};
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -159,6 +159,8 @@ async fn while_client_waits<T>(
     }
     let downstream = &mut session.downstream_session;
     tokio::select! {
+        // The work first: when no plugin pauses, it is done before the client is probed.
+        biased;
         out = work => Ok(out),
         r = downstream.read_body_or_idle(true) => Err(match r {
             Err(e) => e,
@@ -354,6 +356,17 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
     }
 }
 
+/// The `content-length` of a header, if it has a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Most request body bytes held before forwarding: what pingora can replay to the upstream.
 const PREREAD_MAX: usize = 64 * 1024;
 
@@ -542,8 +555,8 @@ impl ProxyHttp for SluiceProxy {
 
     /// Runs after `upstream_response_filter`, before the response header goes to the client:
     /// the plugins' `on_response_headers`, in reverse order. They may change the status and
-    /// headers, or answer locally instead. On routes with plugins a response with a body loses
-    /// its `content-length` (plugins may change the body), and is sent chunked over HTTP/1.1.
+    /// headers, or answer locally instead. A plugin that will change the body's length removes
+    /// `content-length` here (as on Envoy); the response then goes chunked over HTTP/1.1.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -564,10 +577,18 @@ impl ProxyHttp for SluiceProxy {
         }
         chain.apply_response(upstream_response)?;
         if !no_body {
-            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-            if session.req_header().version != http::Version::HTTP_2 {
+            // As for requests: a plugin that changes the body's length has removed
+            // content-length; a kept one is checked as the body flows.
+            let declared = content_length(&upstream_response.headers);
+            if declared.is_none()
+                && !upstream_response
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING)
+                && session.req_header().version != http::Version::HTTP_2
+            {
                 upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             }
+            chain.set_declared_length(BodyKind::Response, declared);
         }
         Ok(())
     }
@@ -584,11 +605,10 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<Option<std::time::Duration>> {
         if let Some(chain) = ctx.chain.as_mut() {
             if let Err(reply) = chain.response_body(body, end_of_stream) {
-                tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed during the response body; the response is cut");
-                return Err(Error::explain(
-                    ErrorType::InternalError,
-                    format!("plugin {} failed in the response body", reply.plugin),
-                ));
+                // Sent by fail_to_proxy if the header has not gone out yet; else the response
+                // is cut.
+                tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed during the response body");
+                return Err(reply_error(ctx, reply));
             }
         }
         Ok(None)
@@ -682,11 +702,20 @@ impl ProxyHttp for SluiceProxy {
                 self.tls,
             )?;
         }
-        if ctx.chain.is_some() && ctx.prebody.is_none() && !session.is_body_empty() {
-            // Plugins may change the body's length while it streams: send it chunked.
-            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-            if upstream_request.version != http::Version::HTTP_2 {
-                upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        if let Some(chain) = ctx.chain.as_mut() {
+            if ctx.prebody.is_none() && !session.is_body_empty() {
+                // A plugin that changes the body's length removes content-length first (as on
+                // Envoy); the body then goes chunked. A kept one is checked as the body flows.
+                let declared = content_length(&upstream_request.headers);
+                if declared.is_none()
+                    && !upstream_request
+                        .headers
+                        .contains_key(http::header::TRANSFER_ENCODING)
+                    && upstream_request.version != http::Version::HTTP_2
+                {
+                    upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+                chain.set_declared_length(BodyKind::Request, declared);
             }
         }
         if let Some(route) = ctx.route() {

@@ -2,21 +2,38 @@
 
 pub mod upstream;
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-/// The built-in demo config; `{LISTEN}`, `{ADMIN}` and `{UPSTREAM}` are replaced by addresses.
+/// The built-in demo config; `{LISTEN}`, `{ADMIN}` and `{UPSTREAM}` are replaced by addresses,
+/// `{PLUGINS}` by the route's plugin list.
 pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
 
-/// The demo config with the given addresses.
-pub fn demo_config(listen: &str, admin: &str, upstream: &str) -> String {
-    DEMO_CONFIG
+/// The example plugin the demo runs, as `cargo build --target wasm32-wasip1 -p
+/// sluice-plugin-hello` names it.
+pub const HELLO_WASM: &str = "sluice_plugin_hello.wasm";
+
+/// The demo config with the given addresses; with `plugins`, a directory holding
+/// [`HELLO_WASM`], the demo route runs that plugin.
+pub fn demo_config(listen: &str, admin: &str, upstream: &str, plugins: Option<&Path>) -> String {
+    let mut yaml = DEMO_CONFIG
         .replace("{LISTEN}", listen)
         .replace("{ADMIN}", admin)
         .replace("{UPSTREAM}", upstream)
+        .replace("{PLUGINS}", if plugins.is_some() { "hello" } else { "" });
+    if let Some(dir) = plugins {
+        // JSON strings are valid YAML scalars, whatever the path holds.
+        let path = serde_json::to_string(&dir.join(HELLO_WASM).to_string_lossy())
+            .expect("a string serializes");
+        yaml.push_str(&format!(
+            "plugins:\n  hello:\n    path: {path}\n    config: \"hello from the Sluice demo\"\n"
+        ));
+    }
+    yaml
 }
 
 /// The demo upstream as a pingora background service.

@@ -237,8 +237,10 @@ impl Plugin {
         }
     }
 
-    fn replace(self: &Arc<Self>, slot: usize) {
-        match Vm::start(
+    /// Starts a new VM of this plugin for `slot` (instantiation, start-up, `on_vm_start`,
+    /// `on_configure`) without putting it in service.
+    pub fn start_vm(self: &Arc<Self>, slot: usize) -> Result<Arc<Vm>, VmError> {
+        Vm::start(
             &self.engine,
             &self.pre,
             self.settings.clone(),
@@ -246,7 +248,11 @@ impl Plugin {
             self.metrics.clone(),
             Arc::downgrade(self),
             slot,
-        ) {
+        )
+    }
+
+    fn replace(self: &Arc<Self>, slot: usize) {
+        match self.start_vm(slot) {
             Ok(vm) => {
                 *self.slots[slot]
                     .vm

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use sluice_abi::names::{exports, ABI_VERSION_0_2_0, ABI_VERSION_0_2_1};
 use wasmtime::{
     AsContextMut, Engine, Instance, InstancePre, Memory, ResourceLimiter, Store, Trap, TypedFunc,
@@ -250,7 +250,6 @@ struct Exports {
 
 struct Inner {
     store: Store<VmState>,
-    ex: Exports,
     next_context: u32,
     /// Linear memory size after the last guest call (read without the lock).
     memory_bytes: Arc<AtomicUsize>,
@@ -260,6 +259,8 @@ struct Inner {
 pub struct PhaseMetrics {
     calls: Vec<IntCounter>,
     durations: Vec<Histogram>,
+    /// `sluice_plugin_contexts` of the plugin.
+    contexts: IntGauge,
 }
 
 impl PhaseMetrics {
@@ -278,6 +279,7 @@ impl PhaseMetrics {
                         .with_label_values(&[plugin, p.as_str()])
                 })
                 .collect(),
+            contexts: m.plugin_contexts.with_label_values(&[plugin]),
         }
     }
 }
@@ -326,6 +328,8 @@ pub struct Vm {
     pub settings: Arc<PluginSettings>,
     /// The slot it fills in its plugin, and the how-manieth VM of that slot it is.
     pub slot: usize,
+    /// The guest's callbacks (fixed once the VM started).
+    ex: Exports,
     inner: Mutex<Inner>,
     failed: AtomicBool,
     tick_ms: AtomicU32,
@@ -411,15 +415,16 @@ impl Vm {
             let memory_bytes = Arc::new(AtomicUsize::new(0));
             let mut inner = Inner {
                 store,
-                ex: Exports::default(),
                 next_context: 2,
                 memory_bytes: memory_bytes.clone(),
             };
-            if let Err(e) = init(&mut inner, pre, &settings, &metrics) {
+            let ex = init(&mut inner, pre, &settings, &metrics).unwrap_or_else(|e| {
                 result = Err(e);
-            }
+                Exports::default()
+            });
             Vm {
                 settings,
+                ex,
                 slot,
                 inner: Mutex::new(inner),
                 failed: AtomicBool::new(false),
@@ -503,9 +508,9 @@ impl Vm {
         let mut inner = self.lock();
         let id = inner.next_context;
         inner.next_context = inner.next_context.wrapping_add(1).max(2);
-        if let Some(f) = inner.ex.context_create.clone() {
+        if let Some(f) = &self.ex.context_create {
             let root = inner.store.data().root_id;
-            let r = guest_call(&mut inner, &self.metrics, Phase::Create, &f, (id, root));
+            let r = guest_call(&mut inner, &self.metrics, Phase::Create, f, (id, root));
             if let Err(e) = r {
                 drop(inner);
                 self.fail(Phase::Create, &e);
@@ -513,10 +518,7 @@ impl Vm {
             }
         }
         self.contexts.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::metrics()
-            .plugin_contexts
-            .with_label_values(&[&self.settings.name])
-            .inc();
+        self.metrics.contexts.inc();
         Ok(id)
     }
 
@@ -535,8 +537,19 @@ impl Vm {
             return Err(lost());
         }
         let phase = call.phase();
+        let ex = &self.ex;
+        let exported = match call {
+            StreamCall::RequestHeaders(..) => ex.request_headers.is_some(),
+            StreamCall::RequestBody(..) => ex.request_body.is_some(),
+            StreamCall::ResponseHeaders(..) => ex.response_headers.is_some(),
+            StreamCall::ResponseBody(..) => ex.response_body.is_some(),
+            StreamCall::HttpCallResponse(..) => ex.http_call_response.is_some(),
+            StreamCall::Log => ex.log.is_some(),
+        };
+        if !exported {
+            return Ok(0);
+        }
         let mut inner = self.lock();
-        let f3 = |f: &Option<F3R>| f.clone();
         {
             let data = inner.store.data_mut();
             data.context = id;
@@ -545,40 +558,48 @@ impl Vm {
             data.member = member;
             data.callout_response = callout;
         }
-        let r = match call {
-            StreamCall::RequestHeaders(n, eos) => match f3(&inner.ex.request_headers) {
-                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
-                None => Ok(0),
-            },
-            StreamCall::RequestBody(n, eos) => match f3(&inner.ex.request_body) {
-                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
-                None => Ok(0),
-            },
-            StreamCall::ResponseHeaders(n, eos) => match f3(&inner.ex.response_headers) {
-                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
-                None => Ok(0),
-            },
-            StreamCall::ResponseBody(n, eos) => match f3(&inner.ex.response_body) {
-                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, (id, n, eos as u32)),
-                None => Ok(0),
-            },
-            StreamCall::HttpCallResponse(token, nh, len, nt) => {
-                match inner.ex.http_call_response.clone() {
-                    Some(f) => guest_call(
-                        &mut inner,
-                        &self.metrics,
-                        phase,
-                        &f,
-                        (id, token, nh, len, nt),
-                    )
-                    .map(|()| 0),
-                    None => Ok(0),
-                }
+        let m = &self.metrics;
+        let i = &mut inner;
+        let r = match (call, ex) {
+            (
+                StreamCall::RequestHeaders(n, eos),
+                Exports {
+                    request_headers: Some(f),
+                    ..
+                },
+            )
+            | (
+                StreamCall::RequestBody(n, eos),
+                Exports {
+                    request_body: Some(f),
+                    ..
+                },
+            )
+            | (
+                StreamCall::ResponseHeaders(n, eos),
+                Exports {
+                    response_headers: Some(f),
+                    ..
+                },
+            )
+            | (
+                StreamCall::ResponseBody(n, eos),
+                Exports {
+                    response_body: Some(f),
+                    ..
+                },
+            ) => guest_call(i, m, phase, f, (id, n, eos as u32)),
+            (
+                StreamCall::HttpCallResponse(token, nh, len, nt),
+                Exports {
+                    http_call_response: Some(f),
+                    ..
+                },
+            ) => guest_call(i, m, phase, f, (id, token, nh, len, nt)).map(|()| 0),
+            (StreamCall::Log, Exports { log: Some(f), .. }) => {
+                guest_call(i, m, phase, f, id).map(|()| 0)
             }
-            StreamCall::Log => match inner.ex.log.clone() {
-                Some(f) => guest_call(&mut inner, &self.metrics, phase, &f, id).map(|()| 0),
-                None => Ok(0),
-            },
+            _ => Ok(0),
         };
         let tick = {
             let data = inner.store.data_mut();
@@ -599,22 +620,19 @@ impl Vm {
     /// the request is over, so there is no policy to apply.
     pub fn finish_context(self: &Arc<Self>, id: u32) {
         self.contexts.fetch_sub(1, Ordering::Relaxed);
-        crate::metrics::metrics()
-            .plugin_contexts
-            .with_label_values(&[&self.settings.name])
-            .dec();
-        if self.is_failed() {
+        self.metrics.contexts.dec();
+        if self.is_failed() || (self.ex.done.is_none() && self.ex.delete.is_none()) {
             return;
         }
         let mut inner = self.lock();
         inner.store.data_mut().context = id;
         let mut r = Ok(());
-        if let Some(f) = inner.ex.done.clone() {
-            r = guest_call(&mut inner, &self.metrics, Phase::Done, &f, id).map(|_| ());
+        if let Some(f) = &self.ex.done {
+            r = guest_call(&mut inner, &self.metrics, Phase::Done, f, id).map(|_| ());
         }
         if r.is_ok() {
-            if let Some(f) = inner.ex.delete.clone() {
-                r = guest_call(&mut inner, &self.metrics, Phase::Done, &f, id);
+            if let Some(f) = &self.ex.delete {
+                r = guest_call(&mut inner, &self.metrics, Phase::Done, f, id);
             }
         }
         drop(inner);
@@ -665,17 +683,17 @@ impl Vm {
             data.callout_sink = Some(sink);
         }
         let (phase, r) = match event {
-            None => match inner.ex.tick.clone() {
+            None => match &self.ex.tick {
                 Some(f) => (
                     phase,
-                    guest_call(&mut inner, &self.metrics, Phase::Tick, &f, root),
+                    guest_call(&mut inner, &self.metrics, Phase::Tick, f, root),
                 ),
                 None => (phase, Ok(())),
             },
-            Some(RootEvent::QueueReady(q)) => match inner.ex.queue_ready.clone() {
+            Some(RootEvent::QueueReady(q)) => match &self.ex.queue_ready {
                 Some(f) => (
                     Phase::QueueReady,
-                    guest_call(&mut inner, &self.metrics, Phase::QueueReady, &f, (root, q)),
+                    guest_call(&mut inner, &self.metrics, Phase::QueueReady, f, (root, q)),
                 ),
                 None => (Phase::QueueReady, Ok(())),
             },
@@ -683,14 +701,14 @@ impl Vm {
                 let token = done.token;
                 let (nh, len, nt, resp) = done.counts();
                 inner.store.data_mut().callout_response = resp;
-                match inner.ex.http_call_response.clone() {
+                match &self.ex.http_call_response {
                     Some(f) => (
                         Phase::HttpCallResponse,
                         guest_call(
                             &mut inner,
                             &self.metrics,
                             Phase::HttpCallResponse,
-                            &f,
+                            f,
                             (root, token, nh, len, nt),
                         ),
                     ),
@@ -784,7 +802,7 @@ fn init(
     pre: &InstancePre<VmState>,
     settings: &PluginSettings,
     metrics: &PhaseMetrics,
-) -> Result<(), VmError> {
+) -> Result<Exports, VmError> {
     let store = &mut inner.store;
     let _ = store.set_fuel(settings.limits.fuel);
     store.set_epoch_deadline(
@@ -840,7 +858,6 @@ fn init(
     let initialize = typed::<(), ()>(store, &instance, exports::INITIALIZE)?;
     let main = typed::<(u32, u32), u32>(store, &instance, exports::MAIN)?;
     let start = typed::<(), ()>(store, &instance, exports::START)?;
-    inner.ex = ex;
     if let Some(f) = initialize {
         guest_call(inner, metrics, Phase::Start, &f, ())
             .map_err(|e| start_error(exports::INITIALIZE, e))?;
@@ -856,16 +873,16 @@ fn init(
         }
     }
     let root = inner.store.data().root_id;
-    if let Some(f) = inner.ex.context_create.clone() {
-        guest_call(inner, metrics, Phase::Start, &f, (root, 0))
+    if let Some(f) = &ex.context_create {
+        guest_call(inner, metrics, Phase::Start, f, (root, 0))
             .map_err(|e| start_error(exports::ON_CONTEXT_CREATE, e))?;
     }
-    if let Some(f) = inner.ex.vm_start.clone() {
+    if let Some(f) = &ex.vm_start {
         let ok = guest_call(
             inner,
             metrics,
             Phase::Start,
-            &f,
+            f,
             (root, settings.vm_config.len() as u32),
         )
         .map_err(|e| start_error(exports::ON_VM_START, e))?;
@@ -873,12 +890,12 @@ fn init(
             return Err(VmError::Refused(exports::ON_VM_START));
         }
     }
-    if let Some(f) = inner.ex.configure.clone() {
+    if let Some(f) = &ex.configure {
         let ok = guest_call(
             inner,
             metrics,
             Phase::Configure,
-            &f,
+            f,
             (root, settings.config.len() as u32),
         )
         .map_err(|e| start_error(exports::ON_CONFIGURE, e))?;
@@ -886,5 +903,5 @@ fn init(
             return Err(VmError::Refused(exports::ON_CONFIGURE));
         }
     }
-    Ok(())
+    Ok(ex)
 }

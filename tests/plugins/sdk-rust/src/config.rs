@@ -11,11 +11,14 @@ const DEFAULT_UPSTREAM: &str = "callout";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Headers,
+    CopyHeader,
     Visible,
     Deny,
     InspectBody,
     RespBody,
+    RespBodyKeepLength,
     RespUpper,
+    ReqUpper,
     Properties,
     Shared,
     Metrics,
@@ -116,11 +119,14 @@ impl Settings {
         };
         let mode = match raw.mode.as_str() {
             "headers" => Mode::Headers,
+            "copy-header" => Mode::CopyHeader,
             "visible" => Mode::Visible,
             "deny" => Mode::Deny,
             "inspect-body" => Mode::InspectBody,
             "resp-body" => Mode::RespBody,
+            "resp-body-keep-length" => Mode::RespBodyKeepLength,
             "resp-upper" => Mode::RespUpper,
+            "req-upper" => Mode::ReqUpper,
             "properties" => Mode::Properties,
             "shared" => Mode::Shared,
             "metrics" => Mode::Metrics,

@@ -40,17 +40,30 @@ impl HttpContext for InspectBody {
 /// Mode `resp-body`: buffers the whole response body and prefixes it with `<tag>|`.
 pub struct RespBody {
     settings: Rc<Settings>,
+    /// Mode `resp-body-keep-length`: leave `content-length` (a bug the host must contain).
+    keep_length: bool,
 }
 
 impl RespBody {
-    pub fn new(settings: Rc<Settings>) -> RespBody {
-        RespBody { settings }
+    pub fn new(settings: Rc<Settings>, keep_length: bool) -> RespBody {
+        RespBody {
+            settings,
+            keep_length,
+        }
     }
 }
 
 impl Context for RespBody {}
 
 impl HttpContext for RespBody {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The body's length changes below: its content-length must go (as on Envoy).
+        if !self.keep_length {
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !end_of_stream {
             return Action::Pause;
@@ -77,6 +90,22 @@ impl HttpContext for RespUpper {
         if let Some(chunk) = self.get_http_response_body(0, body_size) {
             if !chunk.is_empty() {
                 self.set_http_response_body(0, body_size, &chunk.to_ascii_uppercase());
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// Mode `req-upper`: upper-cases every request body chunk as it streams to the upstream.
+pub struct ReqUpper;
+
+impl Context for ReqUpper {}
+
+impl HttpContext for ReqUpper {
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(chunk) = self.get_http_request_body(0, body_size) {
+            if !chunk.is_empty() {
+                self.set_http_request_body(0, body_size, &chunk.to_ascii_uppercase());
             }
         }
         Action::Continue

@@ -1,4 +1,5 @@
-//! Mode `headers`: request and response header reads and writes through the SDK.
+//! Modes `headers` (request and response header reads and writes through the SDK) and
+//! `copy-header` (the least a header filter does: read one header, add one).
 
 use std::rc::Rc;
 
@@ -40,6 +41,19 @@ impl HttpContext for Headers {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.add_http_response_header("x-sdk-tag", &self.settings.tag);
+        Action::Continue
+    }
+}
+
+/// Mode `copy-header`.
+pub struct CopyHeader;
+
+impl Context for CopyHeader {}
+
+impl HttpContext for CopyHeader {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let value = self.get_http_request_header_bytes("x-in");
+        self.add_http_request_header_bytes("x-sdk-in", value.as_deref().unwrap_or(b"none"));
         Action::Continue
     }
 }

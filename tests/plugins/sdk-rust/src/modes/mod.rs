@@ -25,11 +25,14 @@ pub fn new_http_context(settings: Option<Rc<Settings>>) -> Box<dyn HttpContext> 
     };
     match settings.mode {
         Mode::Headers => Box::new(headers::Headers::new(settings)),
+        Mode::CopyHeader => Box::new(headers::CopyHeader),
         Mode::Visible => Box::new(visible::Visible),
         Mode::Deny => Box::new(deny::Deny::new(settings)),
         Mode::InspectBody => Box::new(body::InspectBody),
-        Mode::RespBody => Box::new(body::RespBody::new(settings)),
+        Mode::RespBody => Box::new(body::RespBody::new(settings, false)),
+        Mode::RespBodyKeepLength => Box::new(body::RespBody::new(settings, true)),
         Mode::RespUpper => Box::new(body::RespUpper),
+        Mode::ReqUpper => Box::new(body::ReqUpper),
         Mode::Properties => Box::new(properties::Properties::new(settings)),
         Mode::Shared => Box::new(shared::Shared),
         Mode::Metrics => Box::new(metrics::Metrics::new(settings)),
