@@ -112,6 +112,13 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
             .await,
         Some(1.0)
     );
+    // A request without a body gets no body callback (its headers ended the stream).
+    assert_eq!(
+        proxy
+            .metric("sluice_plugin_calls_total{phase=\"request_body\",plugin=\"a\"}")
+            .await,
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

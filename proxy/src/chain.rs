@@ -128,6 +128,10 @@ pub struct Chain {
     rx: UnboundedReceiver<CalloutDone>,
     /// Plugins whose request-headers callback ran.
     headers_done: usize,
+    /// Whether the request has a body (its headers did not end the stream).
+    request_has_body: bool,
+    /// Whether the response has a body.
+    response_has_body: bool,
     /// The request body's declared length and what was forwarded.
     request_length: BodyLength,
     /// The response body's declared length and what was sent.
@@ -181,6 +185,8 @@ impl Chain {
             sink: CalloutSink::Request(tx),
             rx,
             headers_done: 0,
+            request_has_body: true,
+            response_has_body: true,
             request_length: BodyLength::default(),
             response_length: BodyLength::default(),
             body_read: false,
@@ -319,6 +325,7 @@ impl Chain {
     /// Runs `on_request_headers` of the plugins not yet run. `end_of_stream`: the request has
     /// no body.
     pub async fn request_headers(&mut self, end_of_stream: bool) -> Result<HeadersDone, Reply> {
+        self.request_has_body = !end_of_stream;
         while self.headers_done < self.members.len() {
             let i = self.headers_done;
             self.headers_done += 1;
@@ -440,7 +447,8 @@ impl Chain {
                 }
             }
         }
-        *chunk = data.map(Bytes::from);
+        // An empty chunk says nothing; pingora would try to write it.
+        *chunk = data.filter(|d| !d.is_empty()).map(Bytes::from);
         Ok(None)
     }
 
@@ -451,6 +459,10 @@ impl Chain {
         chunk: &mut Option<Bytes>,
         end: bool,
     ) -> Result<(), Reply> {
+        if !self.request_has_body {
+            // Its header ended the stream: no body callbacks (as on Envoy).
+            return Ok(());
+        }
         let mut waiting = self.body_chunk(BodyKind::Request, chunk, end)?;
         while let Some(i) = waiting {
             self.wait_resume(i, true).await?;
@@ -552,6 +564,7 @@ impl Chain {
     /// a pause without one is treated as continue (the response header cannot be held back
     /// while its body streams).
     pub async fn response_headers(&mut self, end_of_stream: bool) -> Result<(), Reply> {
+        self.response_has_body = !end_of_stream;
         for i in (0..self.members.len()).rev() {
             let n = self.stream().response_headers.len() as u32;
             if let Some(Step::Pause) =
@@ -569,6 +582,10 @@ impl Chain {
     /// `on_response_body` for one chunk (synchronous: pingora's response body hook is). A
     /// plugin still pausing at the end of the body gets what it held released as is.
     pub fn response_body(&mut self, chunk: &mut Option<Bytes>, end: bool) -> Result<(), Reply> {
+        if !self.response_has_body {
+            // Its header ended the stream: no body callbacks (as on Envoy).
+            return Ok(());
+        }
         let mut waiting = self.body_chunk(BodyKind::Response, chunk, end)?;
         while let Some(i) = waiting {
             tracing::debug!(

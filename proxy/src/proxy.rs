@@ -570,7 +570,8 @@ impl ProxyHttp for SluiceProxy {
         let no_body = session.req_header().method == http::Method::HEAD
             || code == 204
             || code == 304
-            || (100..200).contains(&code);
+            || (100..200).contains(&code)
+            || content_length(&upstream_response.headers) == Some(0);
         chain.load_response(upstream_response);
         if let Err(reply) = chain.response_headers(no_body).await {
             return Err(reply_error(ctx, reply));
