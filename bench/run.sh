@@ -219,7 +219,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 # CPU time (utime+stime, clock ticks) of a process, all its threads included.
 proc_ticks() {
-    local stat rest
+    local stat rest what="${2:-all}"
     stat="$(cat "/proc/$1/stat" 2>/dev/null)" || {
         echo 0
         return
@@ -229,16 +229,21 @@ proc_ticks() {
     rest="${stat##*) }"
     # shellcheck disable=SC2086
     set -- $rest
-    echo $((${12} + ${13}))
+    if [[ "$what" == user ]]; then
+        echo "${12}"
+    else
+        echo $((${12} + ${13}))
+    fi
 }
 
-# CPU ticks of a process plus its direct children (nginx master + workers).
+# CPU ticks of a process plus its direct children (nginx master + workers); with "user",
+# user time only.
 tree_ticks() {
-    local pid="$1" total child
-    total="$(proc_ticks "$pid")"
+    local pid="$1" what="${2:-all}" total child
+    total="$(proc_ticks "$pid" "$what")"
     while read -r child; do
         [[ -n "$child" ]] || continue
-        total=$((total + $(proc_ticks "$child")))
+        total=$((total + $(proc_ticks "$child" "$what")))
     done < <(pgrep -P "$pid" 2>/dev/null || true)
     echo "$total"
 }
@@ -272,8 +277,8 @@ to_ms() {
 }
 
 # Per-round samples (space-separated lists) and final medians, keyed by target id.
-declare -A S_RPS=() S_P50=() S_P99=() S_REQS=() S_CPU_S=() S_CPU_US=()
-declare -A R_RPS=() R_P50=() R_P99=() R_REQS=() R_CPU_S=() R_CPU_US=() R_NOTE=()
+declare -A S_RPS=() S_P50=() S_P99=() S_REQS=() S_CPU_S=() S_CPU_US=() S_USR_US=()
+declare -A R_RPS=() R_P50=() R_P99=() R_REQS=() R_CPU_S=() R_CPU_US=() R_USR_US=() R_NOTE=()
 TARGETS=()
 declare -A LABEL=() PORT=() PID=() URLPATH=()
 
@@ -285,7 +290,7 @@ add_note() {
 
 # measure ID ROUND: warm-up, then the measured wrk run with CPU sampling.
 measure() {
-    local id="$1" round="$2" url out t0 t1 reqs rps p50 p99 errs non2xx tag=""
+    local id="$1" round="$2" url out t0 t1 u0 u1 reqs rps p50 p99 errs non2xx tag=""
     url="http://127.0.0.1:${PORT[$id]}${URLPATH[$id]:-/}"
     out="$WORK/wrk-$id-$round.txt"
     ((ROUNDS > 1)) && tag="round $round: "
@@ -296,12 +301,14 @@ measure() {
 
     log "${tag}${LABEL[$id]}: measuring ${DURATION}s, $CONNS connections"
     t0="$(tree_ticks "${PID[$id]}")"
+    u0="$(tree_ticks "${PID[$id]}" user)"
     if ! run_wrk "$DURATION" "$url" "$out"; then
         cat "$out" >&2 || true
         add_note "$id" "${tag}wrk failed"
         return 0
     fi
     t1="$(tree_ticks "${PID[$id]}")"
+    u1="$(tree_ticks "${PID[$id]}" user)"
     if ! is_our_child "${PID[$id]}"; then
         add_note "$id" "${tag}process died during the run"
         return 0
@@ -332,6 +339,8 @@ measure() {
     S_P99[$id]+=" $(to_ms "$p99")"
     S_CPU_S[$id]+=" $(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')"
     S_CPU_US[$id]+=" $(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" \
+        'BEGIN { printf "%.2f", d / hz * 1e6 / n }')"
+    S_USR_US[$id]+=" $(awk -v d="$((u1 - u0))" -v hz="$CLK_TCK" -v n="$reqs" \
         'BEGIN { printf "%.2f", d / hz * 1e6 / n }')"
     return 0
 }
@@ -594,6 +603,7 @@ for id in "${TARGETS[@]}"; do
     R_P99[$id]="$(median ${S_P99[$id]})"
     R_CPU_S[$id]="$(median ${S_CPU_S[$id]})"
     R_CPU_US[$id]="$(median ${S_CPU_US[$id]})"
+    R_USR_US[$id]="$(median ${S_USR_US[$id]})"
 done
 
 # --- report -------------------------------------------------------------------
@@ -604,15 +614,23 @@ ratio() {
     awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.3f", a / b }'
 }
 
-# extra A B: R_CPU_US[A] - R_CPU_US[B] as "+N.NN", or empty if either is missing.
+# extra A B [user]: CPU (or user CPU) µs per request of A minus B as "+N.NN", or empty.
 extra() {
-    local a="${R_CPU_US[$1]:-}" b="${R_CPU_US[$2]:-}"
+    local a b
+    if [[ "${3:-}" == user ]]; then
+        a="${R_USR_US[$1]:-}" b="${R_USR_US[$2]:-}"
+    else
+        a="${R_CPU_US[$1]:-}" b="${R_CPU_US[$2]:-}"
+    fi
     [[ -n "$a" && -n "$b" ]] || return 0
     awk -v a="$a" -v b="$b" 'BEGIN { printf "%+.2f", a - b }'
 }
 EXTRA_P1="$(extra sluice_p1 sluice)"
 EXTRA_P3="$(extra sluice_p3 sluice)"
 EXTRA_RW="$(extra sluice_rw sluice_body)"
+EXTRA_P1_U="$(extra sluice_p1 sluice user)"
+EXTRA_P3_U="$(extra sluice_p3 sluice user)"
+EXTRA_RW_U="$(extra sluice_rw sluice_body user)"
 P1_WITHIN=""
 if [[ -n "$EXTRA_P1" ]]; then
     if awk -v d="$EXTRA_P1" 'BEGIN { exit !(d <= 3) }'; then P1_WITHIN="yes"; else P1_WITHIN="no"; fi
@@ -637,14 +655,14 @@ fi
 run_date="$(date -u '+%Y-%m-%d %H:%M UTC')"
 
 echo
-printf '%-16s %12s %10s %10s %12s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" "CPU us/req" requests "CPU s"
-printf '%-16s %12s %10s %10s %12s %10s %8s\n' ---------------- ------------ ---------- ---------- ------------ ---------- --------
+printf '%-18s %10s %9s %9s %11s %12s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" "CPU us/req" "user us/req" requests "CPU s"
+printf '%-18s %10s %9s %9s %11s %12s %10s %8s\n' ------------------ ---------- --------- --------- ----------- ------------ ---------- --------
 for id in "${TARGETS[@]}"; do
     if [[ -n "${R_CPU_US[$id]:-}" ]]; then
-        printf '%-16s %12.0f %10.3f %10.3f %12.2f %10.0f %8.2f\n' "${LABEL[$id]}" "${R_RPS[$id]}" \
-            "${R_P50[$id]}" "${R_P99[$id]}" "${R_CPU_US[$id]}" "${R_REQS[$id]}" "${R_CPU_S[$id]}"
+        printf '%-18s %10.0f %9.3f %9.3f %11.2f %12.2f %10.0f %8.2f\n' "${LABEL[$id]}" "${R_RPS[$id]}" \
+            "${R_P50[$id]}" "${R_P99[$id]}" "${R_CPU_US[$id]}" "${R_USR_US[$id]}" "${R_REQS[$id]}" "${R_CPU_S[$id]}"
     else
-        printf '%-16s %12s %10s %10s %12s %10s %8s\n' "${LABEL[$id]}" n/a n/a n/a n/a n/a n/a
+        printf '%-18s %10s %9s %9s %11s %12s %10s %8s\n' "${LABEL[$id]}" n/a n/a n/a n/a n/a n/a n/a
     fi
     if [[ -n "${R_NOTE[$id]:-}" ]]; then
         printf '  ! %s\n' "${R_NOTE[$id]}"
@@ -653,7 +671,7 @@ done
 if ((ROUNDS > 1)); then
     echo "(medians over $ROUNDS rounds; CPU us/req per round:"
     for id in "${TARGETS[@]}"; do
-        printf '   %-16s%s\n' "${LABEL[$id]}" "${S_CPU_US[$id]:- n/a}"
+        printf '   %-18s%s\n' "${LABEL[$id]}" "${S_CPU_US[$id]:- n/a}"
     done
     echo ")"
 fi
@@ -661,9 +679,10 @@ echo
 echo "CPU per request, sluice / nginx:        ${RATIO_NGINX:-n/a}"
 echo "CPU per request, sluice / bare pingora: ${RATIO_BARE:-n/a}"
 echo "sluice within 10% of bare pingora:      ${WITHIN:-n/a}"
-echo "CPU us per request added by 1 plugin (copy-header), vs sluice:       ${EXTRA_P1:-n/a} (target +3 or less: ${P1_WITHIN:-n/a})"
-echo "CPU us per request added by 3 plugins (copy-header x3), vs sluice:   ${EXTRA_P3:-n/a}"
-echo "CPU us per request added by a 16 KiB body rewrite, vs sluice 16K:    ${EXTRA_RW:-n/a}"
+echo "CPU us per request added (all / user space only):"
+echo "  1 plugin (copy-header), vs sluice:        ${EXTRA_P1:-n/a} / ${EXTRA_P1_U:-n/a} (target +3 or less: ${P1_WITHIN:-n/a})"
+echo "  3 plugins (copy-header x3), vs sluice:    ${EXTRA_P3:-n/a} / ${EXTRA_P3_U:-n/a}"
+echo "  16 KiB body rewrite, vs sluice 16K:       ${EXTRA_RW:-n/a} / ${EXTRA_RW_U:-n/a}"
 echo
 
 mkdir -p "$RESULTS_DIR"
@@ -676,14 +695,14 @@ mkdir -p "$RESULTS_DIR"
     echo "Settings: wrk -t1 -c$CONNS -d${DURATION}s (after a ${WARMUP_SECONDS}s warm-up), THREADS=$THREADS," \
         "ROUNDS=$ROUNDS, nginx 1 worker, upstream: $UPSTREAM_KIND"
     echo
-    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | requests | CPU s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | requests | CPU s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for id in "${TARGETS[@]}"; do
         if [[ -n "${R_CPU_US[$id]:-}" ]]; then
-            printf '| %s | %.0f | %.3f | %.3f | %.2f | %.0f | %.2f |\n' "${LABEL[$id]}" "${R_RPS[$id]}" \
-                "${R_P50[$id]}" "${R_P99[$id]}" "${R_CPU_US[$id]}" "${R_REQS[$id]}" "${R_CPU_S[$id]}"
+            printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f | %.0f | %.2f |\n' "${LABEL[$id]}" "${R_RPS[$id]}" \
+                "${R_P50[$id]}" "${R_P99[$id]}" "${R_CPU_US[$id]}" "${R_USR_US[$id]}" "${R_REQS[$id]}" "${R_CPU_S[$id]}"
         else
-            printf '| %s | n/a | n/a | n/a | n/a | n/a | n/a |\n' "${LABEL[$id]}"
+            printf '| %s | n/a | n/a | n/a | n/a | n/a | n/a | n/a |\n' "${LABEL[$id]}"
         fi
     done
     echo
@@ -704,8 +723,8 @@ mkdir -p "$RESULTS_DIR"
     echo "- CPU per request, sluice / nginx: ${RATIO_NGINX:-n/a}"
     echo "- CPU per request, sluice / bare pingora: ${RATIO_BARE:-n/a}"
     echo "- sluice within 10% of bare pingora: ${WITHIN:-n/a}"
-    echo "- CPU µs per request added by 1 plugin (copy-header), vs sluice: ${EXTRA_P1:-n/a} (target ≤ +3: ${P1_WITHIN:-n/a})"
-    echo "- CPU µs per request added by 3 plugins (copy-header ×3), vs sluice: ${EXTRA_P3:-n/a}"
-    echo "- CPU µs per request added by a 16 KiB response body rewrite, vs sluice 16K: ${EXTRA_RW:-n/a}"
+    echo "- CPU µs per request added by 1 plugin (copy-header), vs sluice, all / user space: ${EXTRA_P1:-n/a} / ${EXTRA_P1_U:-n/a} (target ≤ +3: ${P1_WITHIN:-n/a})"
+    echo "- CPU µs per request added by 3 plugins (copy-header ×3), vs sluice, all / user space: ${EXTRA_P3:-n/a} / ${EXTRA_P3_U:-n/a}"
+    echo "- CPU µs per request added by a 16 KiB response body rewrite, vs sluice 16K, all / user space: ${EXTRA_RW:-n/a} / ${EXTRA_RW_U:-n/a}"
 } >"$RESULTS_FILE"
 log "markdown table written to ${RESULTS_FILE#"$ROOT"/}"

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -21,7 +21,7 @@ use sluice::wasm::plugin::Plugin;
 use sluice::wasm::sanitize::Sanitizer;
 use sluice::wasm::settings::{FailurePolicy, Limits, PluginSettings};
 use sluice::wasm::stream::{RequestInfo, Stream};
-use sluice::wasm::vm::StreamCall;
+use sluice::wasm::vm::{StreamCall, VmState};
 
 /// The allocator of the `sluice` binary.
 #[global_allocator]
@@ -52,9 +52,8 @@ fn sdk_plugin() -> Option<Vec<u8>> {
     }
 }
 
-fn load(name: &str, bytes: &[u8], config: &'static [u8]) -> Arc<Plugin> {
-    let host = sluice::wasm::host().expect("wasm host");
-    let settings = PluginSettings {
+fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
+    PluginSettings {
         name: name.to_string(),
         root_id: String::new(),
         vm_id: name.to_string(),
@@ -65,8 +64,12 @@ fn load(name: &str, bytes: &[u8], config: &'static [u8]) -> Arc<Plugin> {
         limits: Limits::default(),
         on_error: FailurePolicy::FailClosed,
         vms: 1,
-    };
-    Plugin::load(&host.engine, &host.linker, settings, bytes)
+    }
+}
+
+fn load(name: &str, bytes: &[u8], config: &'static [u8]) -> Arc<Plugin> {
+    let host = sluice::wasm::host().expect("wasm host");
+    Plugin::load(&host.engine, &host.linker, settings(name, config), bytes)
         .unwrap_or_else(|e| panic!("cannot load {name}: {e}"))
 }
 
@@ -109,9 +112,35 @@ fn guest_call(c: &mut Criterion, name: &str, plugin: &Arc<Plugin>) {
     vm.finish_context(id);
 }
 
+/// A VM start: instantiation, the module's start-up code, the root context, `on_vm_start` and
+/// `on_configure`.
 fn vm_start(c: &mut Criterion, name: &str, plugin: &Arc<Plugin>) {
     c.bench_function(&format!("VM start: {name}"), |b| {
         b.iter(|| plugin.start_vm(0).expect("VM start"))
+    });
+}
+
+/// Instantiation alone, as a VM start does it (the pooling allocator and copy-on-write memory
+/// of the process's engine, every host function linked), before any guest code runs.
+fn instantiation(c: &mut Criterion, name: &str, bytes: &[u8]) {
+    let host = sluice::wasm::host().expect("wasm host");
+    let (module, _) = host.engine.compile(bytes).expect("compiles");
+    let pre = host.linker.instantiate_pre(&module).expect("links");
+    let settings = Arc::new(settings("bench-instantiate", b""));
+    let shared = sluice::wasm::shared::namespace("bench-instantiate");
+    c.bench_function(&format!("instantiation: {name}"), |b| {
+        b.iter(|| {
+            let mut store = VmState::store(
+                host.engine.engine(),
+                settings.clone(),
+                shared.clone(),
+                Weak::new(),
+            );
+            store.set_fuel(u64::MAX / 2).unwrap();
+            store.set_epoch_deadline(1_000_000);
+            pre.instantiate(&mut store).expect("instantiates");
+            store
+        })
     });
 }
 
@@ -131,7 +160,7 @@ fn request(c: &mut Criterion, name: &str, plugin: &Arc<Plugin>) {
                 || (request_header(), resp.clone()),
                 |(mut req, mut resp)| {
                     let mut chain = Chain::new(&plugins, RequestInfo::default()).expect("chain");
-                    chain.load_request(&req, "http");
+                    chain.load_request(&req, "http", []);
                     rt.block_on(chain.request_headers(true)).expect("headers");
                     chain.apply_request(&mut req).unwrap();
                     chain.load_response(&resp);
@@ -151,11 +180,13 @@ fn request(c: &mut Criterion, name: &str, plugin: &Arc<Plugin>) {
 fn benches(c: &mut Criterion) {
     let minimal = load("bench-minimal", MINIMAL.as_bytes(), b"");
     guest_call(c, "minimal module", &minimal);
+    instantiation(c, "minimal module", MINIMAL.as_bytes());
     vm_start(c, "minimal module", &minimal);
     request(c, "minimal module", &minimal);
     if let Some(bytes) = sdk_plugin() {
         let sdk = load("bench-sdk", &bytes, br#"{"mode":"copy-header"}"#);
         guest_call(c, "Rust SDK copy-header", &sdk);
+        instantiation(c, "Rust SDK plugin", &bytes);
         vm_start(c, "Rust SDK plugin", &sdk);
         request(c, "Rust SDK copy-header", &sdk);
     }

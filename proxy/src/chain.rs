@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::wasm::callout::{CalloutDone, CalloutSink};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::settings::FailurePolicy;
-use crate::wasm::stream::{BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
+use crate::wasm::stream::{list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
 use crate::wasm::vm::{StreamCall, Vm};
 
 /// A response the proxy must send instead of going on: a plugin's local response, or the
@@ -315,11 +315,26 @@ impl Chain {
         Ok(())
     }
 
-    /// Loads the request header (with pseudo-headers) into the stream.
-    pub fn load_request(&mut self, req: &RequestHeader, scheme: &str) {
+    /// Loads the request header (with pseudo-headers) into the stream, with `extra` headers
+    /// set on top (the forwarding headers the upstream will get).
+    pub fn load_request<'n, 'v>(
+        &mut self,
+        req: &RequestHeader,
+        scheme: &str,
+        extra: impl IntoIterator<Item = (&'n str, &'v [u8])>,
+    ) {
         let s = self.stream();
         s.request_headers = request_list(req, scheme);
+        for (name, value) in extra {
+            list_replace(&mut s.request_headers, name.as_bytes(), value);
+        }
         s.request_headers_writable = true;
+    }
+
+    /// Whether a plugin changed request header `name` (any case), or replaced the whole map.
+    pub fn request_header_changed(&mut self, name: &[u8]) -> bool {
+        let c = &self.stream().request_changed;
+        c.all || c.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// Runs `on_request_headers` of the plugins not yet run. `end_of_stream`: the request has

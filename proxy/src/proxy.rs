@@ -74,8 +74,9 @@ impl SluiceProxy {
         let plugins = route.plugins.clone();
         let route_name = route.name.clone();
         let ip = client_ip(session);
-        add_forwarding(session.req_header_mut(), ctx.new_id.as_ref(), ip, self.tls)?;
-        ctx.forwarded_early = true;
+        // Plugins see the forwarding headers (as behind Envoy); they go on the request only
+        // if a plugin changed one, else on the upstream copy as for routes without plugins.
+        let forwarding = Forwarding::new(session.req_header(), ctx.new_id.as_ref(), ip, self.tls);
         let id = ctx.request_id(session).unwrap_or("").to_string();
         let info = request_info(session, &route_name, &id, self.tls);
         let mut chain = match Chain::new(&plugins, info) {
@@ -85,6 +86,7 @@ impl SluiceProxy {
         chain.load_request(
             session.req_header(),
             if self.tls { "https" } else { "http" },
+            forwarding.headers(),
         );
         let no_body = session.is_body_empty();
         let outcome = match while_client_waits(session, chain.request_headers(no_body)).await {
@@ -109,6 +111,13 @@ impl SluiceProxy {
             }
         };
         if reply.is_none() {
+            if [X_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO]
+                .iter()
+                .any(|n| chain.request_header_changed(n.as_bytes()))
+            {
+                forwarding.apply(session.req_header_mut())?;
+                ctx.forwarded_early = true;
+            }
             chain.apply_request(session.req_header_mut())?;
             if let Some(pre) = &ctx.prebody {
                 let req = session.req_header_mut();
@@ -193,7 +202,7 @@ pub struct RequestCtx {
     reply: Option<Reply>,
     /// The request body, read and processed before forwarding (a plugin held it).
     prebody: Option<Bytes>,
-    /// The forwarding headers were added before the plugins ran (so they see them).
+    /// The forwarding headers are on the client's request already (a plugin changed one).
     forwarded_early: bool,
     start: Instant,
     _in_flight: InFlight,
@@ -267,6 +276,69 @@ impl RequestId {
     }
 }
 
+/// The forwarding headers Sluice sets on the upstream request.
+struct Forwarding {
+    /// `x-request-id`, when Sluice made the id.
+    request_id: Option<RequestId>,
+    /// `x-forwarded-for`: what the client sent, with its address appended.
+    forwarded_for: Option<String>,
+    /// `x-forwarded-proto`.
+    proto: HeaderValue,
+}
+
+impl Forwarding {
+    fn new(
+        req: &RequestHeader,
+        new_id: Option<&RequestId>,
+        client: Option<IpAddr>,
+        tls: bool,
+    ) -> Self {
+        let forwarded_for = client.map(|ip| {
+            let mut prior = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .peekable();
+            if prior.peek().is_some() {
+                let mut joined = prior.collect::<Vec<_>>().join(", ");
+                joined.push_str(", ");
+                joined.push_str(&ip.to_string());
+                joined
+            } else {
+                ip.to_string()
+            }
+        });
+        Forwarding {
+            request_id: new_id.copied(),
+            forwarded_for,
+            proto: if tls { HTTPS } else { HTTP },
+        }
+    }
+
+    /// `(name, value)` of each header to set.
+    fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        [
+            self.request_id
+                .as_ref()
+                .map(|id| (X_REQUEST_ID, id.0.as_slice())),
+            self.forwarded_for
+                .as_ref()
+                .map(|v| (X_FORWARDED_FOR, v.as_bytes())),
+            Some((X_FORWARDED_PROTO, self.proto.as_bytes())),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn apply(&self, req: &mut RequestHeader) -> Result<()> {
+        for (name, value) in self.headers() {
+            req.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Sets `x-request-id` (if Sluice made the id), appends the client address to
 /// `x-forwarded-for` and sets `x-forwarded-proto`.
 fn add_forwarding(
@@ -275,28 +347,7 @@ fn add_forwarding(
     client: Option<IpAddr>,
     tls: bool,
 ) -> Result<()> {
-    if let Some(id) = new_id {
-        req.insert_header(X_REQUEST_ID, id.as_str().to_string())?;
-    }
-    if let Some(ip) = client {
-        let mut prior = req
-            .headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .peekable();
-        let value = if prior.peek().is_some() {
-            let mut joined = prior.collect::<Vec<_>>().join(", ");
-            joined.push_str(", ");
-            joined.push_str(&ip.to_string());
-            joined
-        } else {
-            ip.to_string()
-        };
-        req.insert_header(X_FORWARDED_FOR, value)?;
-    }
-    req.insert_header(X_FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
-    Ok(())
+    Forwarding::new(req, new_id, client, tls).apply(req)
 }
 
 /// Writes a plugin's reply (local response or failure answer).
@@ -334,7 +385,12 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
     let destination = session.server_addr().and_then(|a| a.as_inet()).copied();
     let mut conn = crate::hash::FNV1A64_START;
     for a in [source, destination].into_iter().flatten() {
-        conn = crate::hash::fnv1a64_update(conn, a.to_string().as_bytes());
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        conn = crate::hash::fnv1a64_update(conn, &ip);
+        conn = crate::hash::fnv1a64_update(conn, &a.port().to_be_bytes());
     }
     RequestInfo {
         protocol: match req.version {

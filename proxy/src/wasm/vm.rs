@@ -211,6 +211,42 @@ pub struct VmState {
     pub warned_hidden: bool,
 }
 
+impl VmState {
+    /// A new store for a VM of a plugin with these settings, its memory capped by the
+    /// plugin's limit; nothing is instantiated in it yet.
+    pub fn store(
+        engine: &Engine,
+        settings: Arc<PluginSettings>,
+        shared: Arc<Namespace>,
+        vm: Weak<Vm>,
+    ) -> Store<VmState> {
+        let state = VmState {
+            limiter: Limiter {
+                max_bytes: settings.limits.memory_bytes,
+                denied: false,
+            },
+            settings,
+            shared,
+            alloc: None,
+            memory: None,
+            root_id: 1,
+            context: 1,
+            stream: None,
+            callout_response: None,
+            callout_sink: None,
+            member: 0,
+            tick_period_ms: 0,
+            next_token: 0,
+            abi_error: None,
+            vm,
+            warned_hidden: false,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+}
+
 impl WasiHost for VmState {
     fn wasi_output(&mut self, fd: u32, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
@@ -389,29 +425,7 @@ impl Vm {
     ) -> Result<Arc<Vm>, VmError> {
         let mut result = Ok(());
         let vm = Arc::new_cyclic(|weak: &Weak<Vm>| {
-            let state = VmState {
-                settings: settings.clone(),
-                limiter: Limiter {
-                    max_bytes: settings.limits.memory_bytes,
-                    denied: false,
-                },
-                shared,
-                alloc: None,
-                memory: None,
-                root_id: 1,
-                context: 1,
-                stream: None,
-                callout_response: None,
-                callout_sink: None,
-                member: 0,
-                tick_period_ms: 0,
-                next_token: 0,
-                abi_error: None,
-                vm: weak.clone(),
-                warned_hidden: false,
-            };
-            let mut store = Store::new(engine, state);
-            store.limiter(|s| &mut s.limiter);
+            let store = VmState::store(engine, settings.clone(), shared, weak.clone());
             let memory_bytes = Arc::new(AtomicUsize::new(0));
             let mut inner = Inner {
                 store,
