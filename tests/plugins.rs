@@ -783,3 +783,108 @@ async fn held_requests_end_at_the_pause_timeout_or_as_soon_as_the_client_leaves(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_in_every_phase_follow_the_policy() {
+    let proxy = start(
+        &[
+            ("fuel", "/fuel", "burn"),
+            ("reqbody", "/reqbody", "reqbody"),
+            ("respbody", "/respbody", "respbody"),
+            ("respbody_open", "/open-respbody", "respbody_open"),
+            ("log", "/log", "inlog"),
+        ],
+        "  burn: { path: sdk.wasm, vms: 1, config: { mode: loop }, limits: { fuel: 1000000, timeout_ms: 60000 } }\n\
+         \x20 reqbody: { path: sdk.wasm, vms: 1, config: { mode: panic, phase: request_body } }\n\
+         \x20 respbody: { path: sdk.wasm, vms: 1, config: { mode: panic, phase: response_body } }\n\
+         \x20 respbody_open: { path: sdk.wasm, vms: 1, on_error: fail_open, config: { mode: panic, phase: response_body } }\n\
+         \x20 inlog: { path: sdk.wasm, vms: 1, config: { mode: panic, phase: log } }\n",
+    )
+    .await;
+    let c = client();
+    let m = |kind: &str, phase: &str, plugin: &str| {
+        format!(
+            "sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\"}}"
+        )
+    };
+
+    // Out of fuel long before the 60 s deadline.
+    let r = c.get(proxy.url("/fuel")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    proxy
+        .wait_metric(&m("fuel", "request_headers", "burn"), 1.0)
+        .await;
+
+    // A streamed request body: the failure answers before the upstream's response.
+    let r = c
+        .post(proxy.url("/reqbody"))
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 503);
+    }
+    proxy
+        .wait_metric(&m("trap", "request_body", "reqbody"), 1.0)
+        .await;
+
+    // The response body: fail_closed never delivers the body the plugin failed on...
+    let r = c.get(proxy.url("/respbody/echo")).send().await;
+    let delivered = match r {
+        Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b.starts_with(b"{")),
+        Ok(r) => {
+            assert_eq!(r.status(), 503);
+            false
+        }
+        Err(_) => false,
+    };
+    assert!(!delivered, "fail_closed delivered the body");
+    proxy
+        .wait_metric(&m("trap", "response_body", "respbody"), 1.0)
+        .await;
+    // ...fail_open delivers it untouched.
+    let r = c
+        .get(proxy.url("/open-respbody/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = echo(r).await;
+    assert_eq!(e["path"], "/open-respbody/echo");
+    proxy
+        .wait_metric(&m("trap", "response_body", "respbody_open"), 1.0)
+        .await;
+
+    // on_log runs after the response went out: the response stands, the failure is counted.
+    let r = c.get(proxy.url("/log")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    echo(r).await;
+    proxy.wait_metric(&m("trap", "log", "inlog"), 1.0).await;
+    // Each failed VM is replaced.
+    for plugin in ["burn", "reqbody", "respbody", "inlog"] {
+        proxy
+            .wait_metric(&format!("sluice_plugin_vms{{plugin=\"{plugin}\"}}"), 1.0)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_plugin_reads_one_header_and_adds_one() {
+    let proxy = start(
+        &[("copy", "/", "copy")],
+        "  copy: { path: sdk.wasm, config: { mode: copy-header } }\n",
+    )
+    .await;
+    let c = client();
+    let e = echo(
+        c.get(proxy.url("/x"))
+            .header("x-in", "v1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(echo_header(&e, "x-sdk-in"), Some("v1"));
+    let e = echo(c.get(proxy.url("/x")).send().await.unwrap()).await;
+    assert_eq!(echo_header(&e, "x-sdk-in"), Some("none"));
+}
