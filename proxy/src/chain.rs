@@ -685,16 +685,37 @@ pub fn response_list(resp: &ResponseHeader) -> HeaderList {
     list
 }
 
-fn apply_names<R, A>(
+/// pingora's request and response headers, as the write-back changes them.
+trait HeaderTarget {
+    fn remove(&mut self, name: &str);
+    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()>;
+}
+
+impl HeaderTarget for RequestHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+impl HeaderTarget for ResponseHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+/// Replaces every header of `names` (pseudo-headers excepted) in `target` by its values in
+/// `list`, none if the plugins removed it.
+fn write_back(
+    target: &mut impl HeaderTarget,
     list: &HeaderList,
     names: &[Vec<u8>],
-    mut remove: R,
-    mut append: A,
-) -> pingora::Result<()>
-where
-    R: FnMut(&str),
-    A: FnMut(String, Vec<u8>) -> pingora::Result<()>,
-{
+) -> pingora::Result<()> {
     for name in names {
         let Ok(n) = std::str::from_utf8(name) else {
             continue;
@@ -702,9 +723,9 @@ where
         if n.starts_with(':') {
             continue;
         }
-        remove(n);
+        target.remove(n);
         for (k, v) in list.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            append(String::from_utf8_lossy(k).into_owned(), v.clone())?;
+            target.append(String::from_utf8_lossy(k).into_owned(), v.clone())?;
         }
     }
     Ok(())
@@ -763,23 +784,7 @@ impl Chain {
         }
         let old = req.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
         let names = changed_names(&s.request_changed, old, list);
-        let mut removals: Vec<String> = Vec::new();
-        let mut appends: Vec<(String, Vec<u8>)> = Vec::new();
-        apply_names(
-            list,
-            &names,
-            |n| removals.push(n.to_string()),
-            |k, v| {
-                appends.push((k, v));
-                Ok(())
-            },
-        )?;
-        for n in &removals {
-            req.remove_header(n.as_str());
-        }
-        for (k, v) in appends {
-            req.append_header(k, v)?;
-        }
+        write_back(req, list, &names)?;
         s.request_changed = Default::default();
         Ok(())
     }
@@ -803,23 +808,7 @@ impl Chain {
         }
         let old = resp.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
         let names = changed_names(&s.response_changed, old, list);
-        let mut removals: Vec<String> = Vec::new();
-        let mut appends: Vec<(String, Vec<u8>)> = Vec::new();
-        apply_names(
-            list,
-            &names,
-            |n| removals.push(n.to_string()),
-            |k, v| {
-                appends.push((k, v));
-                Ok(())
-            },
-        )?;
-        for n in &removals {
-            resp.remove_header(n.as_str());
-        }
-        for (k, v) in appends {
-            resp.append_header(k, v)?;
-        }
+        write_back(resp, list, &names)?;
         s.response_changed = Default::default();
         Ok(())
     }

@@ -891,30 +891,27 @@ fn init(
         guest_call(inner, metrics, Phase::Start, f, (root, 0))
             .map_err(|e| start_error(exports::ON_CONTEXT_CREATE, e))?;
     }
-    if let Some(f) = &ex.vm_start {
-        let ok = guest_call(
-            inner,
-            metrics,
+    let steps = [
+        (
+            &ex.vm_start,
             Phase::Start,
-            f,
-            (root, settings.vm_config.len() as u32),
-        )
-        .map_err(|e| start_error(exports::ON_VM_START, e))?;
-        if ok == 0 {
-            return Err(VmError::Refused(exports::ON_VM_START));
-        }
-    }
-    if let Some(f) = &ex.configure {
-        let ok = guest_call(
-            inner,
-            metrics,
+            exports::ON_VM_START,
+            &settings.vm_config,
+        ),
+        (
+            &ex.configure,
             Phase::Configure,
-            f,
-            (root, settings.config.len() as u32),
-        )
-        .map_err(|e| start_error(exports::ON_CONFIGURE, e))?;
-        if ok == 0 {
-            return Err(VmError::Refused(exports::ON_CONFIGURE));
+            exports::ON_CONFIGURE,
+            &settings.config,
+        ),
+    ];
+    for (f, phase, name, bytes) in steps {
+        if let Some(f) = f {
+            let ok = guest_call(inner, metrics, phase, f, (root, bytes.len() as u32))
+                .map_err(|e| start_error(name, e))?;
+            if ok == 0 {
+                return Err(VmError::Refused(name));
+            }
         }
     }
     Ok(ex)
