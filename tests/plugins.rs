@@ -698,15 +698,21 @@ async fn check_loads_plugins_and_names_the_one_that_fails() {
         let (text, _, _) = with_ports(&config(up, &[("r", "/", "p")], plugin));
         let file = dir.join("sluice.yaml");
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(sluice_bin())
-            .args(["check", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{plugin} passed check");
-        assert!(stderr.contains("plugin \"p\""), "{stderr}");
-        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+        // `check` and `run` both refuse it, naming the plugin and the cause.
+        for command in ["check", "run"] {
+            let out = std::process::Command::new(sluice_bin())
+                .args([command, "--config"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command}: {plugin} passed");
+            assert!(stderr.contains("plugin \"p\""), "{command}: {stderr}");
+            assert!(
+                stderr.contains(want),
+                "{command}: want {want:?} in {stderr}"
+            );
+        }
     }
     let (text, _, _) = with_ports(&config(
         up,
