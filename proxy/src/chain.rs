@@ -42,6 +42,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A 500 the host answers when it cannot apply what the plugins asked for.
+    pub fn internal(message: &str) -> Reply {
+        Reply::text(500, "", format!("500 Internal Server Error: {message}\n"))
+    }
+
     fn text(status: u16, plugin: &str, body: String) -> Reply {
         Reply {
             status,

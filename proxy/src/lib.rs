@@ -14,5 +14,6 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod testkit;
 pub mod upstream;
 pub mod wasm;

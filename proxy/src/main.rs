@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         plugins: Option<PathBuf>,
     },
+    /// Plugin authoring: test a plugin without a proxy, or start a new one.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Run only the demo upstream (an HTTP echo server), e.g. as a test backend.
     Upstream {
         /// Address to listen on.
@@ -68,6 +73,95 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin's .wasm in the real host against the cases of a YAML file; print a report
+    /// and exit 1 if a case fails.
+    Test {
+        /// The plugin (.wasm).
+        plugin: PathBuf,
+        /// Its options (YAML): a `plugins:` entry without `path` (config, expose, limits, …).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases (YAML).
+        #[arg(long)]
+        case: PathBuf,
+    },
+    /// Create a plugin crate NAME (Cargo.toml, src/lib.rs, plugin.yaml, cases.yaml) that
+    /// builds and passes its test as generated.
+    New {
+        /// Crate name.
+        name: String,
+        /// Directory to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the Sluice SDK (`sdk-guest` of a Sluice checkout); default: the one this
+        /// sluice was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+fn plugin_command(command: PluginCommand) -> ExitCode {
+    use sluice::testkit::{cases, scaffold, Kit};
+    match command {
+        PluginCommand::Test {
+            plugin,
+            config,
+            case,
+        } => {
+            let prepared = cases::load_options(config.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|o| Ok((o, cases::load_cases(&case).map_err(|e| e.to_string())?)))
+                .and_then(|(o, c)| Ok((Kit::load(&plugin, o).map_err(|e| e.to_string())?, c)));
+            let (kit, cases_file) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("sluice plugin test: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("{} with {}", plugin.display(), case.display());
+            let (report, failed) = cases::run(&kit, &cases_file);
+            print!("{report}");
+            if failed > 0 {
+                let logs = kit.logs();
+                if !logs.is_empty() {
+                    println!("plugin log:");
+                    for l in logs {
+                        println!("  {:5} {}", l.level, l.message);
+                    }
+                }
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        PluginCommand::New { name, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(|| PathBuf::from(scaffold::BUILT_SDK));
+            match scaffold::new_plugin(&dir, &name, &sdk) {
+                Ok(path) => {
+                    let lib = name.replace('-', "_");
+                    println!(
+                        "created {}
+next:
+  cd {}
+  cargo build --release --target wasm32-wasip1
+  sluice plugin test target/wasm32-wasip1/release/{lib}.wasm --config plugin.yaml --case cases.yaml",
+                        path.display(),
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice plugin new: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -98,7 +192,10 @@ fn run(config: Config, opts: RunOptions) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+    if let Command::Plugin { .. } = cli.command {
+        // Plugin logs are captured for the report, not printed.
+        sluice::testkit::capture::install();
+    } else if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("sluice: {e}");
         return ExitCode::FAILURE;
     }
@@ -149,6 +246,7 @@ fn main() -> ExitCode {
             upstream,
             plugins,
         } => demo(&listen, &admin, &upstream, plugins.as_deref()),
+        Command::Plugin { command } => plugin_command(command),
         Command::Upstream { address, name } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -258,10 +258,10 @@ fn valid_request_id(v: &[u8]) -> bool {
 
 /// A request id made by Sluice: 32 random hex digits, kept inline (no allocation).
 #[derive(Clone, Copy)]
-struct RequestId([u8; 32]);
+pub(crate) struct RequestId([u8; 32]);
 
 impl RequestId {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let r = fastrand::u128(..);
         let mut out = [0u8; 32];
@@ -271,13 +271,13 @@ impl RequestId {
         RequestId(out)
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
 /// The forwarding headers Sluice sets on the upstream request.
-struct Forwarding {
+pub(crate) struct Forwarding {
     /// `x-request-id`, when Sluice made the id.
     request_id: Option<RequestId>,
     /// `x-forwarded-for`: what the client sent, with its address appended.
@@ -287,7 +287,7 @@ struct Forwarding {
 }
 
 impl Forwarding {
-    fn new(
+    pub(crate) fn new(
         req: &RequestHeader,
         new_id: Option<&RequestId>,
         client: Option<IpAddr>,
@@ -317,7 +317,7 @@ impl Forwarding {
     }
 
     /// `(name, value)` of each header to set.
-    fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         [
             self.request_id
                 .as_ref()
@@ -331,7 +331,7 @@ impl Forwarding {
         .flatten()
     }
 
-    fn apply(&self, req: &mut RequestHeader) -> Result<()> {
+    pub(crate) fn apply(&self, req: &mut RequestHeader) -> Result<()> {
         for (name, value) in self.headers() {
             req.insert_header(name, value)?;
         }
@@ -413,7 +413,7 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
 }
 
 /// The `content-length` of a header, if it has a valid one.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

@@ -1,84 +1,62 @@
-//! The smallest useful Sluice plugin: adds `x-hello: <greeting>` to every response, where the
-//! greeting is the plugin's configuration (a string), by default `hello from a Sluice plugin`.
+//! The smallest useful Sluice plugin: adds `x-hello: <greeting>` to every response.
 //!
 //! ```yaml
 //! plugins:
-//!   hello: { path: sluice_plugin_hello.wasm, config: "hi there" }
+//!   hello: { path: sluice_plugin_hello.wasm, config: { greeting: "hi there" } }
 //! ```
 
-#[cfg(target_arch = "wasm32")]
-use std::sync::Mutex;
+use std::rc::Rc;
 
-#[cfg(target_arch = "wasm32")]
-use sluice_sdk::abi::{Action, BufferType, LogLevel, MapType};
+use serde::Deserialize;
+use sluice_sdk::{Action, Error, HttpFilter, Plugin, Response};
 
-/// The greeting when the configuration is empty.
+/// The greeting when the configuration has none.
 pub const DEFAULT_GREETING: &str = "hello from a Sluice plugin";
 
-/// The greeting of this VM, set by `on_configure`.
-#[cfg(target_arch = "wasm32")]
-static GREETING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-/// The greeting for a configuration: the configuration itself, or the default when empty.
-pub fn greeting(config: &[u8]) -> &[u8] {
-    let trimmed = config.trim_ascii();
-    if trimmed.is_empty() {
-        DEFAULT_GREETING.as_bytes()
-    } else {
-        trimmed
-    }
+/// The configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The value of `x-hello`.
+    #[serde(default)]
+    pub greeting: Option<String>,
 }
 
-/// Marks the module as speaking Proxy-Wasm ABI v0.2.1.
-#[no_mangle]
-pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-/// Reads the greeting from the plugin configuration.
-#[cfg(target_arch = "wasm32")]
-#[no_mangle]
-pub extern "C" fn proxy_on_configure(_root_context_id: u32, _config_size: usize) -> u32 {
-    let config = match sluice_sdk::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-        Ok(c) => c.unwrap_or_default(),
-        Err(_) => return 0,
-    };
-    let g = greeting(&config).to_vec();
-    let _ = sluice_sdk::log(
-        LogLevel::Info,
-        &format!(
-            "hello: configured, greeting {:?}",
-            String::from_utf8_lossy(&g)
-        ),
-    );
-    match GREETING.lock() {
-        Ok(mut slot) => *slot = g,
-        Err(_) => return 0,
-    }
-    1
+/// The plugin: its greeting.
+pub struct Hello {
+    greeting: String,
 }
 
-/// Adds the greeting header to the response.
-#[cfg(target_arch = "wasm32")]
-#[no_mangle]
-pub extern "C" fn proxy_on_response_headers(_context_id: u32, _headers: usize, _eos: u32) -> u32 {
-    if let Ok(g) = GREETING.lock() {
-        if let Err(status) = sluice_sdk::add_header(MapType::ResponseHeaders, "x-hello", &g) {
-            let _ = sluice_sdk::log(
-                LogLevel::Warn,
-                &format!("hello: cannot add x-hello: {status:?}"),
-            );
+impl Plugin for Hello {
+    type Config = Config;
+    type Filter = HelloFilter;
+
+    fn new(config: Config) -> Result<Self, Error> {
+        let greeting = config
+            .greeting
+            .filter(|g| !g.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_GREETING.to_string());
+        sluice_sdk::info!("hello: configured, greeting {greeting:?}");
+        Ok(Hello { greeting })
+    }
+
+    fn filter(plugin: &Rc<Self>) -> HelloFilter {
+        HelloFilter {
+            plugin: plugin.clone(),
         }
     }
-    Action::Continue as u32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Adds the header to one response.
+pub struct HelloFilter {
+    plugin: Rc<Hello>,
+}
 
-    #[test]
-    fn greeting_from_config() {
-        assert_eq!(greeting(b""), DEFAULT_GREETING.as_bytes());
-        assert_eq!(greeting(b"  \n"), DEFAULT_GREETING.as_bytes());
-        assert_eq!(greeting(b" hi there\n"), b"hi there");
+impl HttpFilter for HelloFilter {
+    fn on_response_headers(&mut self, resp: &mut Response) -> Result<Action, Error> {
+        resp.add_header("x-hello", &self.plugin.greeting)?;
+        Ok(Action::Continue)
     }
 }
+
+sluice_sdk::plugin!(Hello);

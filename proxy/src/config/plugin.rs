@@ -118,7 +118,7 @@ pub struct PluginSpec {
 }
 
 /// Encodes a `config`/`vm_config` value: a string as is, anything else as JSON.
-fn encode_config(v: &Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_config(v: &Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
     match v {
         None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
         Some(serde_yaml::Value::String(s)) => Ok(s.clone().into_bytes()),
@@ -233,7 +233,7 @@ impl PluginFile {
 }
 
 impl LimitsFile {
-    fn validate(self, plugin_field: &str, errors: &mut Vec<ConfigError>) -> Limits {
+    pub(crate) fn validate(self, plugin_field: &str, errors: &mut Vec<ConfigError>) -> Limits {
         let mut check = |name: &str, v: Option<u64>, default: u64, min: u64, max: u64| -> u64 {
             let v = v.unwrap_or(default);
             if v < min || v > max {

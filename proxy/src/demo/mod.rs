@@ -30,7 +30,7 @@ pub fn demo_config(listen: &str, admin: &str, upstream: &str, plugins: Option<&P
         let path = serde_json::to_string(&dir.join(HELLO_WASM).to_string_lossy())
             .expect("a string serializes");
         yaml.push_str(&format!(
-            "plugins:\n  hello:\n    path: {path}\n    config: \"hello from the Sluice demo\"\n"
+            "plugins:\n  hello:\n    path: {path}\n    config: {{ greeting: \"hello from the Sluice demo\" }}\n"
         ));
     }
     yaml

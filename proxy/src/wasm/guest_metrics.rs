@@ -192,6 +192,22 @@ pub fn get(plugin: &str, id: u32) -> Result<u64, Status> {
     })
 }
 
+/// The value of metric `name` defined by `plugin`: a counter's or gauge's value, a
+/// histogram's sample count; `None` if the plugin defined no such metric.
+pub fn value(plugin: &str, name: &str) -> Option<i64> {
+    let id = *registry()
+        .lock()
+        .expect("not poisoned")
+        .ids
+        .get(&(plugin.to_string(), name.to_string()))?;
+    let hs = handles().read().expect("not poisoned");
+    Some(match &hs.get(id as usize - 1)?.1 {
+        Handle::Counter(c) => c.get() as i64,
+        Handle::Gauge(g) => g.get(),
+        Handle::Histogram(h) => h.get_sample_count() as i64,
+    })
+}
+
 fn to_status(r: Result<(), Status>) -> Status {
     r.err().unwrap_or(Status::Ok)
 }

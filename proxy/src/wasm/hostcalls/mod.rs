@@ -19,6 +19,9 @@ mod properties;
 mod shared;
 mod stream;
 
+/// The `tracing` target of every line plugins log.
+pub use log::TARGET as LOG_TARGET;
+
 use sluice_abi::names::ENV;
 use sluice_abi::Status;
 use wasmtime::{Caller, Engine, Linker};
