@@ -2,6 +2,8 @@
 # themselves on a fresh Debian machine with rustup (run as root, or with sudo available).
 
 WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
+# The plugins users deploy (release builds: what the demo and the benchmark run).
+PLUGIN_CRATES := -p sluice-plugin-auth -p sluice-plugin-rate-limit -p sluice-plugin-headers -p sluice-plugin-mask
 # Test plugins built with the public Proxy-Wasm SDKs (used by the integration tests).
 TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust
 CARGO ?= cargo
@@ -27,8 +29,8 @@ setup:
 ## demo: run the proxy with the example plugin in front of the built-in demo upstream
 ## (prints curl commands to try)
 demo: setup
-	$(CARGO) build --release --target wasm32-wasip1 -p sluice-plugin-hello
-	$(CARGO) run -p sluice-proxy --bin sluice -- demo --plugins target/wasm32-wasip1/release
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-hello $(PLUGIN_CRATES)
+	$(CARGO) run -p sluice-proxy --bin sluice -- demo --plugins target/wasm32-wasip1/plugin
 
 ## test: everything CI runs: format, lints, wasm builds, all tests
 test: setup fmt lint wasm wasm-as unit
@@ -38,11 +40,12 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) $(PLUGIN_CRATES) -- -D warnings
 
 wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
 	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-hello $(PLUGIN_CRATES)
 	$(CARGO) build --target wasm32-unknown-unknown -p sluice-abi -p sluice-sdk
 
 ## wasm-as: the AssemblyScript test plugin -> target/wasm-plugins/sluice_as.wasm (needs npm)
@@ -52,7 +55,7 @@ wasm-as:
 # Runs every test, then prints one line totalling all of cargo's `test result:` lines.
 unit:
 	@mkdir -p target; set -o pipefail; \
-	$(CARGO) test --workspace 2>&1 | tee target/test-output.log; status=$$?; \
+	SLUICE_PLUGIN_PROFILE=plugin $(CARGO) test --workspace 2>&1 | tee target/test-output.log; status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
 	exit $$status
 

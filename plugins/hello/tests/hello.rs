@@ -22,14 +22,24 @@ fn adds_the_configured_greeting_to_every_response() {
 fn an_empty_greeting_falls_back_to_the_default() {
     let kit = kit(json!({ "greeting": "  " }));
     let out = kit.run(&TestRequest::get("/"), &TestResponse::new(204));
-    assert_eq!(out.response.header("x-hello"), Some("hello from a Sluice plugin"));
+    assert_eq!(
+        out.response.header("x-hello"),
+        Some("hello from a Sluice plugin")
+    );
 }
 
 #[test]
 fn an_unknown_field_refuses_the_configuration() {
     let wasm = build_plugin(env!("CARGO_MANIFEST_DIR")).unwrap();
-    let err = Kit::load(&wasm, Options::default().config_json(&json!({ "greting": "x" })))
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("proxy_on_configure returned false"), "{err}");
+    let err = Kit::load(
+        &wasm,
+        Options::default().config_json(&json!({ "greting": "x" })),
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("proxy_on_configure returned false"),
+        "{err}"
+    );
 }

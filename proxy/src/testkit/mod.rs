@@ -648,14 +648,21 @@ fn finish_local(mut chain: Chain, reply: &Reply, id: &str) -> Outcome {
 
 /// Builds the `.wasm` of the plugin crate at `manifest_dir` (`cargo build --release --target
 /// wasm32-wasip1`) and returns its path. Plugin tests call it with
-/// `env!("CARGO_MANIFEST_DIR")`, so that `cargo test` tests the current code.
+/// `env!("CARGO_MANIFEST_DIR")`, so that `cargo test` tests the current code. The cargo
+/// profile is `$SLUICE_PLUGIN_PROFILE` if set (Sluice's own tests use `plugin`, the profile
+/// its plugins ship with), else `release`.
 pub fn build_plugin(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
     let manifest = manifest_dir.as_ref().join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile = std::env::var("SLUICE_PLUGIN_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "release".into());
     let out = std::process::Command::new(cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            &profile,
             "--target",
             "wasm32-wasip1",
             "--message-format=json-render-diagnostics",
@@ -667,8 +674,8 @@ pub fn build_plugin(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo build --release --target wasm32-wasip1 --manifest-path {} failed (is the \
-             target installed? `rustup target add wasm32-wasip1`)",
+            "cargo build --profile {profile} --target wasm32-wasip1 --manifest-path {} failed \
+             (is the target installed? `rustup target add wasm32-wasip1`)",
             manifest.display()
         ));
     }
