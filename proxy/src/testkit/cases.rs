@@ -211,11 +211,8 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CaseError
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let de = serde_yaml::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        err(format!("{field}: {}", e.into_inner()))
-    })
+    // serde_yaml's messages start with the path of the field they are about.
+    serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
 /// Reads the options file (`None`: defaults) into kit options.
