@@ -4,8 +4,9 @@
 WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
 # The plugins users deploy (release builds: what the demo and the benchmark run).
 PLUGIN_CRATES := -p sluice-plugin-auth -p sluice-plugin-rate-limit -p sluice-plugin-headers -p sluice-plugin-mask
-# Test plugins built with the public Proxy-Wasm SDKs (used by the integration tests).
+# Test plugins: built with the public Rust Proxy-Wasm SDK, and with sluice-sdk (every SDK call).
 TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust
+SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
@@ -40,12 +41,12 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) $(PLUGIN_CRATES) -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) $(SDK_TEST_PLUGIN_CRATES) $(PLUGIN_CRATES) -- -D warnings
 
 wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
 	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
-	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-hello $(PLUGIN_CRATES)
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-hello $(PLUGIN_CRATES) $(SDK_TEST_PLUGIN_CRATES)
 	$(CARGO) build --target wasm32-unknown-unknown -p sluice-abi -p sluice-sdk
 
 ## wasm-as: the AssemblyScript test plugin -> target/wasm-plugins/sluice_as.wasm (needs npm)

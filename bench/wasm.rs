@@ -64,6 +64,7 @@ fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
         limits: Limits::default(),
         on_error: FailurePolicy::FailClosed,
         vms: 1,
+        sluice_properties: true,
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Options {
     pub vms: usize,
     /// The route name plugins see (`route_name`).
     pub route: String,
+    /// `false`: no Sluice-only properties (`route_name`, `upstream.address`), as on another
+    /// ABI v0.2.1 host. With `sanitize: false`, a plugin that still works uses nothing
+    /// Sluice-specific.
+    pub sluice_properties: bool,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             upstreams: Vec::new(),
             vms: 1,
             route: "test".into(),
+            sluice_properties: true,
         }
     }
 }
@@ -91,6 +96,14 @@ impl Options {
     /// With this configuration, serialized as JSON.
     pub fn config_json(mut self, config: &serde_json::Value) -> Self {
         self.config = serde_json::to_vec(config).expect("a JSON value serializes");
+        self
+    }
+
+    /// As a plain Proxy-Wasm host would run the plugin: nothing hidden, no Sluice-only
+    /// properties.
+    pub fn portable(mut self) -> Self {
+        self.sanitize = false;
+        self.sluice_properties = false;
         self
     }
 
@@ -346,6 +359,7 @@ impl Kit {
             limits: options.limits,
             on_error: options.on_error,
             vms: options.vms.max(1),
+            sluice_properties: options.sluice_properties,
         };
         let plugin = Plugin::load(&host.engine, &host.linker, settings, bytes)?;
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -131,6 +131,7 @@ pub fn load_plugins(
             } else {
                 spec.vms
             },
+            sluice_properties: true,
         };
         let plugin = Plugin::load(&host.engine, &host.linker, settings, &bytes)?;
         out.insert(spec.name.clone(), plugin);

@@ -84,4 +84,7 @@ pub struct PluginSettings {
     pub on_error: FailurePolicy,
     /// VMs to run.
     pub vms: usize,
+    /// Offer the properties only Sluice has (`route_name`, `upstream.address`); off, the
+    /// plugin sees what a plain ABI v0.2.1 host offers (the test kit checks portability so).
+    pub sluice_properties: bool,
 }

@@ -74,6 +74,7 @@ fn well_known(state: &VmState, segs: &[&[u8]]) -> Option<Vec<u8>> {
     let req = &s.request_headers;
     let pseudo = |n: &[u8]| list_get(req, n).map(<[u8]>::to_vec);
     match segs {
+        [b"route_name"] | [b"upstream", b"address"] if !settings.sluice_properties => None,
         [b"route_name"] => Some(info.route_name.as_bytes().to_vec()),
         [b"upstream", b"address"] => info
             .upstream_address

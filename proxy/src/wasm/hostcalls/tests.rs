@@ -240,6 +240,7 @@ fn settings(name: &str) -> PluginSettings {
         },
         on_error: FailurePolicy::FailClosed,
         vms: 1,
+        sluice_properties: true,
     }
 }
 
