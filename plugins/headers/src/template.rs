@@ -58,10 +58,12 @@ fn var(name: &str) -> Result<Var, TemplateError> {
             {
                 Var::Header(h.to_ascii_lowercase())
             }
-            _ => return Err(TemplateError(format!(
+            _ => {
+                return Err(TemplateError(format!(
                 "unknown placeholder {{{name}}}: use {{request.id}}, {{route}}, {{request.path}}, \
                      {{request.method}}, {{request.host}} or {{request.header.NAME}}"
-            ))),
+            )))
+            }
         },
     })
 }

@@ -101,3 +101,34 @@ fn bad_configurations_are_refused() {
         assert!(r.is_err(), "accepted {bad}");
     }
 }
+
+/// The plugin needs nothing Sluice-specific: on a plain ABI v0.2.1 host (nothing hidden, no
+/// Sluice-only properties) `{route}` has no value and is skipped; the rest works.
+#[test]
+fn runs_on_a_plain_proxy_wasm_host() {
+    let wasm = build_plugin(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let kit = Kit::load(
+        &wasm,
+        Options::default()
+            .config_json(&json!({ "rules": [{ "request": {
+                "set": { "x-route": "{route}", "x-id": "{request.id}" },
+                "remove": ["authorization"]
+            } }] }))
+            .portable(),
+    )
+    .unwrap();
+    let out = kit.run(
+        &TestRequest::get("/")
+            .header("x-request-id", "r1")
+            .header("authorization", "Bearer x"),
+        &TestResponse::ok(""),
+    );
+    let up = out.forwarded.unwrap();
+    assert_eq!(up.header("x-route"), None);
+    assert_eq!(up.header("x-id"), Some("r1"));
+    assert_eq!(
+        up.header("authorization"),
+        None,
+        "nothing hidden: removable"
+    );
+}

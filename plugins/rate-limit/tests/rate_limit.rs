@@ -166,3 +166,26 @@ fn bad_configurations_are_refused() {
         );
     }
 }
+
+/// The plugin needs nothing Sluice-specific: as a plain ABI v0.2.1 host runs it (nothing
+/// hidden, no Sluice-only properties), it limits per client and per route key alike.
+#[test]
+fn runs_on_a_plain_proxy_wasm_host() {
+    let wasm = build_plugin(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let kit = Kit::load(
+        &wasm,
+        Options::default()
+            .config_json(&json!({ "key": ["client_address", "route"], "requests": 1, "period_seconds": 3600 }))
+            .portable(),
+    )
+    .unwrap();
+    let from = |ip: [u8; 4]| TestRequest::get("/").client(SocketAddr::from((ip, 9)));
+    assert_eq!(get(&kit, from([10, 0, 0, 1])).response.status, 200);
+    assert_eq!(get(&kit, from([10, 0, 0, 1])).response.status, 429);
+    assert_eq!(get(&kit, from([10, 0, 0, 2])).response.status, 200);
+    assert!(!kit.logged("hidden"), "the client address was visible");
+    assert!(
+        kit.shared("rl|default|10.0.0.1|").is_some(),
+        "no route name on a plain host"
+    );
+}
