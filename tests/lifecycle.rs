@@ -358,15 +358,17 @@ async fn run_refuses_an_address_in_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_the_echo_upstream_through_the_proxy_and_the_example_plugin() {
+async fn demo_runs_auth_rate_limit_and_headers_in_front_of_the_echo_upstream() {
     let (listen, admin, up) = (free_port(), free_port(), free_port());
     let dir = temp_dir("demo");
-    // `make wasm` builds the example plugin here.
-    let plugins = target_dir().join("wasm32-wasip1/debug");
-    assert!(
-        plugins.join("sluice_plugin_hello.wasm").is_file(),
-        "build the example plugin with `make wasm` first"
-    );
+    // `make wasm` builds the plugins here.
+    let plugins = target_dir().join("wasm32-wasip1/plugin");
+    for (_, file) in sluice::demo::PLUGINS {
+        assert!(
+            plugins.join(file).is_file(),
+            "build the plugins with `make wasm` first"
+        );
+    }
     let mut child = spawn_logged(
         Command::new(sluice_bin()).args([
             "demo",
@@ -396,23 +398,69 @@ async fn demo_serves_the_echo_upstream_through_the_proxy_and_the_example_plugin(
         assert!(Instant::now() < deadline, "demo never ready");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let url = format!("http://127.0.0.1:{listen}/hello");
+    // auth: no credential.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    // auth with an API key, then headers; the rate limit's first token.
     let r = c
-        .post(format!("http://127.0.0.1:{listen}/hello"))
+        .post(&url)
+        .header("x-api-key", sluice::demo::API_KEY)
         .body("hi there")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-hello"], "hello from the Sluice demo");
+    assert_eq!(r.headers()["x-served-by"], "sluice-demo");
+    assert_eq!(r.headers()["ratelimit-remaining"], "4");
     let e = echo(r).await;
     assert_eq!(e["upstream"], "demo");
     assert_eq!(e["body"], "hi there");
     assert_eq!(echo_header(&e, "x-forwarded-for"), Some("127.0.0.1"));
-    let log = std::fs::read_to_string(dir.join("demo.log")).unwrap();
+    assert_eq!(echo_header(&e, "x-auth-key-id"), Some("demo"));
+    assert_eq!(echo_header(&e, "x-demo-route"), Some("demo"));
     assert!(
-        log.contains("curl -s http://127.0.0.1:"),
-        "demo prints curl commands:\n{log}"
+        e["headers"]["x-api-key"].is_null(),
+        "the credential is stripped"
     );
+    // auth with the demo's JWT.
+    let r = c
+        .get(&url)
+        .header("authorization", format!("Bearer {}", sluice::demo::TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo_header(&echo(r).await, "x-user"), Some("demo-user"));
+    // An allow-listed path needs no credential (and the rate limit still counts it).
+    let r = c
+        .get(format!("http://127.0.0.1:{listen}/public/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // rate-limit: 5 per 10 s for this client; 3 are spent.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = c
+            .get(&url)
+            .header("x-api-key", sluice::demo::API_KEY)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let log = std::fs::read_to_string(dir.join("demo.log")).unwrap();
+    for shown in [
+        "curl -s http://127.0.0.1:",
+        "x-api-key: demo-key",
+        "Bearer eyJ",
+        "then 429",
+    ] {
+        assert!(log.contains(shown), "demo prints {shown:?}:\n{log}");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

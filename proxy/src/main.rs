@@ -54,8 +54,8 @@ enum Command {
         /// Address of the demo upstream.
         #[arg(long, default_value = "127.0.0.1:3000")]
         upstream: String,
-        /// Directory holding the example plugin (`sluice_plugin_hello.wasm`), run on the demo
-        /// route; `make demo` builds it and passes this.
+        /// Directory holding the auth, rate-limit and headers plugins (`sluice_plugin_*.wasm`),
+        /// run on the demo route; `make demo` builds them and passes this.
         #[arg(long)]
         plugins: Option<PathBuf>,
     },
@@ -288,19 +288,35 @@ fn demo(listen: &str, admin: &str, upstream: &str, plugins: Option<&std::path::P
             return ExitCode::FAILURE;
         }
     };
+    let key = sluice::demo::API_KEY;
+    let token = sluice::demo::TOKEN;
     println!(
         "\nSluice demo: proxy on http://{listen}, demo upstream on http://{upstream}, admin on http://{admin}\n\
          Try:\n  \
          curl -s http://{listen}/hello                       # the upstream echoes what it got, incl. x-forwarded-for and x-request-id\n  \
-         curl -si http://{listen}/hello | grep x-hello       # added by the example plugin (with --plugins)\n  \
          curl -s -X POST --data 'hi there' http://{listen}/echo\n  \
          curl -s 'http://{listen}/slow?delay_ms=500'\n  \
          curl -s --http2-prior-knowledge http://{listen}/h2  # HTTP/2 without TLS\n  \
          curl -s http://{admin}/ready\n  \
          curl -s http://{admin}/metrics | grep sluice_\n  \
-         curl -s http://{admin}/config\n\
-         Ctrl-C stops it.\n"
+         curl -s http://{admin}/config\n"
     );
+    if plugins.is_some() {
+        println!(
+            "The demo route runs the plugins auth, rate-limit and headers:\n  \
+             curl -si http://{listen}/hello                              # auth: 401 and WWW-Authenticate, no credential\n  \
+             curl -s -H 'x-api-key: {key}' http://{listen}/hello          # auth: an API key; the upstream sees x-auth-key-id: demo\n  \
+             curl -s -H 'authorization: Bearer {token}' http://{listen}/hello\n                                                            # auth: a JWT (HS256); the upstream sees x-user: demo-user\n  \
+             curl -si http://{listen}/public/info                        # auth: an allow-listed path needs no credential\n  \
+             curl -si -H 'x-api-key: {key}' http://{listen}/hello | grep -i 'ratelimit\\|x-served-by'\n                                                            # rate-limit and headers: RateLimit-*, x-served-by\n  \
+             for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-api-key: {key}' http://{listen}/hello; done; echo\n                                                            # rate-limit: 5 requests per 10 s per client, then 429\n"
+        );
+    } else {
+        println!(
+            "(`make demo` runs it with the plugins auth, rate-limit and headers on the route.)\n"
+        );
+    }
+    println!("Ctrl-C stops it.\n");
     run(
         config,
         RunOptions {

@@ -13,25 +13,43 @@ use pingora::services::background::BackgroundService;
 /// `{PLUGINS}` by the route's plugin list.
 pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
 
-/// The example plugin the demo runs, as `cargo build --target wasm32-wasip1 -p
-/// sluice-plugin-hello` names it.
-pub const HELLO_WASM: &str = "sluice_plugin_hello.wasm";
+/// The plugins of the demo route, from a directory (`{DIR}`).
+pub const DEMO_PLUGINS: &str = include_str!("plugins.yaml");
 
-/// The demo config with the given addresses; with `plugins`, a directory holding
-/// [`HELLO_WASM`], the demo route runs that plugin.
+/// The plugins the demo route runs, in order, and their files.
+pub const PLUGINS: [(&str, &str); 3] = [
+    ("auth", "sluice_plugin_auth.wasm"),
+    ("rate-limit", "sluice_plugin_rate_limit.wasm"),
+    ("headers", "sluice_plugin_headers.wasm"),
+];
+
+/// The demo's API key (its digest is in `plugins.yaml`).
+pub const API_KEY: &str = "demo-key";
+
+/// A bearer token the demo's auth plugin accepts: HS256 with the demo secret, `sub`
+/// `demo-user`, scope `read`, no expiry.
+pub const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJzY29wZSI6InJlYWQifQ.6OjLcJHk0jhZfArCdAAhIYpHI0l-wzX6xKk3bT0081U";
+
+/// The demo config with the given addresses; with `plugins`, a directory holding the files
+/// of [`PLUGINS`], the demo route runs them.
 pub fn demo_config(listen: &str, admin: &str, upstream: &str, plugins: Option<&Path>) -> String {
+    let names: Vec<&str> = PLUGINS.iter().map(|(n, _)| *n).collect();
     let mut yaml = DEMO_CONFIG
         .replace("{LISTEN}", listen)
         .replace("{ADMIN}", admin)
         .replace("{UPSTREAM}", upstream)
-        .replace("{PLUGINS}", if plugins.is_some() { "hello" } else { "" });
+        .replace(
+            "{PLUGINS}",
+            &if plugins.is_some() {
+                names.join(", ")
+            } else {
+                String::new()
+            },
+        );
     if let Some(dir) = plugins {
-        // JSON strings are valid YAML scalars, whatever the path holds.
-        let path = serde_json::to_string(&dir.join(HELLO_WASM).to_string_lossy())
-            .expect("a string serializes");
-        yaml.push_str(&format!(
-            "plugins:\n  hello:\n    path: {path}\n    config: {{ greeting: \"hello from the Sluice demo\" }}\n"
-        ));
+        // JSON string escapes are valid in a YAML double-quoted string.
+        let quoted = serde_json::to_string(&dir.to_string_lossy()).expect("a string serializes");
+        yaml.push_str(&DEMO_PLUGINS.replace("{DIR}", &quoted[1..quoted.len() - 1]));
     }
     yaml
 }
