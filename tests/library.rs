@@ -86,3 +86,56 @@ async fn the_rate_limiter_admits_exactly_its_limit_under_concurrency() {
         Some(50.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_then_rate_limit_then_headers_through_the_proxy() {
+    let up = upstream("backend").await;
+    let key_digest = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"; // demo-key
+    let plugins = format!(
+        "  auth: {{ path: sluice_plugin_auth.wasm, config: {{ realm: api, allow_paths: [/public/], \
+         api_keys: {{ header: x-api-key, keys: [{{ id: ci, sha256: {key_digest} }}] }} }} }}\n\
+         \x20 limit: {{ path: sluice_plugin_rate_limit.wasm, config: {{ key: ['header:x-auth-key-id'], requests: 3, period_seconds: 3600 }} }}\n\
+         \x20 headers: {{ path: sluice_plugin_headers.wasm, config: {{ rules: [{{ request: {{ set: {{ x-who: '{{request.header.x-auth-key-id}}' }} }}, \
+         response: {{ set: {{ x-chain: done }} }} }}] }} }}\n"
+    );
+    let proxy = Sluice::start_in(
+        &config(up, "auth, limit, headers", &plugins),
+        plugin_dir("library-chain", &["auth", "rate_limit", "headers"]),
+    )
+    .await;
+    let c = client();
+    let url = proxy.url("/api");
+    // No key: auth answers; the later plugins never see the request.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("x-chain").is_none());
+    // A spoofed identity header is dropped by auth before the rate limiter keys on it.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = c
+            .get(&url)
+            .header("x-api-key", "demo-key")
+            .header("x-auth-key-id", format!("spoof-{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 200 {
+            assert_eq!(r.headers()["x-chain"], "done");
+            assert_eq!(r.headers()["ratelimit-limit"], "3");
+            let e = echo(r).await;
+            assert_eq!(
+                echo_header(&e, "x-who"),
+                Some("ci"),
+                "the real key id, set by auth"
+            );
+            assert!(e["headers"]["x-api-key"].is_null(), "credential stripped");
+        } else {
+            assert_eq!(r.headers()["retry-after"], "1200");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "one bucket for key id ci");
+    // The allow-listed path skips auth; the limiter then keys on a missing id ("-").
+    let r = c.get(proxy.url("/public/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
