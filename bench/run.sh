@@ -197,7 +197,9 @@ pick_port() {
 
 # wait_http NAME PID URL LOGFILE: poll URL until it answers 2xx, up to READY_TIMEOUT s.
 wait_http() {
-    local name="$1" pid="$2" url="$3" logfile="$4" deadline
+    local name="$1" pid="$2" url="$3" logfile="$4" header="${5:-}" deadline
+    local -a extra=()
+    [[ -n "$header" ]] && extra=(-H "$header")
     deadline=$((SECONDS + READY_TIMEOUT))
     while ((SECONDS < deadline)); do
         if ! is_our_child "$pid"; then
@@ -205,7 +207,7 @@ wait_http() {
             tail -n 20 "$logfile" >&2 2>/dev/null || true
             return 1
         fi
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+        if curl -fsS -o /dev/null --max-time 1 "${extra[@]}" "$url" 2>/dev/null; then
             return 0
         fi
         sleep 0.2
@@ -213,6 +215,32 @@ wait_http() {
     log "$name did not answer $url within ${READY_TIMEOUT}s; last lines of $logfile:"
     tail -n 20 "$logfile" >&2 2>/dev/null || true
     return 1
+}
+
+# make_jwt_keys DIR: an HS256 secret and an RS256 key pair for the auth rows, and a token for
+# each (sub "bench", valid for a day). Sets HS_K, RS_N (JWK members), HS_TOKEN, RS_TOKEN.
+make_jwt_keys() {
+    local dir="$1"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rs.pem" 2>/dev/null ||
+        die "openssl cannot make an RSA key"
+    eval "$(python3 - "$dir/rs.pem" <<'PY'
+import base64, hashlib, hmac, json, subprocess, sys, time
+pem = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+secret = hashlib.sha256(b"sluice bench secret").digest()
+mod = subprocess.run(["openssl", "rsa", "-in", pem, "-noout", "-modulus"],
+                     capture_output=True, text=True, check=True).stdout.strip().split("=")[1]
+claims = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+def token(alg, kid, sign):
+    head = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+    data = (head + "." + claims).encode()
+    return head + "." + claims + "." + b64(sign(data))
+hs = token("HS256", "hs", lambda d: hmac.new(secret, d, hashlib.sha256).digest())
+rs = token("RS256", "rs", lambda d: subprocess.run(["openssl", "dgst", "-sha256", "-sign", pem],
+                                                    input=d, capture_output=True, check=True).stdout)
+print(f"HS_K={b64(secret)} RS_N={b64(bytes.fromhex(mod))} HS_TOKEN={hs} RS_TOKEN={rs}")
+PY
+)"
 }
 
 CLK_TCK="$(getconf CLK_TCK)"
@@ -254,8 +282,10 @@ tree_ticks() {
 # run_wrk SECONDS URL OUTFILE: runs wrk in the background and waits, so that
 # Ctrl-C / SIGTERM reach our trap immediately (wrk is then killed by cleanup).
 run_wrk() {
-    local secs="$1" url="$2" out="$3" rc=0
-    wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
+    local secs="$1" url="$2" out="$3" header="${4:-}" rc=0
+    local -a extra=()
+    [[ -n "$header" ]] && extra=(-H "$header")
+    wrk -t1 -c"$CONNS" -d"${secs}s" --latency "${extra[@]}" "$url" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || rc=$?
     WRK_PID=""
@@ -280,7 +310,7 @@ to_ms() {
 declare -A S_RPS=() S_P50=() S_P99=() S_REQS=() S_CPU_S=() S_CPU_US=() S_USR_US=()
 declare -A R_RPS=() R_P50=() R_P99=() R_REQS=() R_CPU_S=() R_CPU_US=() R_USR_US=() R_NOTE=()
 TARGETS=()
-declare -A LABEL=() PORT=() PID=() URLPATH=()
+declare -A LABEL=() PORT=() PID=() URLPATH=() WRKHDR=()
 
 # add_note ID TEXT
 add_note() {
@@ -296,13 +326,13 @@ measure() {
     ((ROUNDS > 1)) && tag="round $round: "
 
     log "${tag}${LABEL[$id]}: warm-up ${WARMUP_SECONDS}s"
-    run_wrk "$WARMUP_SECONDS" "$url" "$WORK/wrk-$id-$round-warmup.txt" ||
+    run_wrk "$WARMUP_SECONDS" "$url" "$WORK/wrk-$id-$round-warmup.txt" "${WRKHDR[$id]:-}" ||
         log "warning: warm-up wrk failed for ${LABEL[$id]}"
 
     log "${tag}${LABEL[$id]}: measuring ${DURATION}s, $CONNS connections"
     t0="$(tree_ticks "${PID[$id]}")"
     u0="$(tree_ticks "${PID[$id]}" user)"
-    if ! run_wrk "$DURATION" "$url" "$out"; then
+    if ! run_wrk "$DURATION" "$url" "$out" "${WRKHDR[$id]:-}"; then
         cat "$out" >&2 || true
         add_note "$id" "${tag}wrk failed"
         return 0
@@ -364,8 +394,11 @@ if [[ "$SKIP_SLUICE" == 1 ]]; then
     cargo build --release -p sluice-bench-bare-pingora
 else
     cargo build --release -p sluice-proxy -p sluice-bench-bare-pingora
-    # The plugin the plugin rows run: the test plugin built with the public Rust SDK.
+    # The plugins the plugin rows run: the test plugin built with the public Rust SDK, and
+    # the library's plugins as they ship.
     cargo build --release --target wasm32-wasip1 -p sluice-test-plugin-sdk-rust
+    cargo build --profile plugin --target wasm32-wasip1 -p sluice-plugin-auth \
+        -p sluice-plugin-rate-limit -p sluice-plugin-mask
 fi
 [[ -x "$BARE_BIN" ]] || die "$BARE_BIN not found after build"
 if [[ "$SKIP_SLUICE" != 1 ]]; then
@@ -450,7 +483,13 @@ if [[ -n "$NGINX" ]]; then
     }
 EOF
     mkdir -p "$WORK/www"
-    head -c 16384 /dev/zero | tr '\0' 'a' >"$WORK/www/16k.txt"
+    # 16 KiB of text with an email address and a card number in every 512 bytes (the mask
+    # plugin's work; the rewrite plugin does not care).
+    python3 -c '
+import sys
+line = "customer jane.doe@example.com paid with 4111 1111 1111 1111 on order 12345; "
+block = (line * 8)[:512]
+sys.stdout.write(block * 32)' >"$WORK/www/16k.txt"
     start_nginx upstream "$dir"
     if wait_http "upstream nginx" "${PID[upstream]}" "http://127.0.0.1:$UP_PORT/" "$dir/error.log"; then
         UPSTREAM_KIND="nginx (1 worker, return 200)"
@@ -522,6 +561,10 @@ TARGETS+=(bare)
 # --- sluice -------------------------------------------------------------------
 if [[ "$SKIP_SLUICE" != 1 ]]; then
     cp "$ROOT/target/wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm" "$WORK/sdk.wasm"
+    for p in auth rate_limit mask; do
+        cp "$ROOT/target/wasm32-wasip1/plugin/sluice_plugin_$p.wasm" "$WORK/$p.wasm"
+    done
+    make_jwt_keys "$WORK"
     cat >"$WORK/sluice.yaml" <<EOF
 listeners:
   - name: bench
@@ -544,6 +587,26 @@ routes:
     match: { path_prefix: "/rw/" }
     upstream: backend
     plugins: [rewrite]
+  - name: auth-hs256
+    match: { path_prefix: "/hs/" }
+    upstream: backend
+    plugins: [auth_hs]
+  - name: auth-rs256
+    match: { path_prefix: "/rs/" }
+    upstream: backend
+    plugins: [auth_rs]
+  - name: rate-limit
+    match: { path_prefix: "/rl/" }
+    upstream: backend
+    plugins: [limit]
+  - name: auth-and-limit
+    match: { path_prefix: "/hsrl/" }
+    upstream: backend
+    plugins: [auth_hs, limit]
+  - name: mask
+    match: { path_prefix: "/mask/" }
+    upstream: backend
+    plugins: [mask]
   - name: all
     match: { path_prefix: "/" }
     upstream: backend
@@ -552,6 +615,20 @@ plugins:
   copy2: { path: sdk.wasm, config: { mode: copy-header } }
   copy3: { path: sdk.wasm, config: { mode: copy-header } }
   rewrite: { path: sdk.wasm, config: { mode: resp-body, tag: rewritten } }
+  auth_hs:
+    path: auth.wasm
+    expose: [authorization]
+    config: { jwt: { algorithms: [HS256], jwks: { keys: [{ kty: oct, kid: hs, k: "$HS_K" }] } } }
+  auth_rs:
+    path: auth.wasm
+    expose: [authorization]
+    config: { jwt: { algorithms: [RS256], jwks: { keys: [{ kty: RSA, kid: rs, e: AQAB, n: "$RS_N" }] } } }
+  limit:
+    path: rate_limit.wasm
+    config: { key: [route], requests: 1000000000000, period_seconds: 1 }
+  mask:
+    path: mask.wasm
+    config: { presets: [email, card, iban, bearer] }
 EOF
     "$SLUICE_BIN" run --config "$WORK/sluice.yaml" --threads "$THREADS" --log-level warn \
         >"$WORK/sluice.log" 2>&1 &
@@ -577,9 +654,17 @@ EOF
     add_sluice_target sluice_p3 "sluice 3 plugins" "/p3/"
     add_sluice_target sluice_body "sluice 16K" "/body16k?bytes=16384"
     add_sluice_target sluice_rw "sluice 16K rewrite" "/rw/body16k?bytes=16384"
-    for id in sluice_p1 sluice_rw; do
+    add_sluice_target sluice_hs "sluice auth HS256" "/hs/"
+    WRKHDR[sluice_hs]="authorization: Bearer $HS_TOKEN"
+    add_sluice_target sluice_rs "sluice auth RS256" "/rs/"
+    WRKHDR[sluice_rs]="authorization: Bearer $RS_TOKEN"
+    add_sluice_target sluice_rl "sluice rate-limit" "/rl/"
+    add_sluice_target sluice_hsrl "sluice HS256+limit" "/hsrl/"
+    WRKHDR[sluice_hsrl]="authorization: Bearer $HS_TOKEN"
+    add_sluice_target sluice_mask "sluice 16K mask" "/mask/body16k?bytes=16384"
+    for id in sluice_p1 sluice_rw sluice_hs sluice_rs sluice_hsrl sluice_mask; do
         wait_http "${LABEL[$id]}" "${PID[sluice]}" "http://127.0.0.1:$SLUICE_PORT${URLPATH[$id]}" \
-            "$WORK/sluice.log" || die "sluice does not serve ${URLPATH[$id]}"
+            "$WORK/sluice.log" "${WRKHDR[$id]:-}" || die "sluice does not serve ${URLPATH[$id]}"
     done
 else
     log "SKIP_SLUICE=1: sluice is left out of this run"
@@ -631,6 +716,20 @@ EXTRA_RW="$(extra sluice_rw sluice_body)"
 EXTRA_P1_U="$(extra sluice_p1 sluice user)"
 EXTRA_P3_U="$(extra sluice_p3 sluice user)"
 EXTRA_RW_U="$(extra sluice_rw sluice_body user)"
+EXTRA_HS="$(extra sluice_hs sluice)"
+EXTRA_RS="$(extra sluice_rs sluice)"
+EXTRA_RL="$(extra sluice_rl sluice)"
+EXTRA_HSRL="$(extra sluice_hsrl sluice)"
+EXTRA_MASK="$(extra sluice_mask sluice_body)"
+EXTRA_HS_U="$(extra sluice_hs sluice user)"
+EXTRA_RS_U="$(extra sluice_rs sluice user)"
+EXTRA_RL_U="$(extra sluice_rl sluice user)"
+EXTRA_HSRL_U="$(extra sluice_hsrl sluice user)"
+EXTRA_MASK_U="$(extra sluice_mask sluice_body user)"
+HSRL_WITHIN=""
+if [[ -n "$EXTRA_HSRL" ]]; then
+    if awk -v d="$EXTRA_HSRL" 'BEGIN { exit !(d <= 10) }'; then HSRL_WITHIN="yes"; else HSRL_WITHIN="no"; fi
+fi
 P1_WITHIN=""
 if [[ -n "$EXTRA_P1" ]]; then
     if awk -v d="$EXTRA_P1" 'BEGIN { exit !(d <= 3) }'; then P1_WITHIN="yes"; else P1_WITHIN="no"; fi
@@ -683,6 +782,11 @@ echo "CPU us per request added (all / user space only):"
 echo "  1 plugin (copy-header), vs sluice:        ${EXTRA_P1:-n/a} / ${EXTRA_P1_U:-n/a} (target +3 or less: ${P1_WITHIN:-n/a})"
 echo "  3 plugins (copy-header x3), vs sluice:    ${EXTRA_P3:-n/a} / ${EXTRA_P3_U:-n/a}"
 echo "  16 KiB body rewrite, vs sluice 16K:       ${EXTRA_RW:-n/a} / ${EXTRA_RW_U:-n/a}"
+echo "  auth, JWT HS256, vs sluice:               ${EXTRA_HS:-n/a} / ${EXTRA_HS_U:-n/a}"
+echo "  auth, JWT RS256, vs sluice:               ${EXTRA_RS:-n/a} / ${EXTRA_RS_U:-n/a}"
+echo "  rate-limit, vs sluice:                    ${EXTRA_RL:-n/a} / ${EXTRA_RL_U:-n/a}"
+echo "  auth HS256 + rate-limit, vs sluice:       ${EXTRA_HSRL:-n/a} / ${EXTRA_HSRL_U:-n/a} (target +10 or less: ${HSRL_WITHIN:-n/a})"
+echo "  mask on 16 KiB, vs sluice 16K:            ${EXTRA_MASK:-n/a} / ${EXTRA_MASK_U:-n/a}"
 echo
 
 mkdir -p "$RESULTS_DIR"
@@ -726,5 +830,10 @@ mkdir -p "$RESULTS_DIR"
     echo "- CPU µs per request added by 1 plugin (copy-header), vs sluice, all / user space: ${EXTRA_P1:-n/a} / ${EXTRA_P1_U:-n/a} (target ≤ +3: ${P1_WITHIN:-n/a})"
     echo "- CPU µs per request added by 3 plugins (copy-header ×3), vs sluice, all / user space: ${EXTRA_P3:-n/a} / ${EXTRA_P3_U:-n/a}"
     echo "- CPU µs per request added by a 16 KiB response body rewrite, vs sluice 16K, all / user space: ${EXTRA_RW:-n/a} / ${EXTRA_RW_U:-n/a}"
+    echo "- CPU µs per request added by auth (JWT HS256), vs sluice, all / user space: ${EXTRA_HS:-n/a} / ${EXTRA_HS_U:-n/a}"
+    echo "- CPU µs per request added by auth (JWT RS256), vs sluice, all / user space: ${EXTRA_RS:-n/a} / ${EXTRA_RS_U:-n/a}"
+    echo "- CPU µs per request added by rate-limit, vs sluice, all / user space: ${EXTRA_RL:-n/a} / ${EXTRA_RL_U:-n/a}"
+    echo "- CPU µs per request added by auth HS256 + rate-limit, vs sluice, all / user space: ${EXTRA_HSRL:-n/a} / ${EXTRA_HSRL_U:-n/a} (target ≤ +10: ${HSRL_WITHIN:-n/a})"
+    echo "- CPU µs per request added by mask on a 16 KiB body, vs sluice 16K, all / user space: ${EXTRA_MASK:-n/a} / ${EXTRA_MASK_U:-n/a}"
 } >"$RESULTS_FILE"
 log "markdown table written to ${RESULTS_FILE#"$ROOT"/}"
