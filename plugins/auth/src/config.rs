@@ -482,6 +482,7 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
             audiences: c.audiences,
             leeway: c.leeway_seconds,
             require_exp: c.require_exp,
+            verified: Default::default(),
         },
         require: Requirements {
             scopes: require.scopes,

@@ -2,6 +2,9 @@
 //! checking against the configured keys, the registered claims (`exp`, `nbf`, `iss`, `aud`)
 //! and the plugin's own requirements (scopes and claim values).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use crate::jwk::{Alg, Key};
@@ -73,7 +76,14 @@ pub struct Validator {
     pub leeway: u64,
     /// Whether a token without `exp` is refused.
     pub require_exp: bool,
+    /// Tokens whose signature verified, and their claims: clients send the same token many
+    /// times, and an RS256 check costs far more than a lookup. The time claims, issuer and
+    /// audience are checked again on every use.
+    pub verified: RefCell<HashMap<String, Claims>>,
 }
+
+/// Most tokens [`Validator::verified`] keeps; past it the cache starts over.
+pub const MAX_VERIFIED: usize = 1024;
 
 /// A token split into its parts.
 struct Parts<'a> {
@@ -112,6 +122,22 @@ impl Validator {
     /// Checks `token` at `now` (seconds since the Unix epoch) and returns its claims.
     /// The signature is checked before any claim.
     pub fn validate(&self, token: &str, now: u64) -> Result<Claims, Invalid> {
+        if let Some(claims) = self.verified.borrow().get(token) {
+            self.check_claims(claims, now)?;
+            return Ok(claims.clone());
+        }
+        let claims = self.verify(token)?;
+        self.check_claims(&claims, now)?;
+        let mut cache = self.verified.borrow_mut();
+        if cache.len() >= MAX_VERIFIED {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Checks the token's form and signature; returns its claims.
+    fn verify(&self, token: &str) -> Result<Claims, Invalid> {
         let parts = split(token)?;
         let alg = parts
             .header
@@ -143,7 +169,6 @@ impl Validator {
         {
             return Err(Invalid::Signature);
         }
-        self.check_claims(&parts.claims, now)?;
         Ok(parts.claims)
     }
 
@@ -301,6 +326,7 @@ mod tests {
             audiences: Some(vec!["api".into(), "other".into()]),
             leeway: 60,
             require_exp: false,
+            verified: Default::default(),
         }
     }
 
@@ -333,6 +359,34 @@ mod tests {
         // Without kid, every fitting key is tried.
         let t = sign(json!({"alg": "HS256", "typ": "JWT"}), good_claims());
         assert!(v.validate(&t, NOW).is_ok());
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_but_their_claims_checked_on_every_use() {
+        let v = validator();
+        let t = sign(json!({"alg": "HS256", "kid": "k1"}), good_claims());
+        assert!(v.validate(&t, NOW).is_ok());
+        assert!(v.verified.borrow().contains_key(&t));
+        assert_eq!(
+            v.validate(&t, NOW + 600 + 61),
+            Err(Invalid::Expired),
+            "from the cache"
+        );
+        // A token that fails is not remembered; a tampered one is checked afresh.
+        let bad = sign_raw(
+            r#"{"alg":"HS256","kid":"k1"}"#,
+            &good_claims().to_string(),
+            &[7; 32],
+        );
+        assert_eq!(v.validate(&bad, NOW), Err(Invalid::Signature));
+        assert!(!v.verified.borrow().contains_key(&bad));
+        for i in 0..MAX_VERIFIED {
+            let claims =
+                json!({"iss": "https://issuer.example", "aud": "api", "exp": NOW + 600, "n": i});
+            v.validate(&sign(json!({"alg": "HS256"}), claims), NOW)
+                .unwrap();
+        }
+        assert!(v.verified.borrow().len() <= MAX_VERIFIED, "bounded");
     }
 
     #[test]
