@@ -69,6 +69,83 @@ impl Map {
     }
 }
 
+/// Header access, shared by [`crate::Request`] and [`crate::Response`]: for code that works
+/// on either. Both also have these as their own methods, so using them needs no import.
+pub trait Headers {
+    /// The first value of header `name` (any case), as text (invalid UTF-8 replaced).
+    fn header(&self, name: &str) -> Result<Option<String>, Error>;
+    /// The first value of header `name`, as bytes.
+    fn header_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Every header, pseudo-headers first, in order.
+    fn headers(&self) -> Result<Vec<(String, String)>, Error>;
+    /// Sets header `name` to `value`, replacing every value it had.
+    fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error>;
+    /// Adds a value of header `name`.
+    fn add_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error>;
+    /// Removes every value of header `name`.
+    fn remove_header(&mut self, name: &str) -> Result<(), Error>;
+}
+
+/// The header methods of a request or response handle reading and changing `$map`, as its
+/// own methods and as [`Headers`].
+macro_rules! header_methods {
+    ($ty:ty, $map:expr) => {
+        impl $ty {
+            /// The first value of header `name` (any case), as text (invalid UTF-8 replaced).
+            pub fn header(&self, name: &str) -> Result<Option<String>, Error> {
+                $map.get(name)
+            }
+
+            /// The first value of header `name`, as bytes.
+            pub fn header_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+                $map.get_bytes(name)
+            }
+
+            /// Every header, pseudo-headers first, in order.
+            pub fn headers(&self) -> Result<Vec<(String, String)>, Error> {
+                $map.all()
+            }
+
+            /// Sets header `name` to `value`, replacing every value it had.
+            pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+                $map.set(name, value.as_ref())
+            }
+
+            /// Adds a value of header `name`.
+            pub fn add_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+                $map.add(name, value.as_ref())
+            }
+
+            /// Removes every value of header `name`.
+            pub fn remove_header(&mut self, name: &str) -> Result<(), Error> {
+                $map.remove(name)
+            }
+        }
+
+        impl $crate::headers::Headers for $ty {
+            fn header(&self, name: &str) -> Result<Option<String>, Error> {
+                <$ty>::header(self, name)
+            }
+            fn header_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+                <$ty>::header_bytes(self, name)
+            }
+            fn headers(&self) -> Result<Vec<(String, String)>, Error> {
+                <$ty>::headers(self)
+            }
+            fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+                <$ty>::set_header(self, name, value)
+            }
+            fn add_header(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+                <$ty>::add_header(self, name, value)
+            }
+            fn remove_header(&mut self, name: &str) -> Result<(), Error> {
+                <$ty>::remove_header(self, name)
+            }
+        }
+    };
+}
+pub(crate) use header_methods;
+
 #[cfg(test)]
 mod tests {
     use super::*;

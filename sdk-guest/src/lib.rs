@@ -31,6 +31,7 @@ mod response;
 pub mod shared;
 
 pub use error::Error;
+pub use headers::Headers;
 pub use http_call::{Call, CallError, CallResponse};
 pub use plugin::{HttpFilter, Plugin};
 pub use reply::{Action, Reply};

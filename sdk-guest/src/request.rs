@@ -25,39 +25,11 @@ pub struct Request {
     pub(crate) body: BodyState,
 }
 
+crate::headers::header_methods!(Request, MAP);
+
 impl Request {
     pub(crate) fn new(body: BodyState) -> Request {
         Request { body }
-    }
-
-    /// The first value of header `name` (any case), as text (invalid UTF-8 replaced).
-    pub fn header(&self, name: &str) -> Result<Option<String>, Error> {
-        MAP.get(name)
-    }
-
-    /// The first value of header `name`, as bytes.
-    pub fn header_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        MAP.get_bytes(name)
-    }
-
-    /// Every header, pseudo-headers first, in order.
-    pub fn headers(&self) -> Result<Vec<(String, String)>, Error> {
-        MAP.all()
-    }
-
-    /// Sets header `name` to `value`, replacing every value it had.
-    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
-        MAP.set(name, value.as_ref())
-    }
-
-    /// Adds a value of header `name`.
-    pub fn add_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
-        MAP.add(name, value.as_ref())
-    }
-
-    /// Removes every value of header `name`.
-    pub fn remove_header(&mut self, name: &str) -> Result<(), Error> {
-        MAP.remove(name)
     }
 
     fn pseudo(&self, name: &str) -> Result<String, Error> {

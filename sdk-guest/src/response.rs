@@ -18,6 +18,8 @@ pub struct Response {
     pub(crate) body: BodyState,
 }
 
+crate::headers::header_methods!(Response, MAP);
+
 impl Response {
     pub(crate) fn new(body: BodyState) -> Response {
         Response { body }
@@ -33,36 +35,6 @@ impl Response {
     /// Changes the status code.
     pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
         MAP.set(":status", status.to_string().as_bytes())
-    }
-
-    /// The first value of header `name` (any case), as text (invalid UTF-8 replaced).
-    pub fn header(&self, name: &str) -> Result<Option<String>, Error> {
-        MAP.get(name)
-    }
-
-    /// The first value of header `name`, as bytes.
-    pub fn header_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        MAP.get_bytes(name)
-    }
-
-    /// Every header, `:status` first, in order.
-    pub fn headers(&self) -> Result<Vec<(String, String)>, Error> {
-        MAP.all()
-    }
-
-    /// Sets header `name` to `value`, replacing every value it had.
-    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
-        MAP.set(name, value.as_ref())
-    }
-
-    /// Adds a value of header `name`.
-    pub fn add_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
-        MAP.add(name, value.as_ref())
-    }
-
-    /// Removes every value of header `name`.
-    pub fn remove_header(&mut self, name: &str) -> Result<(), Error> {
-        MAP.remove(name)
     }
 
     /// Whether nothing follows: in `on_response_headers`, the response has no body; in

@@ -85,50 +85,23 @@ impl Values {
     }
 }
 
-/// The request or the response, as the changes edit them.
-trait Target {
-    fn remove(&mut self, name: &str) -> Result<(), Error>;
-    fn set(&mut self, name: &str, value: &str) -> Result<(), Error>;
-    fn add(&mut self, name: &str, value: &str) -> Result<(), Error>;
-}
-
-impl Target for Request {
-    fn remove(&mut self, name: &str) -> Result<(), Error> {
-        self.remove_header(name)
-    }
-    fn set(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.set_header(name, value)
-    }
-    fn add(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.add_header(name, value)
-    }
-}
-
-impl Target for Response {
-    fn remove(&mut self, name: &str) -> Result<(), Error> {
-        self.remove_header(name)
-    }
-    fn set(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.set_header(name, value)
-    }
-    fn add(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.add_header(name, value)
-    }
-}
-
 /// Removals, then sets, then additions; a value whose placeholder has no value is skipped.
-fn apply(changes: &Changes, values: &Values, target: &mut impl Target) -> Result<(), Error> {
+fn apply(
+    changes: &Changes,
+    values: &Values,
+    target: &mut impl sluice_sdk::Headers,
+) -> Result<(), Error> {
     for name in &changes.remove {
-        target.remove(name)?;
+        target.remove_header(name)?;
     }
     for (name, t) in &changes.set {
         if let Some(v) = t.render(|var| values.get(var)) {
-            target.set(name, &v)?;
+            target.set_header(name, v.as_bytes())?;
         }
     }
     for (name, t) in &changes.add {
         if let Some(v) = t.render(|var| values.get(var)) {
-            target.add(name, &v)?;
+            target.add_header(name, v.as_bytes())?;
         }
     }
     Ok(())
