@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod source;
 pub mod testkit;
 pub mod upstream;
 pub mod wasm;

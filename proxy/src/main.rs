@@ -209,7 +209,7 @@ fn main() -> ExitCode {
                     c.plugins.len(),
                 );
                 // Load every plugin for real: compile, start its VM, on_vm_start, on_configure.
-                if let Err(e) = sluice::runtime::Runtime::build(c, 1, 1) {
+                if let Err(e) = sluice::runtime::Runtime::build_blocking(c, 1) {
                     eprintln!("{}: {e}", config.display());
                     return ExitCode::FAILURE;
                 }

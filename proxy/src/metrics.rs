@@ -29,6 +29,12 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `sluice_config_version`.
     pub config_version: IntGauge,
+    /// `sluice_config_reloads_total{result}` (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// `sluice_config_last_reload_success_timestamp_seconds`.
+    pub config_last_success: IntGauge,
+    /// `sluice_config_reload_duration_seconds`.
+    pub config_reload_duration: Histogram,
     /// `sluice_plugin_calls_total{plugin,phase}`.
     pub plugin_calls: IntCounterVec,
     /// `sluice_plugin_call_duration_seconds{plugin,phase}`.
@@ -92,6 +98,30 @@ fn build() -> Metrics {
     let config_version = IntGauge::new(
         "sluice_config_version",
         "Version number of the configuration being served (1 for the first).",
+    )
+    .expect("valid metric");
+    let config_reloads = IntCounterVec::new(
+        Opts::new(
+            "sluice_config_reloads_total",
+            "Configuration reloads, by result: ok (the new config serves) or error (the old \
+             one keeps serving).",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
+    let config_last_success = IntGauge::new(
+        "sluice_config_last_reload_success_timestamp_seconds",
+        "Unix time when the configuration being served was published (start-up or reload).",
+    )
+    .expect("valid metric");
+    let config_reload_duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "sluice_config_reload_duration_seconds",
+            "Time from a reload's trigger to the new configuration serving (or its refusal).",
+        )
+        .buckets(vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]),
     )
     .expect("valid metric");
     let plugin_calls = IntCounterVec::new(
@@ -177,6 +207,9 @@ fn build() -> Metrics {
         Box::new(upstream_healthy.clone()),
         Box::new(in_flight.clone()),
         Box::new(config_version.clone()),
+        Box::new(config_reloads.clone()),
+        Box::new(config_last_success.clone()),
+        Box::new(config_reload_duration.clone()),
     ] {
         registry.register(c).expect("metric names are unique");
     }
@@ -188,6 +221,9 @@ fn build() -> Metrics {
         upstream_healthy,
         in_flight,
         config_version,
+        config_reloads,
+        config_last_success,
+        config_reload_duration,
         plugin_calls,
         plugin_call_duration,
         plugin_errors,
@@ -208,6 +244,30 @@ impl Metrics {
     /// Registers a collector created later (metrics plugins define).
     pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
         self.registry.register(c)
+    }
+
+    /// Sum of `sluice_plugin_errors_total` of one plugin, by kind.
+    pub fn plugin_errors_by_kind(&self, plugin: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather() {
+            if family.name() != "sluice_plugin_errors_total" {
+                continue;
+            }
+            for m in family.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                if label("plugin").as_deref() == Some(plugin) {
+                    if let Some(kind) = label("kind") {
+                        *out.entry(kind).or_insert(0) += m.get_counter().get_value() as u64;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,25 +1,62 @@
-//! The `Runtime` snapshot: everything a request needs, immutable, built once per config.
+//! The `Runtime` snapshot — everything a request needs, immutable, built once per config — and
+//! the process [`State`] that publishes it and replaces it on a reload.
 //!
-//! Requests load the current snapshot once, at their start, and keep it to their end, so that a
-//! reload (still to come) can build a new `Runtime` off the request path and swap it in while
-//! requests in flight finish on the one they began with.
-
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::SystemTime;
-
-use arc_swap::ArcSwap;
+//! Requests load the current snapshot once, at their start, and keep it to their end. A reload
+//! builds a whole new `Runtime` off the request path (parse, validate, fetch and check the
+//! plugin binaries, compile, start every VM) and publishes it with one atomic swap only if all
+//! of that succeeded; requests in flight finish on the snapshot they began with, and the old
+//! plugins' VMs go away (with `on_done`/`on_delete` on their root contexts) when the last of
+//! those requests ends.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, ConfigErrors, PluginSpec};
 use crate::router::Router;
+use crate::source::{Fetched, SourceError};
 use crate::upstream::Pool;
 use crate::wasm::plugin::{Plugin, PluginError};
 
+/// Why a configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A plugin binary could not be fetched, or failed its checks.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// A plugin did not compile, link or start.
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+}
+
+/// What `/plugins` reports of a loaded plugin.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// Where the binary came from.
+    pub origin: String,
+    /// sha256 of the binary, hex.
+    pub sha256: String,
+    /// Whether the binary came from the local cache of remote sources.
+    pub from_cache: bool,
+    /// Config version that loaded this instance of the plugin (a reload that leaves the
+    /// plugin, its binary and the upstreams it calls unchanged keeps it, VMs and all).
+    pub loaded_in: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// How long loading took (compile + every VM's start-up).
+    pub load_time: Duration,
+    /// Identity used to decide whether a reload can keep the plugin.
+    fingerprint: [u8; 32],
+}
+
 /// One immutable configuration, ready to serve.
 pub struct Runtime {
-    /// 1 for the first config of the process (reloads, still to come, will count up).
+    /// 1 for the first config of the process, +1 for each successful reload.
     pub version: u64,
     /// When it was built.
     pub loaded_at: SystemTime,
@@ -31,23 +68,107 @@ pub struct Runtime {
     pub pools: Vec<Arc<Pool>>,
     /// Loaded plugins by name.
     pub plugins: HashMap<String, Arc<Plugin>>,
+    /// What was loaded for each plugin, by name.
+    pub plugin_info: HashMap<String, PluginInfo>,
+}
+
+/// Everything that decides how a plugin behaves, apart from where its binary came from.
+fn fingerprint(
+    spec: &PluginSpec,
+    sha256: &str,
+    extra_hidden: &[String],
+    pools: &[Arc<Pool>],
+) -> [u8; 32] {
+    let callout_pools: Vec<usize> = spec
+        .allowed_upstreams
+        .iter()
+        .filter_map(|u| pools.iter().find(|p| &p.name == u))
+        .map(|p| Arc::as_ptr(p) as usize)
+        .collect();
+    let text = format!(
+        "{sha256}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{extra_hidden:?}|{callout_pools:?}",
+        spec.root_id,
+        spec.vm_id,
+        spec.config,
+        spec.vm_config,
+        spec.expose,
+        spec.allowed_upstreams,
+        spec.limits,
+        spec.on_error,
+        spec.vms,
+    );
+    Sha256::digest(text.as_bytes()).into()
 }
 
 impl Runtime {
     /// Builds the pools, loads the plugins (running their start-up) and builds the router.
-    /// `threads` is the number of worker threads, the default number of VMs per plugin.
-    pub fn build(config: Config, version: u64, threads: usize) -> Result<Runtime, PluginError> {
+    /// `threads` is the number of worker threads, the default number of VMs per plugin;
+    /// `fetched` holds each plugin's binary. With `previous` (a reload), pools whose upstream
+    /// is unchanged are kept (with their health state), and so are plugins whose binary and
+    /// settings are unchanged (with their VMs); everything else is new.
+    pub fn build(
+        config: Config,
+        version: u64,
+        threads: usize,
+        fetched: &HashMap<String, Fetched>,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, BuildError> {
         let pools: Vec<Arc<Pool>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Pool::new(u)))
+            .map(|u| {
+                let kept = previous.and_then(|prev| {
+                    let i = prev.config.upstreams.iter().position(|o| o == u)?;
+                    prev.pools.get(i).cloned()
+                });
+                kept.unwrap_or_else(|| Arc::new(Pool::new(u)))
+            })
             .collect();
-        let plugins = crate::wasm::load_plugins(
-            &config.plugins,
-            &pools,
-            &config.file.sanitize.extra_headers,
-            threads,
-        )?;
+        let extra_hidden = &config.file.sanitize.extra_headers;
+        let mut plugins = HashMap::new();
+        let mut plugin_info = HashMap::new();
+        for spec in &config.plugins {
+            let Some(binary) = fetched.get(&spec.name) else {
+                return Err(PluginError::Compile {
+                    plugin: spec.name.clone(),
+                    message: "its binary was not fetched".into(),
+                }
+                .into());
+            };
+            let fp = fingerprint(spec, &binary.sha256, extra_hidden, &pools);
+            let kept = previous.and_then(|prev| {
+                let info = prev.plugin_info.get(&spec.name)?;
+                (info.fingerprint == fp).then(|| (prev.plugins.get(&spec.name).cloned(), info))
+            });
+            if let Some((Some(plugin), info)) = kept {
+                plugins.insert(spec.name.clone(), plugin);
+                plugin_info.insert(
+                    spec.name.clone(),
+                    PluginInfo {
+                        origin: binary.origin.clone(),
+                        from_cache: binary.from_cache,
+                        ..info.clone()
+                    },
+                );
+                continue;
+            }
+            let started = Instant::now();
+            let plugin =
+                crate::wasm::load_plugin(spec, &binary.bytes, &pools, extra_hidden, threads)?;
+            plugins.insert(spec.name.clone(), plugin);
+            plugin_info.insert(
+                spec.name.clone(),
+                PluginInfo {
+                    origin: binary.origin.clone(),
+                    sha256: binary.sha256.clone(),
+                    from_cache: binary.from_cache,
+                    loaded_in: version,
+                    loaded_at: SystemTime::now(),
+                    load_time: started.elapsed(),
+                    fingerprint: fp,
+                },
+            );
+        }
         let router = Router::new(&config.routes, &pools, &plugins);
         Ok(Runtime {
             version,
@@ -56,25 +177,176 @@ impl Runtime {
             router,
             pools,
             plugins,
+            plugin_info,
         })
     }
+
+    /// Fetches the plugins of `config` and builds it, from synchronous code outside any async
+    /// runtime (start-up, `sluice check`).
+    pub fn build_blocking(config: Config, threads: usize) -> Result<Runtime, BuildError> {
+        let fetched = crate::source::fetch_all_blocking(&config.plugins)?;
+        Runtime::build(config, 1, threads, &fetched, None)
+    }
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `POST /reload` on the admin API (also what `sluice reload` sends).
+    Api,
+    /// `SIGHUP`.
+    Signal,
+    /// The config file (or a local plugin file) changed on disk.
+    Watch,
+}
+
+impl Trigger {
+    /// Its name in logs and `/plugins`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Signal => "signal",
+            Trigger::Watch => "file",
+        }
+    }
+}
+
+/// Why a reload was refused. The configuration that was serving keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The process was not started from a config file (`sluice demo`).
+    #[error("this process was not started from a config file, so there is nothing to reload")]
+    NoConfigFile,
+    /// The config file is invalid.
+    #[error("{path}: {errors}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Every error found.
+        errors: ConfigErrors,
+    },
+    /// A section that is fixed while the process runs was changed.
+    #[error(
+        "{section} changed: {detail}; {section} cannot change while sluice runs (pingora binds \
+         listeners and sets up its worker threads at start-up), so restart sluice to apply it"
+    )]
+    RestartNeeded {
+        /// `listeners`, `admin` or `server`.
+        section: &'static str,
+        /// What differs.
+        detail: String,
+    },
+    /// A plugin could not be fetched, checked, compiled or started.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// A host bug: the reload task ended abnormally.
+    #[error("reload failed: {0}")]
+    Internal(String),
+}
+
+/// The result of the last reload, for `/plugins`, `/config` and `sluice reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it ended.
+    pub at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// The version it published, or why it was refused.
+    pub result: Result<u64, String>,
 }
 
 /// Process-wide state shared by the proxy, the admin API and background tasks.
 pub struct State {
     current: ArcSwap<Runtime>,
+    threads: usize,
+    config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+    last_reload: Mutex<Option<ReloadRecord>>,
     ready: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Refuses changes to what only a restart can apply: listeners, the admin listener and the
+/// process settings.
+fn fixed_sections_unchanged(old: &Config, new: &Config) -> Result<(), ReloadError> {
+    if json(&old.file.listeners) != json(&new.file.listeners) {
+        let before: Vec<String> = old
+            .listeners
+            .iter()
+            .map(|l| format!("{} on {}", l.name, l.address))
+            .collect();
+        let after: Vec<String> = new
+            .listeners
+            .iter()
+            .map(|l| format!("{} on {}", l.name, l.address))
+            .collect();
+        let detail = if before == after {
+            "a listener's settings differ".to_string()
+        } else {
+            format!(
+                "[{}] would become [{}]",
+                before.join(", "),
+                after.join(", ")
+            )
+        };
+        return Err(ReloadError::RestartNeeded {
+            section: "listeners",
+            detail,
+        });
+    }
+    if json(&old.file.admin) != json(&new.file.admin) {
+        return Err(ReloadError::RestartNeeded {
+            section: "admin",
+            detail: format!(
+                "admin address {} would become {}",
+                old.admin.address, new.admin.address
+            ),
+        });
+    }
+    if json(&old.file.server) != json(&new.file.server) {
+        return Err(ReloadError::RestartNeeded {
+            section: "server",
+            detail: "the server settings differ".into(),
+        });
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
 impl State {
-    /// State serving `config` as version 1 (loading its plugins).
-    pub fn new(config: Config, threads: usize) -> Result<Arc<State>, PluginError> {
-        let runtime = Runtime::build(config, 1, threads)?;
-        crate::metrics::metrics().config_version.set(1);
+    /// State serving `config` as version 1 (fetching and loading its plugins). Must be called
+    /// outside any async runtime.
+    pub fn new(config: Config, threads: usize) -> Result<Arc<State>, BuildError> {
+        let config_path = config.source.clone();
+        let runtime = Runtime::build_blocking(config, threads)?;
+        let m = crate::metrics::metrics();
+        m.config_version.set(1);
+        m.config_last_success.set(unix_now());
+        crate::wasm::prune_modules(
+            &runtime
+                .plugins
+                .values()
+                .map(|p| p.sha256)
+                .collect::<Vec<_>>(),
+        );
         Ok(Arc::new(State {
             current: ArcSwap::from_pointee(runtime),
+            threads,
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_reload: Mutex::new(None),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -84,6 +356,114 @@ impl State {
     /// The snapshot new requests use.
     pub fn current(&self) -> Arc<Runtime> {
         self.current.load_full()
+    }
+
+    /// The config file this process serves, if it was started from one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
+    /// The result of the last reload (none yet: `None`).
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads the config file: builds the new configuration off the request path and
+    /// publishes it only if everything succeeded. Reloads run one at a time (a trigger during
+    /// a reload waits for it, then reloads again). On error nothing changes; the error is
+    /// logged, counted and kept for `/plugins` and `/config`.
+    pub async fn reload(
+        self: &Arc<Self>,
+        trigger: Trigger,
+    ) -> Result<Arc<Runtime>, Arc<ReloadError>> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let started = Instant::now();
+        let result = self.clone().build_next().await.map_err(Arc::new);
+        let duration = started.elapsed();
+        let m = crate::metrics::metrics();
+        m.config_reload_duration.observe(duration.as_secs_f64());
+        let record = ReloadRecord {
+            trigger,
+            at: SystemTime::now(),
+            duration,
+            result: match &result {
+                Ok(rt) => Ok(rt.version),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match &result {
+            Ok(rt) => {
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    version = rt.version,
+                    duration_ms = duration.as_secs_f64() * 1e3,
+                    "config reloaded: the new version serves new requests"
+                );
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    error = %e,
+                    "config reload refused; the running config keeps serving"
+                );
+            }
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+        result
+    }
+
+    async fn build_next(self: Arc<Self>) -> Result<Arc<Runtime>, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let config = {
+            let file = path.clone();
+            // Validation resolves host names: keep it off the async workers.
+            tokio::task::spawn_blocking(move || Config::load(&file))
+                .await
+                .map_err(|e| ReloadError::Internal(e.to_string()))?
+                .map_err(|errors| ReloadError::Config {
+                    path: path.display().to_string(),
+                    errors,
+                })?
+        };
+        let old = self.current();
+        fixed_sections_unchanged(&old.config, &config)?;
+        let fetched = crate::source::fetch_all(&config.plugins)
+            .await
+            .map_err(BuildError::from)?;
+        let threads = self.threads;
+        let version = old.version + 1;
+        let prev = old.clone();
+        let new = tokio::task::spawn_blocking(move || {
+            Runtime::build(config, version, threads, &fetched, Some(&prev))
+        })
+        .await
+        .map_err(|e| ReloadError::Internal(e.to_string()))??;
+        let new = Arc::new(new);
+        for pool in &new.pools {
+            if !old.pools.iter().any(|p| Arc::ptr_eq(p, pool)) {
+                crate::upstream::health::spawn(pool);
+            }
+        }
+        self.current.store(new.clone());
+        let m = crate::metrics::metrics();
+        m.config_version.set(version as i64);
+        m.config_last_success.set(unix_now());
+        for name in old.plugins.keys() {
+            if !new.plugins.contains_key(name) {
+                let _ = m.plugin_vms.remove_label_values(&[name]);
+                let _ = m.plugin_memory.remove_label_values(&[name]);
+            }
+        }
+        for p in new.plugins.values() {
+            p.update_gauges();
+        }
+        crate::wasm::prune_modules(&new.plugins.values().map(|p| p.sha256).collect::<Vec<_>>());
+        Ok(new)
     }
 
     /// Whether every listener accepts connections.

@@ -23,9 +23,9 @@ use crate::runtime::State;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A plugin did not load or start.
+    /// A plugin could not be fetched, or did not load or start.
     #[error("{0}")]
-    Plugin(crate::wasm::plugin::PluginError),
+    Plugin(crate::runtime::BuildError),
     /// A socket could not be bound.
     #[error("{field}: cannot listen on {address}: {source}")]
     Bind {

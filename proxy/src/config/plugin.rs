@@ -5,12 +5,13 @@
 //! format, grants, upstream names, limits). Loading the binary, its sha256, and its
 //! `on_vm_start`/`on_configure` happen when the runtime is built (also by `sluice check`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::listener::{check_name, existing_file};
 use super::ConfigError;
+use crate::source::PluginSource;
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
 use crate::wasm::settings::{
     FailurePolicy, Limits, DEFAULT_FUEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CALLOUTS,
@@ -93,8 +94,8 @@ pub struct SanitizeFile {
 pub struct PluginSpec {
     /// Name.
     pub name: String,
-    /// The `.wasm` file, resolved.
-    pub path: PathBuf,
+    /// Where the `.wasm` comes from.
+    pub source: PluginSource,
     /// Expected sha256 (lower-case hex).
     pub sha256: Option<String>,
     /// Root id.
@@ -217,7 +218,7 @@ impl PluginFile {
         }
         Some(PluginSpec {
             name: name.to_string(),
-            path: path?,
+            source: PluginSource::Path(path?),
             sha256: self.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             root_id: self.root_id.clone(),
             vm_id: self.vm_id.clone().unwrap_or_else(|| name.to_string()),

@@ -172,6 +172,14 @@ impl WasmEngine {
         Ok((module, digest))
     }
 
+    /// Forgets the compiled modules whose sha256 is not in `keep`.
+    pub fn retain_modules(&self, keep: &[[u8; 32]]) {
+        self.modules
+            .lock()
+            .expect("not poisoned")
+            .retain(|digest, _| keep.contains(digest));
+    }
+
     /// Modules compiled and kept in memory.
     pub fn compiled_modules(&self) -> usize {
         self.modules.lock().expect("not poisoned").len()

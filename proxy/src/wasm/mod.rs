@@ -15,16 +15,14 @@ pub mod ticker;
 pub mod vm;
 pub mod wasi;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Linker;
 
 use crate::config::PluginSpec;
 use crate::upstream::Pool;
-use engine::{hex, EngineOptions, WasmEngine};
+use engine::{EngineOptions, WasmEngine};
 use plugin::{Plugin, PluginError};
 use sanitize::Sanitizer;
 use settings::PluginSettings;
@@ -74,67 +72,53 @@ pub fn host() -> Result<&'static Host, String> {
     .map_err(Clone::clone)
 }
 
-/// Loads every plugin of a config: reads and checks each binary, compiles it (once per
-/// sha256), and starts its VMs. `default_vms` is used when a plugin does not set `vms`.
-pub fn load_plugins(
-    specs: &[PluginSpec],
+/// Loads one plugin from its fetched binary: compiles it (once per sha256: an unchanged binary
+/// is not compiled again) and starts its VMs. `default_vms` is used when the spec does not set
+/// `vms`.
+pub fn load_plugin(
+    spec: &PluginSpec,
+    bytes: &[u8],
     pools: &[Arc<Pool>],
     extra_hidden: &[String],
     default_vms: usize,
-) -> Result<HashMap<String, Arc<Plugin>>, PluginError> {
-    let mut out = HashMap::new();
-    if specs.is_empty() {
-        return Ok(out);
-    }
+) -> Result<Arc<Plugin>, PluginError> {
     let host = host().map_err(|message| PluginError::Compile {
-        plugin: specs[0].name.clone(),
+        plugin: spec.name.clone(),
         message,
     })?;
-    for spec in specs {
-        let bytes = std::fs::read(&spec.path).map_err(|e| PluginError::Read {
-            plugin: spec.name.clone(),
-            path: spec.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        if let Some(expected) = &spec.sha256 {
-            let actual = hex(&Sha256::digest(&bytes));
-            if &actual != expected {
-                return Err(PluginError::Digest {
-                    plugin: spec.name.clone(),
-                    path: spec.path.display().to_string(),
-                    actual,
-                    expected: expected.clone(),
-                });
-            }
-        }
-        let settings = PluginSettings {
-            name: spec.name.clone(),
-            root_id: spec.root_id.clone(),
-            vm_id: spec.vm_id.clone(),
-            config: spec.config.clone().into(),
-            vm_config: spec.vm_config.clone().into(),
-            sanitizer: Sanitizer::new(&spec.expose, extra_hidden),
-            callout_targets: spec
-                .allowed_upstreams
-                .iter()
-                .filter_map(|u| {
-                    pools
-                        .iter()
-                        .find(|p| &p.name == u)
-                        .map(|p| (u.clone(), p.clone()))
-                })
-                .collect(),
-            limits: spec.limits,
-            on_error: spec.on_error,
-            vms: if spec.vms == 0 {
-                default_vms.max(1)
-            } else {
-                spec.vms
-            },
-            sluice_properties: true,
-        };
-        let plugin = Plugin::load(&host.engine, &host.linker, settings, &bytes)?;
-        out.insert(spec.name.clone(), plugin);
+    let settings = PluginSettings {
+        name: spec.name.clone(),
+        root_id: spec.root_id.clone(),
+        vm_id: spec.vm_id.clone(),
+        config: spec.config.clone().into(),
+        vm_config: spec.vm_config.clone().into(),
+        sanitizer: Sanitizer::new(&spec.expose, extra_hidden),
+        callout_targets: spec
+            .allowed_upstreams
+            .iter()
+            .filter_map(|u| {
+                pools
+                    .iter()
+                    .find(|p| &p.name == u)
+                    .map(|p| (u.clone(), p.clone()))
+            })
+            .collect(),
+        limits: spec.limits,
+        on_error: spec.on_error,
+        vms: if spec.vms == 0 {
+            default_vms.max(1)
+        } else {
+            spec.vms
+        },
+        sluice_properties: true,
+    };
+    Plugin::load(&host.engine, &host.linker, settings, bytes)
+}
+
+/// Forgets compiled modules no plugin in `keep` (sha256s) uses. Plugins still serving keep
+/// their own module alive; this only stops the in-memory map from growing with every reload.
+pub fn prune_modules(keep: &[[u8; 32]]) {
+    if let Ok(h) = host() {
+        h.engine.retain_modules(keep);
     }
-    Ok(out)
 }

@@ -18,28 +18,6 @@ use super::vm::{PhaseMetrics, Vm, VmError, VmState};
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The file could not be read.
-    #[error("plugin {plugin:?}: cannot read {path}: {message}")]
-    Read {
-        /// Plugin name.
-        plugin: String,
-        /// File.
-        path: String,
-        /// OS error.
-        message: String,
-    },
-    /// The file's sha256 differs from the config's.
-    #[error("plugin {plugin:?}: sha256 of {path} is {actual}, the config expects {expected}")]
-    Digest {
-        /// Plugin name.
-        plugin: String,
-        /// File.
-        path: String,
-        /// Computed.
-        actual: String,
-        /// Configured.
-        expected: String,
-    },
     /// Not a valid wasm module.
     #[error("plugin {plugin:?}: {message}")]
     Compile {
@@ -282,6 +260,19 @@ impl Plugin {
             Err(e) => {
                 tracing::error!(plugin = %self.settings.name, slot, error = %e, "plugin VM replacement failed");
                 self.vm_failed(slot);
+            }
+        }
+    }
+}
+
+impl Drop for Plugin {
+    /// The plugin is out of service (a reload replaced or removed it, and the last request
+    /// that used it has ended): each VM's root context gets `on_done` and `on_delete`.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let vm = slot.vm.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(vm) = vm {
+                vm.retire();
             }
         }
     }

@@ -655,6 +655,49 @@ impl Vm {
         }
     }
 
+    /// Takes the VM out of service for good: `on_done` then `on_delete` on its root context
+    /// (the plugin is being unloaded). The host does not wait for a plugin that answers
+    /// `on_done` with false (asking to finish later with `proxy_done`): `on_delete` follows at
+    /// once. Errors are counted and logged; the VM is not replaced.
+    pub fn retire(&self) {
+        self.tick_ms.store(0, Ordering::Release);
+        if self.is_failed() || (self.ex.done.is_none() && self.ex.delete.is_none()) {
+            return;
+        }
+        let mut inner = self.lock();
+        let root = inner.store.data().root_id;
+        inner.store.data_mut().context = root;
+        let mut r = Ok(());
+        if let Some(f) = &self.ex.done {
+            r = guest_call(&mut inner, &self.metrics, Phase::Done, f, root).map(|_| ());
+        }
+        if r.is_ok() {
+            if let Some(f) = &self.ex.delete {
+                r = guest_call(&mut inner, &self.metrics, Phase::Done, f, root);
+            }
+        }
+        drop(inner);
+        if let Err(e) = r {
+            if e.kind != ErrorKind::Lost {
+                crate::metrics::metrics()
+                    .plugin_errors
+                    .with_label_values(&[
+                        &self.settings.name,
+                        Phase::Done.as_str(),
+                        e.kind.as_str(),
+                    ])
+                    .inc();
+                tracing::warn!(
+                    target: "sluice::plugin",
+                    plugin = %self.settings.name,
+                    kind = e.kind.as_str(),
+                    error = %e.message,
+                    "plugin failed while being unloaded"
+                );
+            }
+        }
+    }
+
     /// Calls `on_tick` on the root context.
     pub fn tick(self: &Arc<Self>) {
         self.root_call(Phase::Tick, None);
