@@ -3,7 +3,13 @@
 //! - `GET /ready`: 200 once every client listener accepts connections; 503 before that and
 //!   while draining after a shutdown signal (it keeps answering during the drain).
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /config`: the config being served, as JSON, with its version and load time.
+//! - `GET /config`: the config being served, as JSON, with its version, load time and the
+//!   result of the last reload.
+//! - `GET /plugins`, `GET /plugins/NAME`: the loaded plugins (source, sha256, the config
+//!   version that loaded them, load time, VMs, contexts, memory, errors by kind) and the
+//!   result of the last reload.
+//! - `POST /reload`: reloads the config file; 200 with the new version once it serves, or 422
+//!   with the reason it was refused (the running config keeps serving).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::runtime::State;
+use crate::runtime::{Runtime, State, Trigger};
+use crate::wasm::settings::FailurePolicy;
 
 /// The admin listener as a pingora background service.
 pub struct AdminService {
@@ -78,7 +85,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -95,12 +102,45 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .expect("valid response")
 }
 
-fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec_pretty(body).expect("JSON serializes");
+    text.push(b'\n');
+    reply(status, "application/json", text)
+}
+
+async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    let known = matches!(path, "/ready" | "/metrics" | "/config");
+    let plugin = path.strip_prefix("/plugins/").filter(|n| !n.is_empty());
+    let known = matches!(
+        path,
+        "/ready" | "/metrics" | "/config" | "/plugins" | "/reload"
+    ) || plugin.is_some();
     if !known {
         return reply(StatusCode::NOT_FOUND, TEXT, "not found\n");
+    }
+    if path == "/reload" {
+        if req.method() != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n");
+        }
+        return match state.reload(Trigger::Api).await {
+            Ok(rt) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "result": "ok",
+                    "version": rt.version,
+                    "last_reload": last_reload(state),
+                }),
+            ),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({
+                    "result": "error",
+                    "error": e.to_string(),
+                    "version": state.current().version,
+                }),
+            ),
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n");
@@ -127,21 +167,107 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 m.render(),
             )
         }
-        _ => {
+        "/plugins" => {
             let rt = state.current();
-            let body = serde_json::json!({
-                "version": rt.version,
-                "loaded_at": rfc3339(rt.loaded_at),
-                "source": rt.config.source.as_ref().map(|p| p.display().to_string()),
-                "config": rt.config.file,
-            });
-            reply(
+            let mut names: Vec<&String> = rt.plugins.keys().collect();
+            names.sort();
+            let plugins: Vec<serde_json::Value> =
+                names.iter().filter_map(|n| plugin_json(&rt, n)).collect();
+            json(
                 StatusCode::OK,
-                "application/json",
-                serde_json::to_vec_pretty(&body).expect("config serializes"),
+                &serde_json::json!({
+                    "config_version": rt.version,
+                    "last_reload": last_reload(state),
+                    "plugins": plugins,
+                }),
             )
         }
+        "/config" => {
+            let rt = state.current();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "version": rt.version,
+                    "loaded_at": rfc3339(rt.loaded_at),
+                    "source": rt.config.source.as_ref().map(|p| p.display().to_string()),
+                    "last_reload": last_reload(state),
+                    "config": rt.config.file,
+                }),
+            )
+        }
+        _ => {
+            let rt = state.current();
+            let name = plugin.unwrap_or_default();
+            match plugin_json(&rt, name) {
+                Some(p) => json(StatusCode::OK, &p),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    TEXT,
+                    format!(
+                        "no plugin named {name:?} in config version {}\n",
+                        rt.version
+                    ),
+                ),
+            }
+        }
     }
+}
+
+/// The last reload's outcome (`null` before the first).
+fn last_reload(state: &State) -> serde_json::Value {
+    match state.last_reload() {
+        None => serde_json::Value::Null,
+        Some(r) => {
+            let mut v = serde_json::json!({
+                "trigger": r.trigger.as_str(),
+                "at": rfc3339(r.at),
+                "duration_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+            });
+            match r.result {
+                Ok(version) => {
+                    v["result"] = "ok".into();
+                    v["version"] = version.into();
+                }
+                Err(e) => {
+                    v["result"] = "error".into();
+                    v["error"] = e.into();
+                }
+            }
+            v
+        }
+    }
+}
+
+fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
+    let p = rt.plugins.get(name)?;
+    let info = rt.plugin_info.get(name)?;
+    let vms = p.vms();
+    let routes: Vec<&str> = rt
+        .config
+        .routes
+        .iter()
+        .filter(|r| r.plugins.iter().any(|n| n == name))
+        .map(|r| r.name.as_str())
+        .collect();
+    Some(serde_json::json!({
+        "name": name,
+        "source": info.origin,
+        "sha256": info.sha256,
+        "from_cache": info.from_cache,
+        "version": info.loaded_in,
+        "loaded_at": rfc3339(info.loaded_at),
+        "load_ms": (info.load_time.as_secs_f64() * 1e6).round() / 1e3,
+        "vm_id": p.settings.vm_id,
+        "on_error": match p.settings.on_error {
+            FailurePolicy::FailClosed => "fail_closed",
+            FailurePolicy::FailOpen => "fail_open",
+        },
+        "vms": { "configured": p.settings.vms, "healthy": p.healthy_vms() },
+        "contexts": vms.iter().map(|vm| vm.contexts()).sum::<usize>(),
+        "memory_bytes": vms.iter().map(|vm| vm.memory_bytes()).sum::<usize>(),
+        "errors": crate::metrics::metrics().plugin_errors_by_kind(name),
+        "routes": routes,
+    }))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC.

@@ -43,6 +43,16 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Ask a running sluice to reload its config file (POST /reload on its admin API); print
+    /// the result and exit 1 if the reload was refused.
+    Reload {
+        /// Address of its admin API.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// How long to wait for the reload, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Run the demo upstream and the proxy in front of it, on a built-in config.
     Demo {
         /// Address of the proxy.
@@ -247,6 +257,18 @@ fn main() -> ExitCode {
             plugins,
         } => demo(&listen, &admin, &upstream, plugins.as_deref()),
         Command::Plugin { command } => plugin_command(command),
+        Command::Reload { admin, timeout } => {
+            match sluice::reload::request_reload(&admin, std::time::Duration::from_secs(timeout)) {
+                Ok(body) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice reload: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Upstream { address, name } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

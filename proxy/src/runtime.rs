@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigErrors, PluginSpec};
+use crate::reload::Mark;
 use crate::router::Router;
 use crate::source::{Fetched, SourceError};
 use crate::upstream::Pool;
@@ -264,6 +265,7 @@ pub struct State {
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
     last_reload: Mutex<Option<ReloadRecord>>,
+    watch_mark: Mutex<Option<Mark>>,
     ready: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -330,6 +332,10 @@ impl State {
     /// outside any async runtime.
     pub fn new(config: Config, threads: usize) -> Result<Arc<State>, BuildError> {
         let config_path = config.source.clone();
+        let watch_mark = config_path.as_deref().map(|p| {
+            let digest = std::fs::read(p).map_or([0; 32], |b| Sha256::digest(&b).into());
+            Mark::new(digest, crate::reload::plugin_files(&config))
+        });
         let runtime = Runtime::build_blocking(config, threads)?;
         let m = crate::metrics::metrics();
         m.config_version.set(1);
@@ -347,6 +353,7 @@ impl State {
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(None),
+            watch_mark: Mutex::new(watch_mark),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -369,6 +376,18 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// What the last read of the config file saw (for the file watcher).
+    pub(crate) fn watch_mark(&self) -> Option<Mark> {
+        self.watch_mark
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_watch_mark(&self, mark: Mark) {
+        *self.watch_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(mark);
     }
 
     /// Reloads the config file: builds the new configuration off the request path and
@@ -419,17 +438,21 @@ impl State {
 
     async fn build_next(self: Arc<Self>) -> Result<Arc<Runtime>, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
-        let config = {
-            let file = path.clone();
-            // Validation resolves host names: keep it off the async workers.
-            tokio::task::spawn_blocking(move || Config::load(&file))
-                .await
-                .map_err(|e| ReloadError::Internal(e.to_string()))?
-                .map_err(|errors| ReloadError::Config {
-                    path: path.display().to_string(),
-                    errors,
-                })?
+        let file = path.clone();
+        // Validation resolves host names: keep it off the async workers.
+        let (digest, loaded) = tokio::task::spawn_blocking(move || Config::load_text(&file))
+            .await
+            .map_err(|e| ReloadError::Internal(e.to_string()))?;
+        // Remember what was read, good or bad, so the watcher reloads only on a new change.
+        let files = match &loaded {
+            Ok(config) => crate::reload::plugin_files(config),
+            Err(_) => self.watch_mark().map(|m| m.files).unwrap_or_default(),
         };
+        self.set_watch_mark(Mark::new(digest, files));
+        let config = loaded.map_err(|errors| ReloadError::Config {
+            path: path.display().to_string(),
+            errors,
+        })?;
         let old = self.current();
         fixed_sections_unchanged(&old.config, &config)?;
         let fetched = crate::source::fetch_all(&config.plugins)
@@ -462,7 +485,15 @@ impl State {
         for p in new.plugins.values() {
             p.update_gauges();
         }
-        crate::wasm::prune_modules(&new.plugins.values().map(|p| p.sha256).collect::<Vec<_>>());
+        // Keep the modules of the new and the previous config: swapping back is then as quick
+        // as swapping forward, and the map holds at most two configs' worth.
+        let keep: Vec<[u8; 32]> = new
+            .plugins
+            .values()
+            .chain(old.plugins.values())
+            .map(|p| p.sha256)
+            .collect();
+        crate::wasm::prune_modules(&keep);
         Ok(new)
     }
 

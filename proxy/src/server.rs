@@ -18,6 +18,7 @@ use crate::admin::AdminService;
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::proxy::SluiceProxy;
+use crate::reload::ReloadTriggers;
 use crate::runtime::State;
 
 /// Why the server could not start.
@@ -127,6 +128,10 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), StartError> {
     server.add_service(background_service(
         "admin",
         AdminService::new(state.clone(), admin_listener),
+    ));
+    server.add_service(background_service(
+        "reload triggers",
+        ReloadTriggers::new(state.clone()),
     ));
     server.add_service(background_service(
         "upstream health checks",

@@ -5,6 +5,7 @@
 mod admin;
 mod listener;
 mod plugin;
+mod reload;
 mod route;
 mod server;
 mod upstream;
@@ -19,6 +20,7 @@ pub use admin::{Admin, AdminFile};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
 pub(crate) use plugin::encode_config;
 pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile};
+pub use reload::{ReloadFile, ReloadSettings};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
 pub use upstream::{
@@ -51,6 +53,9 @@ pub struct ConfigFile {
     /// What plugins may not see, beyond the built-in list.
     #[serde(default)]
     pub sanitize: SanitizeFile,
+    /// How changes to the config file are noticed.
+    #[serde(default)]
+    pub reload: ReloadFile,
 }
 
 /// One configuration problem, naming the field it is about.
@@ -128,16 +133,40 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Plugins, sorted by name.
     pub plugins: Vec<PluginSpec>,
+    /// File watching.
+    pub reload: ReloadSettings,
 }
 
 impl Config {
     /// Reads, parses and validates a config file. Relative paths in it (TLS files, plugins) are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        Config::load_text(path).1
+    }
+
+    /// As [`Config::load`], also returning the sha256 of the bytes read (all zero if the file
+    /// could not be read), so that a file watcher knows exactly which content was loaded.
+    pub fn load_text(path: &Path) -> ([u8; 32], Result<Config, ConfigErrors>) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                let err = ConfigErrors(vec![ConfigError::Read {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }]);
+                return ([0; 32], Err(err));
+            }
+        };
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        (digest, Config::load_bytes(path, bytes))
+    }
+
+    fn load_bytes(path: &Path, bytes: Vec<u8>) -> Result<Config, ConfigErrors> {
+        let text = String::from_utf8(bytes).map_err(|e| {
             ConfigErrors(vec![ConfigError::Read {
                 path: path.display().to_string(),
-                message: e.to_string(),
+                message: format!("not UTF-8 text: {e}"),
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -177,6 +206,7 @@ impl ConfigFile {
         let mut errors = Vec::new();
 
         let server = self.server.validate(&mut errors);
+        let reload = self.reload.validate(&mut errors);
 
         if self.listeners.is_empty() {
             errors.push(ConfigError::invalid(
@@ -278,6 +308,7 @@ impl ConfigFile {
                 upstreams,
                 routes,
                 plugins,
+                reload,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -1,0 +1,661 @@
+//! Swapping plugins and config at runtime, through the real binary under load: each trigger
+//! (`POST /reload`, `SIGHUP`, the config file changing on disk), refused reloads, a request
+//! paused in an HTTP callout across a swap, and shared data kept across a swap.
+//!
+//! Plugins are the library's `headers` and `rate-limit` and the public-SDK test plugin, built
+//! by `make wasm`. Two "versions" of a plugin are two different binaries: the same module with
+//! a different custom section appended (a different sha256, compiled separately), each
+//! configured to tag responses with its version.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn built(file: &str) -> Vec<u8> {
+    let path = target_dir().join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build the plugins with `make wasm` first",
+            path.display()
+        )
+    })
+}
+
+/// `module` with a custom section `sluice-test-version` holding `tag` appended: the same code,
+/// different bytes.
+fn variant(module: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"sluice-test-version";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = module.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn headers_plugin() -> Vec<u8> {
+    built("wasm32-wasip1/plugin/sluice_plugin_headers.wasm")
+}
+
+/// Writes `text` to `path` the way editors and Kubernetes do: a new file renamed over it.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A config whose route runs plugin `tag` from `<version>.wasm`, tagging responses with
+/// `x-version: <version>`. `{LISTEN}`/`{ADMIN}` stay placeholders.
+fn tag_config(upstream: std::net::SocketAddr, version: &str, watch: bool) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         reload: {{ watch: {watch}, poll_interval_ms: 100, debounce_ms: 50 }}\n\
+         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
+         routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [tag] }}\n\
+         plugins:\n  tag: {{ path: {version}.wasm, config: {{ rules: [{{ response: {{ set: {{ x-version: {version} }} }} }}] }} }}\n"
+    )
+}
+
+fn fill(template: &str, proxy: &Sluice) -> String {
+    template
+        .replace("{LISTEN}", &proxy.addr.to_string())
+        .replace("{ADMIN}", &proxy.admin.to_string())
+}
+
+/// Steady load: `clients` tasks sending GETs until stopped. Every response must be a 200
+/// carrying exactly one `x-version` among `versions`; anything else is recorded as a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize, versions: &'static [&'static str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, counts, failures, url) =
+                    (stop.clone(), counts.clone(), failures.clone(), url.clone());
+                let c = client();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = match c.get(&url).send().await {
+                            Err(e) => Err(format!("request error: {e}")),
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let tags: Vec<String> = r
+                                    .headers()
+                                    .get_all("x-version")
+                                    .iter()
+                                    .map(|v| v.to_str().unwrap_or("?").to_string())
+                                    .collect();
+                                match r.bytes().await {
+                                    Err(e) => Err(format!("body error: {e}")),
+                                    Ok(_) if status != 200 => Err(format!("status {status}")),
+                                    Ok(_)
+                                        if tags.len() != 1
+                                            || !versions.contains(&tags[0].as_str()) =>
+                                    {
+                                        Err(format!("x-version {tags:?}"))
+                                    }
+                                    Ok(_) => Ok(tags[0].clone()),
+                                }
+                            }
+                        };
+                        match outcome {
+                            Ok(v) => *counts.lock().unwrap().entry(v).or_insert(0) += 1,
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            counts,
+            failures,
+        }
+    }
+
+    /// Stops the clients; returns the responses counted by version, and the failures.
+    async fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let counts = self.counts.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (counts, failures)
+    }
+}
+
+/// Polls until a response carries `x-version: want`; returns how long that took.
+async fn wait_version(proxy: &Sluice, want: &str, since: Instant) -> Duration {
+    let c = client();
+    loop {
+        if let Ok(r) = c.get(proxy.url("/probe")).send().await {
+            if r.headers().get("x-version").and_then(|v| v.to_str().ok()) == Some(want) {
+                return since.elapsed();
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "version {want} not serving 20 s after the trigger:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn post_reload(proxy: &Sluice) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+}
+
+async fn get_json(url: String) -> serde_json::Value {
+    let text = client().get(url).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum How {
+    Api,
+    Signal,
+    File,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swaps_under_load_through_each_trigger_drop_no_request() {
+    const SWAPS: usize = 20;
+    let up = upstream("backend").await;
+    let dir = temp_dir("reload-load");
+    let base = headers_plugin();
+    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    let proxy = Sluice::start_in(&tag_config(up, "v1", false), dir.clone()).await;
+    let config = dir.join("sluice.yaml");
+    let load = Load::start(proxy.url("/load"), 16, &["v1", "v2"]);
+    let mut version = "v1";
+    let mut latencies: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for how in [How::Api, How::Signal, How::File] {
+        if let How::File = how {
+            // Turn the watcher on (through the API), with v1 serving.
+            version = "v1";
+            std::fs::write(&config, fill(&tag_config(up, version, true), &proxy)).unwrap();
+            let (status, body) = post_reload(&proxy).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for _ in 0..SWAPS {
+            version = if version == "v1" { "v2" } else { "v1" };
+            let text = fill(&tag_config(up, version, matches!(how, How::File)), &proxy);
+            let since = match how {
+                How::Api => {
+                    std::fs::write(&config, text).unwrap();
+                    let since = Instant::now();
+                    let (status, body) = post_reload(&proxy).await;
+                    assert_eq!(status, 200, "{body}");
+                    since
+                }
+                How::Signal => {
+                    std::fs::write(&config, text).unwrap();
+                    let since = Instant::now();
+                    proxy.signal(libc::SIGHUP);
+                    since
+                }
+                How::File => {
+                    let since = Instant::now();
+                    replace_file(&config, &text);
+                    since
+                }
+            };
+            let took = wait_version(&proxy, version, since).await;
+            latencies
+                .entry(match how {
+                    How::Api => "api",
+                    How::Signal => "signal",
+                    How::File => "file",
+                })
+                .or_default()
+                .push(took);
+            // Let the load run on this version for a moment (60 swaps: over 20 s of load).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let (counts, failures) = load.finish().await;
+    let total: u64 = counts.values().sum();
+    eprintln!("responses by version: {counts:?} ({total} in all)");
+    for (how, l) in &latencies {
+        let mut l = l.clone();
+        l.sort();
+        eprintln!(
+            "{how}: trigger to new version serving: median {:?}, max {:?}",
+            l[l.len() / 2],
+            l[l.len() - 1]
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the swaps, e.g. {:?}\n{}",
+        failures.len(),
+        total as usize + failures.len(),
+        &failures[..failures.len().min(5)],
+        proxy.logs()
+    );
+    assert!(
+        counts.get("v1").copied().unwrap_or(0) > 100
+            && counts.get("v2").copied().unwrap_or(0) > 100,
+        "{counts:?}"
+    );
+    for (how, l) in &latencies {
+        let slowest = l.iter().max().unwrap();
+        assert!(
+            *slowest < Duration::from_secs(1),
+            "{how}: a swap took {slowest:?} to serve (more than one second)"
+        );
+    }
+    // 20 swaps per trigger, plus the reload that turned the watcher on; none refused.
+    proxy
+        .wait_metric(
+            "sluice_config_reloads_total{result=\"ok\"}",
+            (3 * SWAPS + 1) as f64,
+        )
+        .await;
+    assert_eq!(
+        proxy
+            .metric("sluice_config_reloads_total{result=\"error\"}")
+            .await,
+        None
+    );
+    let plugins = get_json(proxy.admin_url("/plugins")).await;
+    assert_eq!(
+        plugins["config_version"],
+        (3 * SWAPS + 2) as u64,
+        "{plugins}"
+    );
+    assert_eq!(plugins["last_reload"]["result"], "ok", "{plugins}");
+    assert_eq!(plugins["last_reload"]["trigger"], "file", "{plugins}");
+    let tag = &plugins["plugins"][0];
+    assert_eq!(tag["name"], "tag");
+    let expected = sha256_hex(&variant(&base, version));
+    assert_eq!(tag["sha256"], expected.as_str(), "{plugins}");
+    assert_eq!(tag["version"], (3 * SWAPS + 2) as u64, "{plugins}");
+    // Every replaced plugin's VMs are gone: only the serving plugin's two remain.
+    proxy
+        .wait_metric("sluice_plugin_vms{plugin=\"tag\"}", 2.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_reloads_name_the_cause_and_keep_the_old_set_serving() {
+    let up = upstream("backend").await;
+    let dir = temp_dir("reload-refused");
+    let base = headers_plugin();
+    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    let proxy = Sluice::start_in(&tag_config(up, "v1", false), dir.clone()).await;
+    let config = dir.join("sluice.yaml");
+    let good = fill(&tag_config(up, "v2", false), &proxy);
+    let load = Load::start(proxy.url("/load"), 4, &["v1"]);
+
+    std::fs::write(dir.join("broken.wasm"), b"\0asm\x01\0\0\0 not a module").unwrap();
+    let v2_sha = sha256_hex(&variant(&base, "v2"));
+    let wrong_sha = "0".repeat(64);
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "malformed wasm",
+            good.replace("path: v2.wasm", "path: broken.wasm"),
+            vec!["plugin \"tag\"", "not a valid wasm module"],
+        ),
+        (
+            "on_configure returns false",
+            good.replace(
+                "config: { rules: [{ response: { set: { x-version: v2 } } }] }",
+                "config: { rules: 5 }",
+            ),
+            vec!["plugin \"tag\"", "on_configure"],
+        ),
+        (
+            "wrong sha256",
+            good.replace(
+                "path: v2.wasm,",
+                &format!("path: v2.wasm, sha256: {wrong_sha},"),
+            ),
+            vec!["plugin \"tag\"", &wrong_sha, &v2_sha],
+        ),
+        (
+            "config error",
+            good.replace("upstream: backend", "upstream: nowhere"),
+            vec!["routes[0].upstream", "nowhere"],
+        ),
+        (
+            "missing plugin file",
+            good.replace("path: v2.wasm", "path: gone.wasm"),
+            vec!["plugins.tag.path", "gone.wasm"],
+        ),
+        (
+            "listener change",
+            good.replace(
+                "listeners: [",
+                &format!(
+                    "listeners: [{{ name: extra, address: '127.0.0.1:{}' }}, ",
+                    free_port()
+                ),
+            ),
+            vec!["listeners changed", "restart"],
+        ),
+    ];
+    let refused = cases.len();
+    for (what, text, needles) in cases {
+        std::fs::write(&config, &text).unwrap();
+        let (status, body) = post_reload(&proxy).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert_eq!(body["result"], "error", "{what}: {body}");
+        assert_eq!(body["version"], 1, "{what}: {body}");
+        let error = body["error"].as_str().unwrap();
+        for n in needles {
+            assert!(error.contains(n), "{what}: {n:?} not in {error:?}");
+        }
+        // What is serving, and the refusal, are both visible.
+        let plugins = get_json(proxy.admin_url("/plugins")).await;
+        assert_eq!(plugins["config_version"], 1, "{what}: {plugins}");
+        assert_eq!(plugins["last_reload"]["result"], "error");
+        assert_eq!(plugins["last_reload"]["error"], error);
+        let cfg = get_json(proxy.admin_url("/config")).await;
+        assert_eq!(cfg["last_reload"]["error"], error);
+        assert_eq!(cfg["version"], 1);
+        let r = client().get(proxy.url("/check")).send().await.unwrap();
+        assert_eq!(r.headers()["x-version"], "v1", "{what}");
+    }
+    // `sluice reload` reports the refusal and exits 1.
+    let out = std::process::Command::new(sluice_bin())
+        .args(["reload", "--admin", &proxy.admin.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners changed"));
+
+    let (counts, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "requests failed while reloads were refused: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert!(counts["v1"] > 0);
+    proxy
+        .wait_metric(
+            "sluice_config_reloads_total{result=\"error\"}",
+            (refused + 1) as f64,
+        )
+        .await;
+
+    // The good config still goes through, with `sluice reload`.
+    std::fs::write(&config, &good).unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["reload", "--admin", &proxy.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["version"], 2);
+    let r = client().get(proxy.url("/check")).send().await.unwrap();
+    assert_eq!(r.headers()["x-version"], "v2");
+}
+
+/// A tiny upstream answering every request with 200 after `delay`.
+async fn slow_upstream(delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = Vec::new();
+                while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_paused_in_a_callout_finishes_on_the_version_it_started_with() {
+    let up = upstream("backend").await;
+    let gate = slow_upstream(Duration::from_millis(700)).await;
+    let dir = temp_dir("reload-callout");
+    std::fs::write(
+        dir.join("gate.wasm"),
+        built("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm"),
+    )
+    .unwrap();
+    let base = headers_plugin();
+    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    let config = |version: &str| {
+        format!(
+            "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
+             listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+             admin: {{ address: '{{ADMIN}}' }}\n\
+             reload: {{ watch: false }}\n\
+             upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n  gate: {{ endpoints: ['{gate}'] }}\n\
+             routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [gate, tag] }}\n\
+             plugins:\n\
+             \x20 gate: {{ path: gate.wasm, vm_config: {version}, allowed_upstreams: [gate], config: {{ mode: callout, upstream: gate }} }}\n\
+             \x20 tag: {{ path: {version}.wasm, config: {{ rules: [{{ response: {{ set: {{ x-version: {version} }} }} }}] }} }}\n"
+        )
+    };
+    let proxy = Sluice::start_in(&config("v1"), dir.clone()).await;
+    let c = client();
+    let url = proxy.url("/held");
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let started = Instant::now();
+            let r = c.get(&url).send().await.unwrap();
+            (
+                started.elapsed(),
+                r.status().as_u16(),
+                r.headers().get("x-version").cloned(),
+                echo(r).await,
+            )
+        }
+    });
+    // The request is now paused in the gate's callout (700 ms): swap both plugins.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(dir.join("sluice.yaml"), fill(&config("v2"), &proxy)).unwrap();
+    let (status, body) = post_reload(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !held.is_finished(),
+        "the held request ended before the swap"
+    );
+    let after = c.get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+    assert_eq!(after.headers()["x-version"], "v2");
+    let (took, status, tag, echoed) = held.await.unwrap();
+    assert_eq!(status, 200, "{echoed}");
+    assert!(took >= Duration::from_millis(700), "not held: {took:?}");
+    assert_eq!(
+        tag.unwrap(),
+        "v1",
+        "the held request finished on the new version"
+    );
+    // The old gate VM delivered the callout's answer and resumed the request.
+    assert_eq!(echo_header(&echoed, "x-callout-status"), Some("200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_counters_and_plugin_metrics_survive_a_swap() {
+    let up = upstream("backend").await;
+    let dir = temp_dir("reload-shared");
+    let base = built("wasm32-wasip1/plugin/sluice_plugin_rate_limit.wasm");
+    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    let config = |version: &str| {
+        format!(
+            "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
+             listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+             admin: {{ address: '{{ADMIN}}' }}\n\
+             reload: {{ watch: false }}\n\
+             upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
+             routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [limit] }}\n\
+             plugins:\n  limit: {{ path: {version}.wasm, config: {{ key: [route], requests: 5, period_seconds: 3600 }} }}\n"
+        )
+    };
+    let proxy = Sluice::start_in(&config("v1"), dir.clone()).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            c.get(proxy.url("/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    std::fs::write(dir.join("sluice.yaml"), fill(&config("v2"), &proxy)).unwrap();
+    let (status, body) = post_reload(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    let plugins = get_json(proxy.admin_url("/plugins/limit")).await;
+    assert_eq!(
+        plugins["version"], 2,
+        "the plugin was not replaced: {plugins}"
+    );
+    for _ in 0..4 {
+        statuses.push(
+            c.get(proxy.url("/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429],
+        "the new version started a fresh bucket"
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_plugin_ratelimit_allowed{plugin=\"limit\"}")
+            .await,
+        Some(5.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_plugin_ratelimit_limited{plugin=\"limit\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_a_config_file_and_unknown_plugins_say_so() {
+    let dir = temp_dir("reload-demo");
+    let port = free_port();
+    let admin = free_port();
+    let mut demo = std::process::Command::new(sluice_bin())
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--upstream",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resp = loop {
+        if let Ok(r) = c
+            .post(format!("http://127.0.0.1:{admin}/reload"))
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "demo admin never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("not started from a config file"));
+    let r = c
+        .get(format!("http://127.0.0.1:{admin}/plugins/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no plugin named \"nope\""));
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
