@@ -189,11 +189,21 @@ async fn post_reload(proxy: &Sluice) -> (u16, serde_json::Value) {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
 }
 
 async fn get_json(url: String) -> serde_json::Value {
-    let text = client().get(url).send().await.unwrap().text().await.unwrap();
+    let text = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -658,4 +668,52 @@ async fn a_process_without_a_config_file_and_unknown_plugins_say_so() {
     let _ = demo.kill();
     let _ = demo.wait();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_traps_after_a_swap_follows_its_policy_and_is_not_rolled_back() {
+    let up = upstream("backend").await;
+    let dir = temp_dir("reload-trap");
+    let base = headers_plugin();
+    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(
+        dir.join("bad.wasm"),
+        built("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm"),
+    )
+    .unwrap();
+    let proxy = Sluice::start_in(&tag_config(up, "v1", false), dir.clone()).await;
+    // The new version loads fine but traps on every request; it fails open.
+    let bad = fill(&tag_config(up, "v1", false), &proxy).replace(
+        "tag: { path: v1.wasm, config: { rules: [{ response: { set: { x-version: v1 } } }] } }",
+        "tag: { path: bad.wasm, on_error: fail_open, config: { mode: panic } }",
+    );
+    assert!(bad.contains("bad.wasm"));
+    std::fs::write(dir.join("sluice.yaml"), bad).unwrap();
+    let (status, body) = post_reload(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    let c = client();
+    for _ in 0..5 {
+        let r = c.get(proxy.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "fail_open lets the request through");
+        assert!(r.headers().get("x-version").is_none());
+    }
+    let plugin = get_json(proxy.admin_url("/plugins/tag")).await;
+    assert_eq!(plugin["version"], 2, "rolled back: {plugin}");
+    assert!(
+        plugin["source"].as_str().unwrap().ends_with("bad.wasm"),
+        "{plugin}"
+    );
+    // Each trap takes a VM out (replaced in the background, with backoff): the errors show.
+    assert!(plugin["errors"]["trap"].as_u64().unwrap() >= 1, "{plugin}");
+    assert_eq!(
+        get_json(proxy.admin_url("/plugins")).await["config_version"],
+        2
+    );
+    let traps = proxy
+        .metric(
+            "sluice_plugin_errors_total{kind=\"trap\",phase=\"request_headers\",plugin=\"tag\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(traps >= 1.0, "{traps}");
 }

@@ -1905,3 +1905,51 @@ fn on_configure_false_refuses_the_plugin() {
         "{err}"
     );
 }
+
+#[test]
+fn unloading_a_plugin_ends_each_root_context() {
+    // on_done / on_delete record the context id they got in shared data ("done", "delete").
+    let mut w = Wat::new();
+    let (done_key, done_len) = w.str("done");
+    let (delete_key, delete_len) = w.str("delete");
+    let record = |key: u32, len: u32| {
+        format!(
+            "(i32.store (i32.const 0x180) (local.get $ctx)) \
+             (drop (call $set_shared (i32.const {key}) (i32.const {len}) (i32.const 0x180) \
+             (i32.const 4) (i32.const 0)))"
+        )
+    };
+    w.extra = format!(
+        "  (func (export \"proxy_on_done\") (param $ctx i32) (result i32) {} (i32.const 1))\n\
+         \x20 (func (export \"proxy_on_delete\") (param $ctx i32) {})\n",
+        record(done_key, done_len),
+        record(delete_key, delete_len)
+    );
+    let mut s = settings("hc-unload");
+    s.vms = 2;
+    let plugin = load(&w, s).unwrap_or_else(|e| panic!("{e}"));
+    let root: u32 = 1; // the root context id Sluice gives every VM
+    let ns = crate::wasm::shared::namespace("hc-unload.vm");
+    assert_eq!(
+        ns.get(b"done"),
+        None,
+        "on_done before the plugin was unloaded"
+    );
+    // A request context ends with on_done/on_delete of its own id, not the root's.
+    let vm = plugin.pick().unwrap();
+    let ctx = vm.create_context().unwrap();
+    vm.finish_context(ctx);
+    drop(vm);
+    assert_eq!(
+        ns.get(b"done").map(|(v, _)| v),
+        Some(ctx.to_le_bytes().to_vec())
+    );
+    drop(plugin);
+    // Both VMs' root contexts were ended (the version counts the writes: one for the
+    // request context, one per VM for the root).
+    let (done, done_cas) = ns.get(b"done").unwrap();
+    let (delete, delete_cas) = ns.get(b"delete").unwrap();
+    assert_eq!(done, root.to_le_bytes().to_vec());
+    assert_eq!(delete, root.to_le_bytes().to_vec());
+    assert_eq!((done_cas, delete_cas), (3, 3));
+}
