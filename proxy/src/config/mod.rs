@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use admin::{Admin, AdminFile};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
 pub(crate) use plugin::encode_config;
-pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile};
+pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile, SignatureFile};
 pub use reload::{ReloadFile, ReloadSettings};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};

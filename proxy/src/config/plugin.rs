@@ -1,8 +1,10 @@
 //! `plugins:` — named Proxy-Wasm plugins that routes refer to — and `sanitize:`, the
 //! operator's additions to the headers hidden from plugins.
 //!
-//! Validation checks what can be checked without running the plugin (file exists, digest
-//! format, grants, upstream names, limits). Loading the binary, its sha256, and its
+//! Validation checks what can be checked without running the plugin or touching the network:
+//! exactly one source (`path:` exists, `url:` is HTTP(S) and has its `sha256`, `oci:` is a
+//! well-formed reference), digest format, the signature's public key, grants, upstream names,
+//! limits. Fetching the binary (see [`crate::source`]), its sha256 and signature, and its
 //! `on_vm_start`/`on_configure` happen when the runtime is built (also by `sluice check`).
 
 use std::path::Path;
@@ -11,22 +13,33 @@ use serde::{Deserialize, Serialize};
 
 use super::listener::{check_name, existing_file};
 use super::ConfigError;
-use crate::source::PluginSource;
+use crate::source::{OciReference, PluginSource, SignatureCheck};
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
 use crate::wasm::settings::{
     FailurePolicy, Limits, DEFAULT_FUEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CALLOUTS,
     DEFAULT_MEMORY_MB, DEFAULT_PAUSE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS,
 };
 
-/// One entry of `plugins:` as written.
+/// One entry of `plugins:` as written. Exactly one of `path`, `url` and `oci` says where the
+/// `.wasm` comes from.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginFile {
     /// The `.wasm` file, relative to the config file.
-    pub path: String,
-    /// Expected SHA-256 of the file, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An `http://` or `https://` URL of the `.wasm` (requires `sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// An OCI image: `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
+    /// Expected SHA-256 of the `.wasm` bytes, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The ed25519 public key the plugin's signature must verify with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureFile>,
     /// Root context id passed to the plugin (`plugin_root_id`).
     #[serde(default)]
     pub root_id: String,
@@ -80,6 +93,18 @@ pub struct LimitsFile {
     pub max_callouts: Option<u32>,
 }
 
+/// `signature:` of a plugin: exactly one of `public_key` and `public_key_file`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureFile {
+    /// The ed25519 public key, base64 of its 32 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// A file holding that base64 text, relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+}
+
 /// `sanitize:` as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -96,8 +121,10 @@ pub struct PluginSpec {
     pub name: String,
     /// Where the `.wasm` comes from.
     pub source: PluginSource,
-    /// Expected sha256 (lower-case hex).
+    /// Expected sha256 of the `.wasm` (lower-case hex).
     pub sha256: Option<String>,
+    /// The signature the binary must carry, if any.
+    pub signature: Option<SignatureCheck>,
     /// Root id.
     pub root_id: String,
     /// VM id.
@@ -151,7 +178,11 @@ impl PluginFile {
         let before = errors.len();
         let field = format!("plugins.{name}");
         check_name(&field, name, errors);
-        let path = existing_file(&format!("{field}.path"), &self.path, base, errors);
+        let source = self.source(&field, base, errors);
+        let signature = self
+            .signature
+            .as_ref()
+            .and_then(|s| s.validate(&format!("{field}.signature"), base, errors));
         if let Some(sha) = &self.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 errors.push(ConfigError::invalid(
@@ -218,8 +249,9 @@ impl PluginFile {
         }
         Some(PluginSpec {
             name: name.to_string(),
-            source: PluginSource::Path(path?),
+            source: source?,
             sha256: self.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            signature,
             root_id: self.root_id.clone(),
             vm_id: self.vm_id.clone().unwrap_or_else(|| name.to_string()),
             config,
@@ -230,6 +262,144 @@ impl PluginFile {
             on_error,
             vms: self.vms.unwrap_or(0),
         })
+    }
+}
+
+impl PluginFile {
+    /// Where the `.wasm` comes from: exactly one of `path`, `url`, `oci`.
+    fn source(
+        &self,
+        field: &str,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<PluginSource> {
+        let given: Vec<&str> = [
+            ("path", self.path.is_some()),
+            ("url", self.url.is_some()),
+            ("oci", self.oci.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+        if given.len() != 1 {
+            errors.push(ConfigError::invalid(
+                field,
+                if given.is_empty() {
+                    "one of path, url or oci is required (where the .wasm comes from)".to_string()
+                } else {
+                    format!(
+                        "{} are given; exactly one of path, url or oci is allowed",
+                        given.join(" and ")
+                    )
+                },
+            ));
+            return None;
+        }
+        if let Some(path) = &self.path {
+            return existing_file(&format!("{field}.path"), path, base, errors)
+                .map(PluginSource::Path);
+        }
+        if let Some(url) = &self.url {
+            let f = format!("{field}.url");
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    errors.push(ConfigError::invalid(
+                        f,
+                        format!(
+                            "{url:?} must be an http:// or https:// URL, not {}:",
+                            u.scheme()
+                        ),
+                    ));
+                    return None;
+                }
+                Ok(_) => {
+                    errors.push(ConfigError::invalid(f, format!("{url:?} has no host")));
+                    return None;
+                }
+                Err(e) => {
+                    errors.push(ConfigError::invalid(
+                        f,
+                        format!("{url:?} is not a URL: {e}"),
+                    ));
+                    return None;
+                }
+            }
+            if self.sha256.is_none() {
+                errors.push(ConfigError::invalid(
+                    format!("{field}.sha256"),
+                    "is required with url: (the sha256 of the .wasm the URL serves)",
+                ));
+                return None;
+            }
+            return Some(PluginSource::Url(url.clone()));
+        }
+        let oci = self.oci.as_deref().unwrap_or_default();
+        match oci.parse::<OciReference>() {
+            Ok(r) => Some(PluginSource::Oci(r)),
+            Err(m) => {
+                errors.push(ConfigError::invalid(format!("{field}.oci"), m));
+                None
+            }
+        }
+    }
+}
+
+impl SignatureFile {
+    fn validate(
+        &self,
+        field: &str,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<SignatureCheck> {
+        match (&self.public_key, &self.public_key_file) {
+            (Some(key), None) => match SignatureCheck::from_base64(key) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    errors.push(ConfigError::invalid(format!("{field}.public_key"), m));
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let f = format!("{field}.public_key_file");
+                let path = existing_file(&f, file, base, errors)?;
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errors.push(ConfigError::invalid(
+                            f,
+                            format!("cannot read {}: {e}", path.display()),
+                        ));
+                        return None;
+                    }
+                };
+                match SignatureCheck::from_base64(&text) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        errors.push(ConfigError::invalid(
+                            f,
+                            format!("{}: the content {m}", path.display()),
+                        ));
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                errors.push(ConfigError::invalid(
+                    field,
+                    "public_key and public_key_file are both given; exactly one is allowed",
+                ));
+                None
+            }
+            (None, None) => {
+                errors.push(ConfigError::invalid(
+                    field,
+                    "public_key (base64 of the ed25519 public key) or public_key_file is required",
+                ));
+                None
+            }
+        }
     }
 }
 

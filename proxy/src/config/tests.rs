@@ -220,3 +220,149 @@ fn empty_and_listenerless_configs() {
     );
     has(&errors("listeners: {}\n"), "listeners");
 }
+
+/// `OK` with the given `plugins:` entries.
+fn with_plugins(entries: &str) -> String {
+    format!("{OK}plugins:\n{entries}")
+}
+
+const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// base64 of 32 bytes (an ed25519 public key).
+const PUBLIC_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+#[test]
+fn url_and_oci_sources_and_signatures_resolve() {
+    use crate::source::PluginSource;
+    let dir = std::env::temp_dir().join(format!("sluice-config-sig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key.pub"), format!("{PUBLIC_KEY}\n")).unwrap();
+    let yaml = with_plugins(&format!(
+        "  a: {{ url: 'https://plugins.example.com/a.wasm', sha256: '{}' }}\n\
+         \x20 b: {{ oci: '127.0.0.1:5000/plugins/b:v1', signature: {{ public_key: '{PUBLIC_KEY}' }} }}\n\
+         \x20 c: {{ oci: 'ghcr.io/org/c@sha256:{DIGEST}', sha256: '{DIGEST}', signature: {{ public_key_file: key.pub }} }}\n",
+        DIGEST.to_uppercase()
+    ));
+    let c = Config::from_yaml(&yaml, &dir).expect("valid");
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = &c.plugins[0];
+    assert_eq!(
+        a.source,
+        PluginSource::Url("https://plugins.example.com/a.wasm".into())
+    );
+    assert_eq!(a.sha256.as_deref(), Some(DIGEST), "lower-cased");
+    assert!(a.signature.is_none());
+    let b = &c.plugins[1];
+    match &b.source {
+        PluginSource::Oci(r) => {
+            assert_eq!(r.registry, "127.0.0.1:5000");
+            assert_eq!(r.repository, "plugins/b");
+            assert_eq!(r.tag.as_deref(), Some("v1"));
+            assert_eq!(r.digest, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let key = b.signature.as_ref().expect("signature");
+    assert_eq!(key.public_key_base64(), PUBLIC_KEY);
+    let c_ = &c.plugins[2];
+    assert_eq!(
+        c_.source.to_string(),
+        format!("oci:ghcr.io/org/c@sha256:{DIGEST}")
+    );
+    assert_eq!(c_.signature.as_ref(), Some(key), "same key from the file");
+}
+
+#[test]
+fn exactly_one_source_per_plugin() {
+    let errs = errors(&with_plugins("  p: { sha256: '00' }\n"));
+    has(&errs, "plugins.p: one of path, url or oci is required");
+    let errs = errors(&with_plugins(
+        "  p: { path: p.wasm, url: 'https://x/p.wasm', sha256: '00' }\n",
+    ));
+    has(
+        &errs,
+        "plugins.p: path and url are given; exactly one of path, url or oci",
+    );
+    let errs = errors(&with_plugins(
+        "  p: { path: p.wasm, url: 'https://x/p.wasm', oci: 'r.io/p' }\n",
+    ));
+    has(&errs, "plugins.p: path and url and oci are given");
+    let errs = errors(&with_plugins("  p: { uri: 'https://x/p.wasm' }\n"));
+    has(&errs, "unknown field `uri`");
+}
+
+#[test]
+fn url_sources_are_http_and_need_a_digest() {
+    let errs = errors(&with_plugins(&format!(
+        "  p: {{ url: 'ftp://x/p.wasm', sha256: '{DIGEST}' }}\n"
+    )));
+    has(
+        &errs,
+        "plugins.p.url: \"ftp://x/p.wasm\" must be an http:// or https:// URL",
+    );
+    let errs = errors(&with_plugins(&format!(
+        "  p: {{ url: 'not a url', sha256: '{DIGEST}' }}\n"
+    )));
+    has(&errs, "plugins.p.url: \"not a url\" is not a URL");
+    let errs = errors(&with_plugins("  p: { url: 'https://x/p.wasm' }\n"));
+    has(&errs, "plugins.p.sha256: is required with url:");
+    let errs = errors(&with_plugins(
+        "  p: { url: 'https://x/p.wasm', sha256: 'abc' }\n",
+    ));
+    has(&errs, "plugins.p.sha256: must be 64 hexadecimal digits");
+}
+
+#[test]
+fn malformed_oci_references_are_refused() {
+    for (reference, message) in [
+        ("hello", "plugins.p.oci: \"hello\" has no repository"),
+        (
+            "r.io/Hello",
+            "plugins.p.oci: repository \"Hello\" has an invalid component",
+        ),
+        (
+            "r.io:99999/a",
+            "plugins.p.oci: registry \"r.io:99999\" has an invalid port",
+        ),
+        ("r.io/a:b:c", "plugins.p.oci: tag \"b:c\""),
+        (
+            "r.io/a@sha256:1234",
+            "plugins.p.oci: digest \"sha256:1234\"",
+        ),
+        ("", "plugins.p.oci: is empty"),
+    ] {
+        let errs = errors(&with_plugins(&format!("  p: {{ oci: '{reference}' }}\n")));
+        has(&errs, message);
+    }
+}
+
+#[test]
+fn signature_keys_are_checked() {
+    let errs = errors(&with_plugins(&format!(
+        "  p: {{ oci: r.io/p, signature: {{ public_key: '{PUBLIC_KEY}', public_key_file: k }} }}\n"
+    )));
+    has(
+        &errs,
+        "plugins.p.signature: public_key and public_key_file are both given",
+    );
+    let errs = errors(&with_plugins("  p: { oci: r.io/p, signature: {} }\n"));
+    has(&errs, "plugins.p.signature: public_key (base64 of the ed25519 public key) or public_key_file is required");
+    let errs = errors(&with_plugins(
+        "  p: { oci: r.io/p, signature: { public_key: 'not base64!' } }\n",
+    ));
+    has(&errs, "plugins.p.signature.public_key: is not base64");
+    let errs = errors(&with_plugins(
+        "  p: { oci: r.io/p, signature: { public_key: 'AAAA' } }\n",
+    ));
+    has(
+        &errs,
+        "plugins.p.signature.public_key: decodes to 3 bytes; an ed25519 public key has 32",
+    );
+    let errs = errors(&with_plugins(
+        "  p: { oci: r.io/p, signature: { public_key_file: missing.pub } }\n",
+    ));
+    has(&errs, "plugins.p.signature.public_key_file: cannot read");
+    let errs = errors(&with_plugins(
+        "  p: { oci: r.io/p, signature: { public_key: 'AAAA', key: x } }\n",
+    ));
+    has(&errs, "unknown field `key`");
+}

@@ -1,29 +1,61 @@
 //! Where plugin binaries come from, and checking them before anything runs them.
 //!
-//! A plugin's `.wasm` comes from a local file (`path:`). Every source is fetched off the
-//! request path, before a configuration is built: at start-up, by `sluice check`, and by a
-//! reload (which keeps serving the old configuration when a fetch or check fails). The bytes
-//! are checked against the configured `sha256` when one is given.
+//! A plugin's `.wasm` comes from a local file (`path:`), an HTTP(S) URL (`url:`, with a
+//! required `sha256`) or an OCI registry (`oci:`). Every source is fetched off the request
+//! path, before a configuration is built: at start-up, by `sluice check`, and by a reload
+//! (which keeps serving the old configuration when a fetch or check fails). The bytes are
+//! checked against the configured `sha256` when one is given, and against the plugin's
+//! ed25519 signature when the config has a `signature:` key.
+//!
+//! Downloads are bounded ([`CONNECT_TIMEOUT`], [`FETCH_TIMEOUT`], [`MAX_DOWNLOAD_BYTES`]) and
+//! kept in a local, content-addressed [`cache`]. The files of this module: [`http`] (the
+//! client), [`url`], [`oci`] and [`registry`] (the distribution API), [`cache`],
+//! [`signature`], and [`push`] (`sluice plugin push`).
+
+pub mod cache;
+pub mod http;
+pub mod oci;
+pub mod push;
+pub mod registry;
+pub mod signature;
+pub mod url;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::PluginSpec;
 use crate::wasm::engine::hex;
+pub use oci::OciReference;
+pub use signature::{SignatureCheck, SignatureError};
+
+/// Longest wait for a connection to a plugin's server or registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a plugin's whole fetch may take (every request it needs).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest plugin binary (and any download) accepted.
+pub const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
 
 /// Where a plugin's binary comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
     /// A local file (resolved against the config file's directory).
     Path(PathBuf),
+    /// An `http://` or `https://` URL (the config requires its `sha256`).
+    Url(String),
+    /// An image in an OCI registry.
+    Oci(OciReference),
 }
 
 impl std::fmt::Display for PluginSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PluginSource::Path(p) => write!(f, "path:{}", p.display()),
+            PluginSource::Url(u) => write!(f, "url:{u}"),
+            PluginSource::Oci(r) => write!(f, "oci:{r}"),
         }
     }
 }
@@ -35,7 +67,8 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
     /// Their sha256, lower-case hex.
     pub sha256: String,
-    /// Where they came from, for logs and `/plugins` (e.g. `path:/etc/sluice/auth.wasm`).
+    /// Where they came from, for logs and `/plugins` (e.g. `path:/etc/sluice/auth.wasm`,
+    /// `url:https://…`, `oci:registry/repo:tag@sha256:…` with the manifest's digest).
     pub origin: String,
     /// Whether they came from the local cache rather than the network.
     pub from_cache: bool,
@@ -66,42 +99,327 @@ pub enum SourceError {
         /// Configured.
         expected: String,
     },
+    /// A download failed (connection, status, size cap, timeout).
+    #[error("plugin {plugin:?}: {message}")]
+    Download {
+        /// Plugin name.
+        plugin: String,
+        /// What failed, with the URL.
+        message: String,
+    },
+    /// Pulling from an OCI registry failed, or the image is not a plugin image.
+    #[error("plugin {plugin:?}: oci:{reference}: {message}")]
+    Oci {
+        /// Plugin name.
+        plugin: String,
+        /// The reference as configured.
+        reference: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The whole fetch took longer than [`FETCH_TIMEOUT`].
+    #[error("plugin {plugin:?}: fetching {origin} took longer than {seconds} s")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The source.
+        origin: String,
+        /// The limit.
+        seconds: u64,
+    },
+    /// A signature is configured and the binary's is missing, malformed or wrong.
+    #[error("plugin {plugin:?}: refused: {origin}: {reason}")]
+    Signature {
+        /// Plugin name.
+        plugin: String,
+        /// Where the binary came from.
+        origin: String,
+        /// What was wrong.
+        reason: SignatureError,
+    },
+    /// Something that is not about the plugin (no runtime, no HTTP client).
+    #[error("plugin {plugin:?}: {message}")]
+    Internal {
+        /// Plugin name.
+        plugin: String,
+        /// What failed.
+        message: String,
+    },
 }
 
-/// Fetches and checks one plugin's binary.
-pub async fn fetch(spec: &PluginSpec) -> Result<Fetched, SourceError> {
-    let (bytes, origin, from_cache) = match &spec.source {
-        PluginSource::Path(path) => {
-            let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
-                plugin: spec.name.clone(),
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            (bytes, spec.source.to_string(), false)
-        }
-    };
-    let sha256 = hex(&Sha256::digest(&bytes));
-    if let Some(expected) = &spec.sha256 {
-        if &sha256 != expected {
-            return Err(SourceError::Digest {
-                plugin: spec.name.clone(),
-                origin,
-                actual: sha256,
-                expected: expected.clone(),
-            });
+/// How sources are fetched: the cache, the registries' transport and credentials, limits.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// The cache directory; `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials.
+    pub credentials: registry::Credentials,
+    /// Largest download.
+    pub max_bytes: u64,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-fetch timeout (per plugin, and per request).
+    pub timeout: Duration,
+}
+
+impl Default for FetchOptions {
+    /// No cache, no insecure registries, no credentials, the default limits.
+    fn default() -> Self {
+        FetchOptions {
+            cache_dir: None,
+            insecure_registries: Vec::new(),
+            credentials: registry::Credentials::default(),
+            max_bytes: MAX_DOWNLOAD_BYTES,
+            connect_timeout: CONNECT_TIMEOUT,
+            timeout: FETCH_TIMEOUT,
         }
     }
-    Ok(Fetched {
-        bytes,
-        sha256,
-        origin,
-        from_cache,
-    })
 }
 
-/// Fetches every plugin of a config (concurrently); the first failure is the error.
+impl FetchOptions {
+    /// What the environment says: the cache directory ([`cache::default_dir`]),
+    /// `SLUICE_OCI_INSECURE`, `SLUICE_OCI_USERNAME`/`SLUICE_OCI_PASSWORD`/`SLUICE_OCI_TOKEN`;
+    /// the default limits.
+    pub fn from_env() -> FetchOptions {
+        FetchOptions {
+            cache_dir: cache::default_dir(),
+            insecure_registries: registry::insecure_from_env(),
+            credentials: registry::Credentials::from_env(),
+            ..FetchOptions::default()
+        }
+    }
+
+    /// An HTTP client with these limits.
+    pub fn http(&self) -> Result<http::Http, String> {
+        http::Http::new(self.connect_timeout, self.timeout, self.max_bytes)
+    }
+}
+
+/// What one `fetch_all` shares: the options and (made once, when first needed) the client.
+struct Fetcher<'a> {
+    options: &'a FetchOptions,
+    cache: Option<cache::Cache>,
+    http: OnceLock<Result<http::Http, String>>,
+}
+
+impl<'a> Fetcher<'a> {
+    fn new(options: &'a FetchOptions) -> Self {
+        Fetcher {
+            options,
+            cache: options.cache_dir.clone().map(cache::Cache::new),
+            http: OnceLock::new(),
+        }
+    }
+
+    fn http(&self) -> Result<http::Http, String> {
+        self.http.get_or_init(|| self.options.http()).clone()
+    }
+
+    async fn fetch(&self, spec: &PluginSpec) -> Result<Fetched, SourceError> {
+        let seconds = self.options.timeout.as_secs();
+        match tokio::time::timeout(self.options.timeout, self.fetch_unbounded(spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::Timeout {
+                plugin: spec.name.clone(),
+                origin: spec.source.to_string(),
+                seconds,
+            }),
+        }
+    }
+
+    async fn fetch_unbounded(&self, spec: &PluginSpec) -> Result<Fetched, SourceError> {
+        let plugin = || spec.name.clone();
+        let cache = self.cache.as_ref();
+        // The bytes, their digest if already known, the origin, whether cached, and the
+        // signature check's outcome (when one is configured).
+        let (bytes, known_sha256, origin, from_cache, signed) = match &spec.source {
+            PluginSource::Path(path) => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
+                    plugin: plugin(),
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let signed = match &spec.signature {
+                    None => None,
+                    Some(check) => {
+                        let sig_path = signature::sig_path(path);
+                        Some(match tokio::fs::read(&sig_path).await {
+                            Ok(sig) => check.verify(&bytes, &sig),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                Err(SignatureError::Missing(format!(
+                                    "no signature file {}",
+                                    sig_path.display()
+                                )))
+                            }
+                            Err(e) => Err(SignatureError::Missing(format!(
+                                "cannot read {}: {e}",
+                                sig_path.display()
+                            ))),
+                        })
+                    }
+                };
+                (bytes, None, spec.source.to_string(), false, signed)
+            }
+            PluginSource::Url(u) => {
+                let Some(expected) = &spec.sha256 else {
+                    return Err(SourceError::Internal {
+                        plugin: plugin(),
+                        message: format!("url:{u} has no sha256 (the config requires one)"),
+                    });
+                };
+                let got = url::fetch(|| self.http(), u, expected, cache)
+                    .await
+                    .map_err(|e| match e {
+                        url::UrlError::Digest {
+                            url,
+                            actual,
+                            expected,
+                        } => SourceError::Digest {
+                            plugin: plugin(),
+                            origin: format!("url:{url}"),
+                            actual,
+                            expected,
+                        },
+                        e => SourceError::Download {
+                            plugin: plugin(),
+                            message: e.to_string(),
+                        },
+                    })?;
+                let signed = match &spec.signature {
+                    None => None,
+                    Some(check) => Some(
+                        url::signature(|| self.http(), u, &got.bytes, &got.sha256, check, cache)
+                            .await,
+                    ),
+                };
+                (
+                    got.bytes,
+                    Some(got.sha256),
+                    spec.source.to_string(),
+                    got.from_cache,
+                    signed,
+                )
+            }
+            PluginSource::Oci(reference) => {
+                let connect = || {
+                    let http = self.http().map_err(|message| {
+                        oci::PullError::Manifest(format!("cannot make an HTTP client: {message}"))
+                    })?;
+                    Ok(registry::Registry::new(
+                        http,
+                        reference,
+                        &self.options.insecure_registries,
+                        self.options.credentials.clone(),
+                        "pull",
+                    ))
+                };
+                let pulled = oci::pull(
+                    reference,
+                    cache,
+                    self.options.max_bytes,
+                    connect,
+                    spec.signature.is_some(),
+                )
+                .await
+                .map_err(|e| SourceError::Oci {
+                    plugin: plugin(),
+                    reference: reference.to_string(),
+                    message: e.to_string(),
+                })?;
+                let origin = format!(
+                    "oci:{}",
+                    OciReference {
+                        digest: Some(pulled.manifest_digest.clone()),
+                        ..reference.clone()
+                    }
+                );
+                let signed = spec
+                    .signature
+                    .as_ref()
+                    .map(|check| match &pulled.signature {
+                        Some(sig) => check.verify(&pulled.wasm, sig),
+                        None => Err(SignatureError::Missing(format!(
+                            "the image has no layer of media type {}",
+                            signature::SIGNATURE_MEDIA_TYPE
+                        ))),
+                    });
+                (pulled.wasm, None, origin, pulled.from_cache, signed)
+            }
+        };
+        let sha256 = match known_sha256 {
+            Some(s) => s,
+            None => hex(&Sha256::digest(&bytes)),
+        };
+        if let Some(expected) = &spec.sha256 {
+            if &sha256 != expected {
+                return Err(SourceError::Digest {
+                    plugin: plugin(),
+                    origin,
+                    actual: sha256,
+                    expected: expected.clone(),
+                });
+            }
+        }
+        let signature_checked = signed.is_some();
+        if let Some(Err(reason)) = signed {
+            return Err(SourceError::Signature {
+                plugin: plugin(),
+                origin,
+                reason,
+            });
+        }
+        if !from_cache && !matches!(spec.source, PluginSource::Path(_)) {
+            tracing::info!(
+                plugin = %spec.name,
+                %origin,
+                %sha256,
+                bytes = bytes.len(),
+                "plugin binary downloaded"
+            );
+        }
+        tracing::debug!(
+            plugin = %spec.name,
+            %origin,
+            %sha256,
+            bytes = bytes.len(),
+            from_cache,
+            signature_checked,
+            "plugin binary fetched"
+        );
+        Ok(Fetched {
+            bytes,
+            sha256,
+            origin,
+            from_cache,
+        })
+    }
+}
+
+/// Fetches and checks one plugin's binary, with [`FetchOptions::from_env`].
+pub async fn fetch(spec: &PluginSpec) -> Result<Fetched, SourceError> {
+    fetch_with(spec, &FetchOptions::from_env()).await
+}
+
+/// Fetches and checks one plugin's binary with `options`.
+pub async fn fetch_with(spec: &PluginSpec, options: &FetchOptions) -> Result<Fetched, SourceError> {
+    Fetcher::new(options).fetch(spec).await
+}
+
+/// Fetches every plugin of a config (concurrently), with [`FetchOptions::from_env`]; the
+/// first failure is the error.
 pub async fn fetch_all(specs: &[PluginSpec]) -> Result<HashMap<String, Fetched>, SourceError> {
-    let results = futures_util::future::join_all(specs.iter().map(fetch)).await;
+    fetch_all_with(specs, &FetchOptions::from_env()).await
+}
+
+/// [`fetch_all`] with `options`.
+pub async fn fetch_all_with(
+    specs: &[PluginSpec],
+    options: &FetchOptions,
+) -> Result<HashMap<String, Fetched>, SourceError> {
+    let fetcher = Fetcher::new(options);
+    let results = futures_util::future::join_all(specs.iter().map(|s| fetcher.fetch(s))).await;
     let mut out = HashMap::new();
     for (spec, r) in specs.iter().zip(results) {
         out.insert(spec.name.clone(), r?);
@@ -111,13 +429,20 @@ pub async fn fetch_all(specs: &[PluginSpec]) -> Result<HashMap<String, Fetched>,
 
 /// [`fetch_all`] from synchronous code outside any async runtime (start-up, `sluice check`).
 pub fn fetch_all_blocking(specs: &[PluginSpec]) -> Result<HashMap<String, Fetched>, SourceError> {
+    fetch_all_blocking_with(specs, &FetchOptions::from_env())
+}
+
+/// [`fetch_all_with`] from synchronous code outside any async runtime.
+pub fn fetch_all_blocking_with(
+    specs: &[PluginSpec],
+    options: &FetchOptions,
+) -> Result<HashMap<String, Fetched>, SourceError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| SourceError::Read {
+        .map_err(|e| SourceError::Internal {
             plugin: specs.first().map(|s| s.name.clone()).unwrap_or_default(),
-            path: String::new(),
             message: format!("cannot start a runtime to fetch plugins: {e}"),
         })?;
-    rt.block_on(fetch_all(specs))
+    rt.block_on(fetch_all_with(specs, options))
 }
