@@ -112,6 +112,39 @@ enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    // -- plugin sources and signatures (keygen, sign, push) --
+    /// Create an ed25519 key pair for signing plugins: write the private key (base64 PKCS#8,
+    /// mode 0600) to --out and print the public key (base64) for `signature.public_key`.
+    Keygen {
+        /// Private key file to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a plugin: write FILE.sig (base64 ed25519 signature of FILE's bytes).
+    Sign {
+        /// The plugin (.wasm).
+        file: PathBuf,
+        /// Private key file (from `sluice plugin keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Push a plugin to an OCI registry as oci://REGISTRY/REPO:TAG; prints
+    /// REGISTRY/REPO:TAG@sha256:DIGEST to pin in `oci:`. Credentials: SLUICE_OCI_USERNAME and
+    /// SLUICE_OCI_PASSWORD (or SLUICE_OCI_TOKEN); plain HTTP for loopback registries and those in
+    /// SLUICE_OCI_INSECURE.
+    Push {
+        /// The plugin (.wasm).
+        file: PathBuf,
+        /// Target, oci://REGISTRY/REPO:TAG.
+        target: String,
+        /// `wasm`: a layer holding the .wasm itself; `tar`: a tar+gzip layer holding plugin.wasm.
+        #[arg(long, value_enum, default_value = "wasm")]
+        layout: sluice::source::oci::Layout,
+        /// Also push a signature layer, signed with this private key file.
+        #[arg(long)]
+        sign: Option<PathBuf>,
+    },
+    // -- end of plugin sources and signatures --
 }
 
 fn plugin_command(command: PluginCommand) -> ExitCode {
@@ -171,6 +204,49 @@ next:
                 }
             }
         }
+        // -- plugin sources and signatures (keygen, sign, push) --
+        PluginCommand::Keygen { out } => match sluice::source::signature::keygen(&out) {
+            Ok(public) => {
+                eprintln!(
+                    "wrote the private key to {} (keep it secret); the public key:",
+                    out.display()
+                );
+                println!("{}", public.public_key_base64());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice plugin keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        PluginCommand::Sign { file, key } => {
+            match sluice::source::signature::sign_file(&file, &key) {
+                Ok(sig) => {
+                    println!("{}", sig.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice plugin sign: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        PluginCommand::Push {
+            file,
+            target,
+            layout,
+            sign,
+        } => match sluice::source::push::push_file(&file, &target, layout, sign.as_deref()) {
+            Ok(pushed) => {
+                println!("{pushed}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice plugin push: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        // -- end of plugin sources and signatures --
     }
 }
 
