@@ -12,7 +12,8 @@ SHELL := bash
 
 .PHONY: setup demo run test fmt lint wasm wasm-as unit bench bench-micro release clean
 
-## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
+## setup: install what the build and the tests need (cmake, docker-registry, the pinned toolchain,
+## the wasm32 targets)
 setup:
 	@command -v cargo >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/cargo" ] || { \
 		echo "setup: cargo not found; install Rust with rustup first: https://rustup.rs" >&2; exit 1; }
@@ -21,6 +22,12 @@ setup:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cmake >/dev/null \
 		|| { echo "setup: could not install cmake with apt-get; install it by hand" >&2; exit 1; }; \
+	fi
+	@if ! [ -x /usr/bin/docker-registry ]; then \
+		echo "setup: installing docker-registry (the OCI registry tests/sources.rs pushes plugins to and pulls them from)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null \
+		|| { echo "setup: could not install docker-registry with apt-get; install Debian's docker-registry package (distribution 2.8, /usr/bin/docker-registry) by hand" >&2; exit 1; }; \
 	fi
 	@rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 \
