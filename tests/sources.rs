@@ -1037,7 +1037,7 @@ async fn signed_path_plugins_load_and_unsigned_or_tampered_ones_are_refused() {
             "plugin \"p\"",
             "refused",
             &format!(
-                "no signature file {}",
+                "no signature: {} does not exist",
                 dir.join("unsigned.wasm.sig").display()
             ),
         ],

@@ -249,7 +249,7 @@ impl<'a> Fetcher<'a> {
                             Ok(sig) => check.verify(&bytes, &sig),
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                                 Err(SignatureError::Missing(format!(
-                                    "no signature file {}",
+                                    "{} does not exist",
                                     sig_path.display()
                                 )))
                             }
