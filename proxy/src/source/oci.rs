@@ -11,8 +11,8 @@
 //! - a container image: one `tar+gzip` layer ([`TAR_GZIP_MEDIA_TYPES`]) holding
 //!   `plugin.wasm` at its root.
 //!
-//! A plugin's signature is a layer of media type
-//! [`SIGNATURE_MEDIA_TYPE`](super::signature::SIGNATURE_MEDIA_TYPE) in the same manifest.
+//! A plugin's signature is a layer of media type [`SIGNATURE_MEDIA_TYPE`] in the same
+//! manifest.
 //! Every blob's sha256 is checked against its descriptor's digest.
 
 use std::io::Read as _;
