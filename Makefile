@@ -10,7 +10,7 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup demo run test fmt lint wasm wasm-as unit bench bench-micro release clean
+.PHONY: setup demo run test fmt lint wasm wasm-as unit bench bench-micro bench-reload release clean
 
 ## setup: install what the build and the tests need (cmake, docker-registry, the pinned toolchain,
 ## the wasm32 targets)
@@ -75,6 +75,12 @@ bench: setup
 bench-micro: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
 	$(CARGO) bench -p sluice-proxy --bench wasm
+
+## bench-reload: reload times (cold/warm, three plugin sizes) and latency during swaps
+bench-reload: setup
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers -p sluice-plugin-mask
+	$(CARGO) build --target wasm32-wasip1 -p sluice-plugin-mask
+	$(CARGO) bench -p sluice-proxy --bench reload
 
 ## release: optimised binary in target/release/sluice
 release: setup

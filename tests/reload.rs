@@ -27,32 +27,6 @@ fn built(file: &str) -> Vec<u8> {
     })
 }
 
-/// `module` with a custom section `sluice-test-version` holding `tag` appended: the same code,
-/// different bytes.
-fn variant(module: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"sluice-test-version";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = module.to_vec();
-    out.push(0);
-    leb(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
@@ -220,8 +194,8 @@ async fn swaps_under_load_through_each_trigger_drop_no_request() {
     let up = upstream("backend").await;
     let dir = temp_dir("reload-load");
     let base = headers_plugin();
-    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
-    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), wasm_variant(&base, "v2")).unwrap();
     let proxy = Sluice::start_in(&tag_config(up, "v1", false), dir.clone()).await;
     let config = dir.join("sluice.yaml");
     let load = Load::start(proxy.url("/load"), 16, &["v1", "v2"]);
@@ -326,7 +300,7 @@ async fn swaps_under_load_through_each_trigger_drop_no_request() {
     assert_eq!(plugins["last_reload"]["trigger"], "file", "{plugins}");
     let tag = &plugins["plugins"][0];
     assert_eq!(tag["name"], "tag");
-    let expected = sha256_hex(&variant(&base, version));
+    let expected = sha256_hex(&wasm_variant(&base, version));
     assert_eq!(tag["sha256"], expected.as_str(), "{plugins}");
     assert_eq!(tag["version"], (3 * SWAPS + 2) as u64, "{plugins}");
     // Every replaced plugin's VMs are gone: only the serving plugin's two remain.
@@ -340,15 +314,15 @@ async fn refused_reloads_name_the_cause_and_keep_the_old_set_serving() {
     let up = upstream("backend").await;
     let dir = temp_dir("reload-refused");
     let base = headers_plugin();
-    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
-    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), wasm_variant(&base, "v2")).unwrap();
     let proxy = Sluice::start_in(&tag_config(up, "v1", false), dir.clone()).await;
     let config = dir.join("sluice.yaml");
     let good = fill(&tag_config(up, "v2", false), &proxy);
     let load = Load::start(proxy.url("/load"), 4, &["v1"]);
 
     std::fs::write(dir.join("broken.wasm"), b"\0asm\x01\0\0\0 not a module").unwrap();
-    let v2_sha = sha256_hex(&variant(&base, "v2"));
+    let v2_sha = sha256_hex(&wasm_variant(&base, "v2"));
     let wrong_sha = "0".repeat(64);
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
@@ -497,8 +471,8 @@ async fn a_request_paused_in_a_callout_finishes_on_the_version_it_started_with()
     )
     .unwrap();
     let base = headers_plugin();
-    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
-    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), wasm_variant(&base, "v2")).unwrap();
     let config = |version: &str| {
         format!(
             "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
@@ -557,8 +531,8 @@ async fn rate_limit_counters_and_plugin_metrics_survive_a_swap() {
     let up = upstream("backend").await;
     let dir = temp_dir("reload-shared");
     let base = built("wasm32-wasip1/plugin/sluice_plugin_rate_limit.wasm");
-    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
-    std::fs::write(dir.join("v2.wasm"), variant(&base, "v2")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v2.wasm"), wasm_variant(&base, "v2")).unwrap();
     let config = |version: &str| {
         format!(
             "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
@@ -675,7 +649,7 @@ async fn a_plugin_that_traps_after_a_swap_follows_its_policy_and_is_not_rolled_b
     let up = upstream("backend").await;
     let dir = temp_dir("reload-trap");
     let base = headers_plugin();
-    std::fs::write(dir.join("v1.wasm"), variant(&base, "v1")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&base, "v1")).unwrap();
     std::fs::write(
         dir.join("bad.wasm"),
         built("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm"),

@@ -271,3 +271,29 @@ pub async fn echo(resp: reqwest::Response) -> serde_json::Value {
 pub fn echo_header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     echo["headers"][name][0].as_str()
 }
+
+/// `module` with a custom section `sluice-test-version` holding `tag` appended: the same code
+/// as different bytes (another sha256, compiled separately), e.g. two "versions" of a plugin.
+pub fn wasm_variant(module: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"sluice-test-version";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = module.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
