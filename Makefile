@@ -10,10 +10,9 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup demo run test fmt lint wasm wasm-as unit bench bench-micro bench-reload release clean
+.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit bench bench-micro bench-reload release clean
 
-## setup: install what the build and the tests need (cmake, docker-registry, the pinned toolchain,
-## the wasm32 targets)
+## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
 	@command -v cargo >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/cargo" ] || { \
 		echo "setup: cargo not found; install Rust with rustup first: https://rustup.rs" >&2; exit 1; }
@@ -23,16 +22,19 @@ setup:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cmake >/dev/null \
 		|| { echo "setup: could not install cmake with apt-get; install it by hand" >&2; exit 1; }; \
 	fi
-	@if ! [ -x /usr/bin/docker-registry ]; then \
-		echo "setup: installing docker-registry (the OCI registry tests/sources.rs pushes plugins to and pulls them from)"; \
-		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null \
-		|| { echo "setup: could not install docker-registry with apt-get; install Debian's docker-registry package (distribution 2.8, /usr/bin/docker-registry) by hand" >&2; exit 1; }; \
-	fi
 	@rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 \
 		|| { echo "setup: 'rustup target add wasm32-wasip1 wasm32-unknown-unknown' failed; the wasm crates cannot be built" >&2; exit 1; }
 	@echo "setup: ok ($$(rustc --version))"
+
+## test-deps: install what only the tests need (docker-registry)
+test-deps:
+	@if ! [ -x /usr/bin/docker-registry ]; then \
+		echo "test-deps: installing docker-registry (the OCI registry tests/sources.rs pushes plugins to and pulls them from)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null \
+		|| { echo "test-deps: could not install docker-registry with apt-get; install Debian's docker-registry package (distribution 2.8, /usr/bin/docker-registry) by hand" >&2; exit 1; }; \
+	fi
 
 ## demo: run the proxy with the example plugin in front of the built-in demo upstream
 ## (prints curl commands to try)
@@ -41,7 +43,7 @@ demo: setup
 	$(CARGO) run -p sluice-proxy --bin sluice -- demo --plugins target/wasm32-wasip1/plugin
 
 ## test: everything CI runs: format, lints, wasm builds, all tests
-test: setup fmt lint wasm wasm-as unit
+test: setup test-deps fmt lint wasm wasm-as unit
 
 fmt:
 	$(CARGO) fmt --all -- --check

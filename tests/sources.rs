@@ -1,6 +1,6 @@
 //! Plugin sources end to end: `path:`, `url:` and `oci:` binaries fetched through real sockets
 //! — a real OCI registry (distribution 2.8, Debian's `docker-registry`, installed by
-//! `make setup`) and a small HTTP file server on 127.0.0.1 — with the cache, size and digest
+//! `make test-deps`) and a small HTTP file server on 127.0.0.1 — with the cache, size and digest
 //! checks, ed25519 signatures, and `sluice plugin keygen/sign/push` as users run them.
 
 mod support;
@@ -162,7 +162,7 @@ impl Registry {
     async fn start_with(extra: &str) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).is_file(),
-            "{REGISTRY_BIN} is missing: these tests run a real OCI registry; install it with `make setup` \
+            "{REGISTRY_BIN} is missing: these tests run a real OCI registry; install it with `make test-deps` \
              (it runs `apt-get install docker-registry`)"
         );
         let dir = temp_dir("registry");
