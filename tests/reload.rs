@@ -27,14 +27,6 @@ fn built(file: &str) -> Vec<u8> {
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn headers_plugin() -> Vec<u8> {
     built("wasm32-wasip1/plugin/sluice_plugin_headers.wasm")
 }

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use sluice::config::{Config, PluginSpec};
 use sluice::source::{self, FetchOptions, Fetched, SourceError};
 use support::*;
@@ -23,37 +22,10 @@ const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// A valid (empty) WebAssembly module with a custom section named `tag`, so that every test
-/// has bytes of its own.
+/// A valid (empty) WebAssembly module with a custom section holding `tag`, so that every
+/// test has bytes of its own.
 fn module(tag: &str) -> Vec<u8> {
-    let mut section = Vec::new();
-    leb128(tag.len(), &mut section);
-    section.extend_from_slice(tag.as_bytes());
-    section.extend_from_slice(b"sluice source test");
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    m.push(0);
-    leb128(section.len(), &mut m);
-    m.extend_from_slice(&section);
-    m
+    wasm_variant(b"\0asm\x01\0\0\0", tag)
 }
 
 /// Validates a config whose only plugin `p` is `entry` (YAML flow mapping); relative paths

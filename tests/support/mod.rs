@@ -297,3 +297,12 @@ pub fn wasm_variant(module: &[u8], tag: &str) -> Vec<u8> {
     out.extend_from_slice(&payload);
     out
 }
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -638,21 +638,23 @@ impl Vm {
         if self.is_failed() || (self.ex.done.is_none() && self.ex.delete.is_none()) {
             return;
         }
-        let mut inner = self.lock();
-        inner.store.data_mut().context = id;
-        let mut r = Ok(());
-        if let Some(f) = &self.ex.done {
-            r = guest_call(&mut inner, &self.metrics, Phase::Done, f, id).map(|_| ());
-        }
-        if r.is_ok() {
-            if let Some(f) = &self.ex.delete {
-                r = guest_call(&mut inner, &self.metrics, Phase::Done, f, id);
-            }
-        }
-        drop(inner);
-        if let Err(e) = r {
+        if let Err(e) = self.end_context(Some(id)) {
             self.fail(Phase::Done, &e);
         }
+    }
+
+    /// `on_done` then `on_delete` for context `id` (`None`: the root context).
+    fn end_context(&self, id: Option<u32>) -> Result<(), GuestError> {
+        let mut inner = self.lock();
+        let id = id.unwrap_or(inner.store.data().root_id);
+        inner.store.data_mut().context = id;
+        if let Some(f) = &self.ex.done {
+            guest_call(&mut inner, &self.metrics, Phase::Done, f, id)?;
+        }
+        if let Some(f) = &self.ex.delete {
+            guest_call(&mut inner, &self.metrics, Phase::Done, f, id)?;
+        }
+        Ok(())
     }
 
     /// Takes the VM out of service for good: `on_done` then `on_delete` on its root context
@@ -664,20 +666,7 @@ impl Vm {
         if self.is_failed() || (self.ex.done.is_none() && self.ex.delete.is_none()) {
             return;
         }
-        let mut inner = self.lock();
-        let root = inner.store.data().root_id;
-        inner.store.data_mut().context = root;
-        let mut r = Ok(());
-        if let Some(f) = &self.ex.done {
-            r = guest_call(&mut inner, &self.metrics, Phase::Done, f, root).map(|_| ());
-        }
-        if r.is_ok() {
-            if let Some(f) = &self.ex.delete {
-                r = guest_call(&mut inner, &self.metrics, Phase::Done, f, root);
-            }
-        }
-        drop(inner);
-        if let Err(e) = r {
+        if let Err(e) = self.end_context(None) {
             if e.kind != ErrorKind::Lost {
                 crate::metrics::metrics()
                     .plugin_errors
