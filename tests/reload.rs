@@ -683,3 +683,76 @@ async fn a_plugin_that_traps_after_a_swap_follows_its_policy_and_is_not_rolled_b
         .unwrap_or(0.0);
     assert!(traps >= 1.0, "{traps}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_only_the_probes_are_open() {
+    let up = upstream("backend").await;
+    let dir = temp_dir("reload-token");
+    let token = "s3cret-admin-token-for-tests";
+    std::fs::write(dir.join("admin.token"), format!("{token}\n")).unwrap();
+    std::fs::write(dir.join("v1.wasm"), wasm_variant(&headers_plugin(), "v1")).unwrap();
+    let text = tag_config(up, "v1", false).replace(
+        "admin: { address: '{ADMIN}' }",
+        "admin: { address: '{ADMIN}', token_file: admin.token }",
+    );
+    assert!(text.contains("token_file"));
+    let proxy = Sluice::start_in(&text, dir.clone()).await;
+    let c = client();
+    for path in ["/ready", "/metrics"] {
+        let r = c.get(proxy.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} must stay open for probes");
+    }
+    for (method, path) in [
+        (reqwest::Method::GET, "/config"),
+        (reqwest::Method::GET, "/plugins"),
+        (reqwest::Method::GET, "/plugins/tag"),
+        (reqwest::Method::POST, "/reload"),
+    ] {
+        let r = c
+            .request(method.clone(), proxy.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} without the token");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"sluice-admin\""
+        );
+        let r = c
+            .request(method.clone(), proxy.admin_url(path))
+            .header("authorization", "Bearer wrong-token-of-some-length")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} with a wrong token");
+        let r = c
+            .request(method.clone(), proxy.admin_url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method} {path} with the token");
+    }
+    // Two authorized reloads above and below, none without the token.
+    let admin = proxy.admin.to_string();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["reload", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin token"));
+    let token_file = dir.join("admin.token");
+    let out = std::process::Command::new(sluice_bin())
+        .args(["reload", "--admin", &admin, "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    proxy
+        .wait_metric("sluice_config_reloads_total{result=\"ok\"}", 2.0)
+        .await;
+}

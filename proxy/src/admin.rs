@@ -10,6 +10,10 @@
 //!   result of the last reload.
 //! - `POST /reload`: reloads the config file; 200 with the new version once it serves, or 422
 //!   with the reason it was refused (the running config keeps serving).
+//!
+//! With `admin.token_file`, every endpoint but `/ready` and `/metrics` (what probes and
+//! Prometheus scrape) requires `Authorization: Bearer <token>`, else 401. A non-loopback
+//! address without a token is refused by config validation unless `admin.allow_insecure`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -118,6 +122,27 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
     ) || plugin.is_some();
     if !known {
         return reply(StatusCode::NOT_FOUND, TEXT, "not found\n");
+    }
+    // With a token, only the probes' endpoints are open.
+    if !matches!(path, "/ready" | "/metrics") {
+        if let Some(token) = &state.current().config.admin.token {
+            let presented = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if !presented.is_some_and(|p| token.matches(p)) {
+                let mut r = reply(
+                    StatusCode::UNAUTHORIZED,
+                    TEXT,
+                    "this endpoint needs the admin token: Authorization: Bearer <token>\n",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+                );
+                return r;
+            }
+        }
     }
     if path == "/reload" {
         if req.method() != Method::POST {

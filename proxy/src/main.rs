@@ -52,6 +52,9 @@ enum Command {
         /// How long to wait for the reload, seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// File holding the admin token (`admin.token_file` of the running sluice).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run the demo upstream and the proxy in front of it, on a built-in config.
     Demo {
@@ -333,8 +336,25 @@ fn main() -> ExitCode {
             plugins,
         } => demo(&listen, &admin, &upstream, plugins.as_deref()),
         Command::Plugin { command } => plugin_command(command),
-        Command::Reload { admin, timeout } => {
-            match sluice::reload::request_reload(&admin, std::time::Duration::from_secs(timeout)) {
+        Command::Reload {
+            admin,
+            timeout,
+            token_file,
+        } => {
+            let token = match token_file.as_deref().map(sluice::config::read_token_file) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    eprintln!("sluice reload: --token-file {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let timeout = std::time::Duration::from_secs(timeout);
+            match sluice::reload::request_reload(
+                &admin,
+                token.as_ref().map(|t| t.expose()),
+                timeout,
+            ) {
                 Ok(body) => {
                     print!("{body}");
                     ExitCode::SUCCESS

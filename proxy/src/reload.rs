@@ -150,7 +150,11 @@ async fn watch(state: Arc<State>) {
 
 /// Asks a running sluice to reload through its admin API (`sluice reload`). Returns the
 /// response body, or an error when the request failed or the reload was refused.
-pub fn request_reload(admin: &str, timeout: Duration) -> Result<String, String> {
+pub fn request_reload(
+    admin: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<String, String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let addr = admin
@@ -162,9 +166,10 @@ pub fn request_reload(admin: &str, timeout: Duration) -> Result<String, String> 
         .map_err(|e| format!("cannot connect to the admin API at {admin}: {e}"))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST /reload HTTP/1.1\r\nhost: {admin}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        "POST /reload HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
     )
     .map_err(|e| format!("cannot send to {admin}: {e}"))?;
     let mut raw = Vec::new();

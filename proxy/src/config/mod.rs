@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use admin::{Admin, AdminFile};
+pub use admin::{read_token_file, Admin, AdminFile, AdminToken};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
 pub(crate) use plugin::encode_config;
 pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile, SignatureFile};
@@ -237,7 +237,7 @@ impl ConfigFile {
             }
         }
 
-        let admin = self.admin.validate(&mut errors);
+        let admin = self.admin.validate(base_dir, &mut errors);
         if let Some(admin) = &admin {
             if let Some((_, other)) = addrs.iter().find(|(a, _)| *a == admin.address) {
                 errors.push(ConfigError::invalid(

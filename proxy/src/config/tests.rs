@@ -366,3 +366,53 @@ fn signature_keys_are_checked() {
     ));
     has(&errs, "unknown field `key`");
 }
+
+#[test]
+fn admin_off_loopback_needs_a_token_or_allow_insecure() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "  0123456789abcdef-long-enough\n").unwrap();
+    std::fs::write(dir.join("short"), "abc\n").unwrap();
+    let open = OK.replace("address: 127.0.0.1:19901", "address: 0.0.0.0:19901");
+    let errs = match Config::from_yaml(&open, &dir) {
+        Ok(_) => panic!("a non-loopback admin without a token was accepted"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    has(
+        &errs,
+        "admin.address: 0.0.0.0:19901 is not a loopback address",
+    );
+    has(&errs, "admin.token_file");
+    let insecure = open.replace(
+        "address: 0.0.0.0:19901",
+        "address: 0.0.0.0:19901\n  allow_insecure: true",
+    );
+    let c = Config::from_yaml(&insecure, &dir).expect("allow_insecure");
+    assert_eq!(c.admin.token, None);
+    let with_token = open.replace(
+        "address: 0.0.0.0:19901",
+        "address: 0.0.0.0:19901\n  token_file: token",
+    );
+    let c = Config::from_yaml(&with_token, &dir).expect("token");
+    let token = c.admin.token.expect("token read");
+    assert!(token.matches(b"0123456789abcdef-long-enough"));
+    assert!(!token.matches(b"0123456789abcdef-long-enougH"));
+    assert!(!token.matches(b"0123456789abcdef"));
+    assert_eq!(
+        format!("{token:?}"),
+        "AdminToken(…)",
+        "the token is never printed"
+    );
+    let short = open.replace(
+        "address: 0.0.0.0:19901",
+        "address: 0.0.0.0:19901\n  token_file: short",
+    );
+    match Config::from_yaml(&short, &dir) {
+        Ok(_) => panic!("a 3-character token was accepted"),
+        Err(e) => has(
+            &e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "admin.token_file: ",
+        ),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
