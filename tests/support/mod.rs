@@ -166,6 +166,11 @@ impl Sluice {
         std::fs::read_to_string(self.dir.join("sluice.log")).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: i32) {
         let pid = self.child.as_ref().unwrap().id() as i32;
