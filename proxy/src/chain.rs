@@ -47,7 +47,8 @@ impl Reply {
         Reply::text(500, "", format!("500 Internal Server Error: {message}\n"))
     }
 
-    fn text(status: u16, plugin: &str, body: String) -> Reply {
+    /// A text response (`plugin` empty when the host answers itself).
+    pub fn text(status: u16, plugin: &str, body: String) -> Reply {
         Reply {
             status,
             headers: vec![(

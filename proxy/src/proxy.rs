@@ -41,16 +41,66 @@ pub struct SluiceProxy {
     state: Arc<State>,
     listener: Arc<str>,
     tls: bool,
+    max_header_bytes: usize,
+    max_body_bytes: Option<u64>,
 }
 
 impl SluiceProxy {
-    /// A proxy for the listener `name`; `tls` tells `x-forwarded-proto`.
-    pub fn new(state: Arc<State>, name: &str, tls: bool) -> Self {
+    /// A proxy for `listener` (its name, TLS for `x-forwarded-proto`, its request limits).
+    pub fn new(state: Arc<State>, listener: &crate::config::Listener) -> Self {
         SluiceProxy {
             state,
-            listener: name.into(),
-            tls,
+            listener: listener.name.as_str().into(),
+            tls: listener.tls.is_some(),
+            max_header_bytes: listener.max_request_header_bytes,
+            max_body_bytes: listener.max_request_body_bytes,
         }
+    }
+
+    /// Why a request must be refused before anything else looks at it: a framing that two
+    /// servers could read differently (request smuggling), or a header or declared body over
+    /// the listener's limits. pingora has already refused malformed request lines and header
+    /// lines, obfuscated `Transfer-Encoding` and conflicting `Content-Length` values.
+    fn refuse(&self, req: &RequestHeader) -> Option<(u16, String)> {
+        let h = &req.headers;
+        let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
+        if lengths > 1 {
+            return Some((
+                400,
+                "400 Bad Request: more than one Content-Length header\n".into(),
+            ));
+        }
+        if lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING) {
+            return Some((
+                400,
+                "400 Bad Request: both Content-Length and Transfer-Encoding; the message \
+                 framing is ambiguous\n"
+                    .into(),
+            ));
+        }
+        let line = req.method.as_str().len() + req.raw_path().len() + 12;
+        let size = h
+            .iter()
+            .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+        if size > self.max_header_bytes {
+            return Some((
+                431,
+                format!(
+                    "431 Request Header Fields Too Large: {size} bytes of header, this listener \
+                     accepts {}\n",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if let (Some(max), Some(len)) = (self.max_body_bytes, content_length(h)) {
+            if len > max {
+                return Some((
+                    413,
+                    format!("413 Content Too Large: a body of {len} bytes, this listener accepts {max}\n"),
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -202,6 +252,8 @@ pub struct RequestCtx {
     reply: Option<Reply>,
     /// The request body, read and processed before forwarding (a plugin held it).
     prebody: Option<Bytes>,
+    /// Request body bytes seen so far (for the listener's body limit).
+    body_bytes: u64,
     /// The forwarding headers are on the client's request already (a plugin changed one).
     forwarded_early: bool,
     start: Instant,
@@ -540,6 +592,7 @@ impl ProxyHttp for SluiceProxy {
             chain: None,
             reply: None,
             prebody: None,
+            body_bytes: 0,
             forwarded_early: false,
             start: Instant::now(),
             _in_flight: self.state.enter(),
@@ -565,6 +618,13 @@ impl ProxyHttp for SluiceProxy {
             .router
             .find(request_host(req), req.uri.path(), &req.method);
         ctx.runtime = Some(runtime);
+        if let Some((code, why)) = self.refuse(session.req_header()) {
+            // The rest of the connection cannot be trusted to be framed as the client meant.
+            session.set_keepalive(None);
+            ctx.route = None;
+            respond(session, ctx, code, why).await?;
+            return Ok(true);
+        }
         if ctx.route.is_none() {
             respond(
                 session,
@@ -594,6 +654,14 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(max), Some(chunk)) = (self.max_body_bytes, body.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > max {
+                let why =
+                    format!("413 Content Too Large: this listener accepts {max} bytes of body\n");
+                return Err(reply_error(ctx, Reply::text(413, "", why)));
+            }
+        }
         if let Some(pre) = &ctx.prebody {
             // The body was read and processed before forwarding; pingora replays what it
             // read, which is replaced by the processed body.

@@ -91,7 +91,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     for (i, l) in listeners.iter().enumerate() {
-        let proxy = SluiceProxy::new(state.clone(), &l.name, l.tls.is_some());
+        let proxy = SluiceProxy::new(state.clone(), l);
         let mut svc = http_proxy_service_with_name(
             &server.configuration,
             proxy,

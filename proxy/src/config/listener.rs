@@ -21,7 +21,17 @@ pub struct ListenerFile {
     /// Accept HTTP/2 without TLS (prior knowledge) on a plain listener (default true).
     #[serde(default = "yes")]
     pub h2c: bool,
+    /// Largest request header (request line and every header line) accepted; larger ones get
+    /// 431 (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_header_bytes: Option<usize>,
+    /// Largest request body accepted; larger ones get 413 (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
+
+/// Default `max_request_header_bytes`.
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 fn yes() -> bool {
     true
@@ -51,6 +61,10 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Plain HTTP/2 allowed.
     pub h2c: bool,
+    /// Request header size limit (431 beyond).
+    pub max_request_header_bytes: usize,
+    /// Request body size limit (413 beyond).
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// Validated TLS files of a listener.
@@ -146,6 +160,15 @@ impl ListenerFile {
                 h2: t.h2,
             })
         });
+        let max_header = self
+            .max_request_header_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_BYTES);
+        if !(1024..=1 << 20).contains(&max_header) {
+            errors.push(ConfigError::invalid(
+                format!("{field}.max_request_header_bytes"),
+                format!("{max_header} is outside 1024..=1048576 (pingora reads at most 1 MiB of header)"),
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -154,6 +177,8 @@ impl ListenerFile {
             address: address?,
             tls,
             h2c: self.h2c,
+            max_request_header_bytes: max_header,
+            max_request_body_bytes: self.max_request_body_bytes,
         })
     }
 }

@@ -1,0 +1,280 @@
+//! Hostile clients through real sockets: request smuggling attempts, oversized headers and
+//! bodies, idle and trickling connections, and clients that vanish in every phase of a
+//! request that plugins are working on.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::*;
+
+/// Sends `raw` on a new connection and reads until the server closes it or `wait` passes.
+/// Returns what came back and whether the server closed the connection.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    let deadline = tokio::time::Instant::now() + wait;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn config(upstream: std::net::SocketAddr, listener_extra: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}'{listener_extra} }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
+         routes:\n  - {{ name: all, upstream: backend, plugins: [tag] }}\n\
+         plugins:\n  tag: {{ path: tag.wasm, config: {{ rules: [{{ response: {{ set: {{ x-tag: yes }} }} }}] }} }}\n"
+    )
+}
+
+async fn start(listener_extra: &str) -> Sluice {
+    let up = upstream("backend").await;
+    let dir = temp_dir("clients");
+    std::fs::copy(
+        target_dir().join("wasm32-wasip1/plugin/sluice_plugin_headers.wasm"),
+        dir.join("tag.wasm"),
+    )
+    .expect("build the plugins with `make wasm` first");
+    Sluice::start_in(&config(up, listener_extra), dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_refused_or_resolved_never_forwarded_twice() {
+    let proxy = start(", max_request_header_bytes: 8192, max_request_body_bytes: 100").await;
+    let w = Duration::from_secs(5);
+    // (what, request, expected status)
+    let refused: &[(&str, &[u8], u16)] = &[
+        (
+            "two equal Content-Length headers",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "two different Content-Length headers",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde",
+            400,
+        ),
+        (
+            "a Content-Length list",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 4, 5\r\n\r\nabcde",
+            400,
+        ),
+        (
+            "an unknown transfer coding",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: xchunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "chunked, then another coding",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "white space before the colon",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ntransfer-encoding : chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "a negative Content-Length",
+            b"POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: -1\r\n\r\n",
+            400,
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            b"POST /a HTTP/1.0\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+    ];
+    for (what, raw, want) in refused {
+        let (resp, closed) = exchange(proxy.addr, raw, w).await;
+        assert_eq!(status_of(&resp), *want, "{what}: {resp}");
+        assert!(
+            closed,
+            "{what}: the connection stayed open after a framing error"
+        );
+        assert!(
+            !resp.contains("\"upstream\""),
+            "{what} reached the upstream: {resp}"
+        );
+    }
+
+    // Content-Length and Transfer-Encoding together: chunked wins (RFC 9112), the upstream
+    // never sees the Content-Length, and the connection closes after the response, so a
+    // request smuggled behind it is never read.
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"POST /first HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: t\r\n\r\n",
+        w,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(closed);
+    assert!(resp.contains("\"/first\""), "{resp}");
+    assert!(!resp.contains("content-length\": ["), "{resp}");
+    assert!(
+        resp.contains("\"transfer-encoding\": [\n      \"chunked\""),
+        "{resp}"
+    );
+    assert!(
+        !resp.contains("smuggled"),
+        "the smuggled request was served: {resp}"
+    );
+
+    // The listener's limits: a header over 8 KiB gets 431, under passes; bodies over 100
+    // bytes get 413, declared or chunked.
+    let big = format!(
+        "GET /a HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let (resp, _) = exchange(proxy.addr, big.as_bytes(), w).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    assert!(resp.contains("this listener accepts 8192"), "{resp}");
+    let fits = format!(
+        "GET /a HTTP/1.1\r\nhost: t\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(7000)
+    );
+    let (resp, _) = exchange(proxy.addr, fits.as_bytes(), w).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let declared = format!(
+        "POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 101\r\n\r\n{}",
+        "b".repeat(101)
+    );
+    let (resp, _) = exchange(proxy.addr, declared.as_bytes(), w).await;
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    let chunked = format!(
+        "POST /a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n65\r\n{}\r\n0\r\n\r\n",
+        "b".repeat(101)
+    );
+    let (resp, _) = exchange(proxy.addr, chunked.as_bytes(), w).await;
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    let small = "POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\nconnection: close\r\n\r\n"
+        .to_string()
+        + &"b".repeat(100);
+    let (resp, _) = exchange(proxy.addr, small.as_bytes(), w).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(resp.contains("\"body_len\": 100"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_do_not_starve_others() {
+    let proxy = start("").await;
+    // 300 connections that send half a request header and then nothing, and 20 that send
+    // one byte every 100 ms.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /idle HTTP/1.1\r\nhost: t\r\n")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    let trickle: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                for b in b"GET /trickle HTTP/1.1\r\nhost: t\r\nx-slow: "
+                    .iter()
+                    .cycle()
+                    .take(100)
+                {
+                    if s.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+    // Meanwhile ordinary clients are served as usual.
+    let c = client();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let r = c.get(proxy.url("/ok")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-tag"], "yes");
+    }
+    let took = started.elapsed();
+    eprintln!("200 requests beside 320 slow connections: {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    for t in trickle {
+        t.abort();
+    }
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
+    let proxy = start("").await;
+    let contexts = "sluice_plugin_contexts{plugin=\"tag\"}";
+    // Before the header is complete: no context was ever made.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    drop(s);
+    // In the middle of the request body.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\npartial")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    // While the upstream takes its time.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /a?delay_ms=2000 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    // In the middle of a 64 MB response body.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /a?bytes=67108864 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += s.read(&mut buf).await.unwrap();
+    }
+    // The plugin's context of that request (at least) is alive now.
+    let live = proxy.metric(contexts).await.unwrap_or(0.0);
+    assert!(live >= 1.0, "{contexts}: {live} while a response is streaming");
+    drop(s);
+    // Then every context is gone (the slow upstream's answer comes after 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = proxy.metric(contexts).await;
+        if live == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{contexts} is still {live:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and the proxy serves on.
+    let r = client().get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
+}
