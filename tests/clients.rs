@@ -261,7 +261,10 @@ async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
     }
     // The plugin's context of that request (at least) is alive now.
     let live = proxy.metric(contexts).await.unwrap_or(0.0);
-    assert!(live >= 1.0, "{contexts}: {live} while a response is streaming");
+    assert!(
+        live >= 1.0,
+        "{contexts}: {live} while a response is streaming"
+    );
     drop(s);
     // Then every context is gone (the slow upstream's answer comes after 2 s).
     let deadline = Instant::now() + Duration::from_secs(10);
