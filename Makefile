@@ -10,7 +10,7 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit bench bench-micro bench-reload release clean
+.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -43,7 +43,7 @@ demo: setup
 	$(CARGO) run -p sluice-proxy --bin sluice -- demo --plugins target/wasm32-wasip1/plugin
 
 ## test: everything CI runs: format, lints, wasm builds, all tests
-test: setup test-deps fmt lint wasm wasm-as unit
+test: setup test-deps fmt lint wasm wasm-as unit fuzz
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -83,6 +83,20 @@ bench-reload: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers -p sluice-plugin-mask
 	$(CARGO) build --target wasm32-wasip1 -p sluice-plugin-mask
 	$(CARGO) bench -p sluice-proxy --bench reload
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (needs nightly and cargo-fuzz; skips otherwise)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := header_map property_path config hostcalls
+fuzz:
+	@if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then \
+		echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"; exit 0; fi; \
+	if ! cargo +nightly fuzz --version >/dev/null 2>&1; then \
+		echo "fuzz: skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"; exit 0; fi; \
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		mkdir -p work/$$t; \
+		cargo +nightly fuzz run $$t work/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 || exit 1; \
+	done
 
 ## release: optimised binary in target/release/sluice
 release: setup
