@@ -10,7 +10,7 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload release clean
+.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload soak ladder release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -83,6 +83,16 @@ bench-reload: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers -p sluice-plugin-mask
 	$(CARGO) build --target wasm32-wasip1 -p sluice-plugin-mask
 	$(CARGO) bench -p sluice-proxy --bench reload
+
+## soak: 10 minutes of load with a swap every 30 s and a hostile request every second
+soak: setup
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers -p sluice-plugin-rate-limit
+	$(CARGO) bench -p sluice-proxy --bench soak
+
+## ladder: req/s and p99 from 1 to 1000 connections (wrk)
+ladder: setup release
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers
+	bash bench/ladder.sh
 
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (needs nightly and cargo-fuzz; skips otherwise)
 FUZZ_SECONDS ?= 60

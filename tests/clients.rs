@@ -281,3 +281,58 @@ async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
     assert_eq!(r.status(), 200);
     proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_does_not_stop_other_clients() {
+    let proxy = start("").await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    // Open streams (each a request to a slow upstream path) and reset each at once.
+    let mut h2 = h2;
+    let mut reset = 0u32;
+    let mut ended = None;
+    let started = Instant::now();
+    for i in 0..10_000 {
+        let mut ready = match h2.clone().ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                ended = Some(e.to_string());
+                break;
+            }
+        };
+        let req = http::Request::get(format!("http://t/rr/{i}?delay_ms=2000"))
+            .body(())
+            .unwrap();
+        match ready.send_request(req, true) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                reset += 1;
+            }
+            Err(e) => {
+                ended = Some(e.to_string());
+                break;
+            }
+        }
+        h2 = ready;
+    }
+    let flood = started.elapsed();
+    // Other clients are served meanwhile and after.
+    let c = client();
+    for _ in 0..20 {
+        let r = c.get(proxy.url("/ok")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let conn_result = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
+    eprintln!("rapid reset: {reset} streams reset in {flood:?}; the client saw {ended:?}");
+    // The server ends the attacking connection (GOAWAY ENHANCE_YOUR_CALM) long before the
+    // 10 000 streams.
+    assert!(reset < 10_000, "{reset} streams were accepted and reset");
+    let why = format!("{ended:?} {conn_result:?}");
+    assert!(
+        why.contains("too_many_resets") || why.contains("ENHANCE_YOUR_CALM"),
+        "{why}"
+    );
+    // The reset requests do not stay in flight.
+    proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
+}

@@ -46,6 +46,14 @@ const FAILING: &[Failing] = &[
         limits: "{ fuel: 4611686018427387903, timeout_ms: 100 }",
     },
     Failing {
+        // A loop around a host call (as a plugin retrying forever would): host calls cost
+        // no fuel, the deadline stops it.
+        name: "callloop",
+        code: "(loop $l (drop (call $map_size (i32.const 0) (i32.const 0x100))) (br $l)) (i32.const 0)",
+        kind: "timeout",
+        limits: "{ fuel: 4611686018427387903, timeout_ms: 100 }",
+    },
+    Failing {
         name: "recurse",
         code: "(call $recurse (i32.const 0))",
         kind: "trap",
@@ -78,6 +86,7 @@ const IMPORTS: &str = r#"
   (import "env" "proxy_send_local_response" (func $local_response (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_pairs" (func $get_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_size" (func $map_size (param i32 i32) (result i32)))
   (import "env" "proxy_set_tick_period_milliseconds" (func $set_tick (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
 "#;
