@@ -16,13 +16,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Subject {
     label: &'static str,
     file: PathBuf,

@@ -631,13 +631,8 @@ async fn modules_that_cannot_be_plugins_are_refused_at_load() {
     for (what, wat, needle) in &cases {
         assert_ne!(wat, &good, "{what}: the replacement did not apply");
         std::fs::write(dir.join("p.wat"), wat).unwrap();
-        let r = client()
-            .post(proxy.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 422, "{what}");
-        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let (status, body) = post_reload(&proxy).await;
+        assert_eq!(status, 422, "{what}");
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("plugin \"p\""), "{what}: {error}");
         assert!(error.contains(needle), "{what}: {needle:?} not in {error}");
@@ -658,22 +653,8 @@ async fn modules_that_cannot_be_plugins_are_refused_at_load() {
     );
     assert!(ok > 10);
     assert_eq!(
-        get_version(&proxy).await,
+        get_json(proxy.admin_url("/config")).await["version"],
         1,
         "a refused module must leave the first config serving"
     );
-}
-
-async fn get_version(proxy: &Sluice) -> u64 {
-    let text = client()
-        .get(proxy.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"]
-        .as_u64()
-        .unwrap()
 }

@@ -148,31 +148,6 @@ async fn wait_version(proxy: &Sluice, want: &str, since: Instant) -> Duration {
     }
 }
 
-async fn post_reload(proxy: &Sluice) -> (u16, serde_json::Value) {
-    let r = client()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
-    )
-}
-
-async fn get_json(url: String) -> serde_json::Value {
-    let text = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[derive(Clone, Copy, Debug)]
 enum How {
     Api,

@@ -311,3 +311,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// `POST /reload` on the admin API: the status and the JSON answer.
+pub async fn post_reload(proxy: &Sluice) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// GET `url` and parse its JSON body.
+pub async fn get_json(url: String) -> serde_json::Value {
+    let text = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Reads a numeric environment setting of a benchmark, or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

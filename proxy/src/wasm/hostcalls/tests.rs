@@ -2068,14 +2068,17 @@ fn sanitizing_holds_for_random_requests_and_grants() {
                 _ => assert_eq!(status, NOT_FOUND, "get {name}: {ctx}"),
             }
         }
-        let hidden_before: Vec<(String, String)> = lossy(&t.s().request_headers)
-            .into_iter()
-            .filter(|(k, _)| {
-                sensitive
-                    .iter()
-                    .any(|s| k.eq_ignore_ascii_case(s) && !granted.contains(s))
-            })
-            .collect();
+        let hidden = |t: &mut T| -> Vec<(String, String)> {
+            lossy(&t.s().request_headers)
+                .into_iter()
+                .filter(|(k, _)| {
+                    sensitive
+                        .iter()
+                        .any(|s| k.eq_ignore_ascii_case(s) && !granted.contains(s))
+                })
+                .collect()
+        };
+        let hidden_before = hidden(&mut t);
         for (name, _, writes) in &per_name {
             for w in writes {
                 let status = t.case(*w);
@@ -2086,14 +2089,7 @@ fn sanitizing_holds_for_random_requests_and_grants() {
                 }
             }
         }
-        let hidden_after: Vec<(String, String)> = lossy(&t.s().request_headers)
-            .into_iter()
-            .filter(|(k, _)| {
-                sensitive
-                    .iter()
-                    .any(|s| k.eq_ignore_ascii_case(s) && !granted.contains(s))
-            })
-            .collect();
+        let hidden_after = hidden(&mut t);
         assert_eq!(
             hidden_after, hidden_before,
             "a hidden header changed: {ctx}"
