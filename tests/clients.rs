@@ -336,3 +336,41 @@ async fn an_http2_rapid_reset_flood_does_not_stop_other_clients() {
     // The reset requests do not stay in flight.
     proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_closes_the_extra_ones_on_arrival() {
+    let proxy = start(", max_connections: 5").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /held HTTP/1.1\r\nhost: t\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A sixth is closed before anything is read from it.
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /extra HTTP/1.1\r\nhost: t\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        closed && resp.is_empty(),
+        "the sixth connection got {resp:?}"
+    );
+    proxy
+        .wait_metric("sluice_connections_refused_total{listener=\"public\"}", 1.0)
+        .await;
+    // One of the five leaves: a new connection is served.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"GET /next HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+}

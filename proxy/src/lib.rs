@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod chain;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod hash;
 pub mod logging;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     /// `sluice_requests_in_flight`.
     pub in_flight: IntGauge,
+    /// `sluice_connections_refused_total{listener}`.
+    pub connections_refused: IntCounterVec,
     /// `sluice_config_version`.
     pub config_version: IntGauge,
     /// `sluice_config_reloads_total{result}` (`ok`, `error`).
@@ -93,6 +95,14 @@ fn build() -> Metrics {
     let in_flight = IntGauge::new(
         "sluice_requests_in_flight",
         "Requests being served right now.",
+    )
+    .expect("valid metric");
+    let connections_refused = IntCounterVec::new(
+        Opts::new(
+            "sluice_connections_refused_total",
+            "Connections closed on arrival because the listener had max_connections open.",
+        ),
+        &["listener"],
     )
     .expect("valid metric");
     let config_version = IntGauge::new(
@@ -206,6 +216,7 @@ fn build() -> Metrics {
         Box::new(upstream_requests_total.clone()),
         Box::new(upstream_healthy.clone()),
         Box::new(in_flight.clone()),
+        Box::new(connections_refused.clone()),
         Box::new(config_version.clone()),
         Box::new(config_reloads.clone()),
         Box::new(config_last_success.clone()),
@@ -220,6 +231,7 @@ fn build() -> Metrics {
         upstream_requests_total,
         upstream_healthy,
         in_flight,
+        connections_refused,
         config_version,
         config_reloads,
         config_last_success,

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
 use crate::config::Config;
+use crate::connections::Capped;
 use crate::demo::DemoUpstream;
 use crate::proxy::SluiceProxy;
 use crate::reload::ReloadTriggers;
@@ -92,21 +93,17 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), StartError> {
     server.bootstrap();
     for (i, l) in listeners.iter().enumerate() {
         let proxy = SluiceProxy::new(state.clone(), l);
-        let mut svc = http_proxy_service_with_name(
-            &server.configuration,
-            proxy,
-            &format!("listener {}", l.name),
-        );
+        let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+        if l.tls.is_none() {
+            let mut options = HttpServerOptions::default();
+            options.h2c = l.h2c;
+            app.server_options = Some(options);
+        }
+        let capped = Capped::new(app, l.max_connections.unwrap_or(usize::MAX), &l.name);
+        let mut svc = Service::new(format!("listener {}", l.name), capped);
         let addr = l.address.to_string();
         match &l.tls {
-            None => {
-                svc.add_tcp(&addr);
-                if let Some(app) = svc.app_logic_mut() {
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = l.h2c;
-                    app.server_options = Some(options);
-                }
-            }
+            None => svc.add_tcp(&addr),
             Some(tls) => {
                 let field = format!("listeners[{i}].tls");
                 let mut settings = TlsSettings::intermediate(

@@ -28,6 +28,9 @@ pub struct ListenerFile {
     /// Largest request body accepted; larger ones get 413 (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<u64>,
+    /// Most connections served at once; more are closed on arrival (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// Default `max_request_header_bytes`.
@@ -65,6 +68,8 @@ pub struct Listener {
     pub max_request_header_bytes: usize,
     /// Request body size limit (413 beyond).
     pub max_request_body_bytes: Option<u64>,
+    /// Connection cap.
+    pub max_connections: Option<usize>,
 }
 
 /// Validated TLS files of a listener.
@@ -169,6 +174,12 @@ impl ListenerFile {
                 format!("{max_header} is outside 1024..=1048576 (pingora reads at most 1 MiB of header)"),
             ));
         }
+        if self.max_connections == Some(0) {
+            errors.push(ConfigError::invalid(
+                format!("{field}.max_connections"),
+                "must be at least 1",
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -179,6 +190,7 @@ impl ListenerFile {
             h2c: self.h2c,
             max_request_header_bytes: max_header,
             max_request_body_bytes: self.max_request_body_bytes,
+            max_connections: self.max_connections,
         })
     }
 }
