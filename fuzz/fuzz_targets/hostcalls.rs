@@ -3,7 +3,8 @@
 //! the input (small numbers, pointers into its memory, pointers past it, huge lengths), then
 //! the plugin runs in the real host (the test kit: engine, limits, sanitizing, phases). The
 //! host must not panic, and every call must answer a status of the spec's set (0..=12): a call
-//! answering anything else makes the plugin log `bad-status`, which fails the target.
+//! answering anything else makes the plugin write `bad-status` into its memory (nowhere before
+//! that, so a random `proxy_log` cannot log it by chance) and log it, which fails the target.
 #![no_main]
 
 use std::fmt::Write as _;
@@ -81,8 +82,7 @@ fuzz_target!(|data: &[u8]| {
         write!(
             body,
             "\n    (local.set $s (call ${name}{args})) \
-             (if (i32.gt_u (local.get $s) (i32.const 12)) (then (drop (call $proxy_log \
-             (i32.const 4) (i32.const 0x300) (i32.const 10)))))"
+             (if (i32.gt_u (local.get $s) (i32.const 12)) (then (call $bad)))"
         )
         .unwrap();
         calls += 1;
@@ -98,7 +98,9 @@ fuzz_target!(|data: &[u8]| {
     }
     wat.push_str(
         "  (memory (export \"memory\") 2)\n\
-         \x20 (data (i32.const 0x300) \"bad-status\")\n\
+         \x20 (func $bad (i64.store (i32.const 0x300) (i64.const 8386112019172188514)) \
+         (i32.store16 (i32.const 0x308) (i32.const 29557)) \
+         (drop (call $proxy_log (i32.const 4) (i32.const 0x300) (i32.const 10))))\n\
          \x20 (data (i32.const 0x400) \"request\\00headers\\00x-key\\00value\\00:path\")\n\
          \x20 (func (export \"proxy_abi_version_0_2_1\"))\n\
          \x20 (global $heap (mut i32) (i32.const 0x8000))\n\
