@@ -325,13 +325,23 @@ async fn an_http2_rapid_reset_flood_does_not_stop_other_clients() {
     }
     let conn_result = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
     eprintln!("rapid reset: {reset} streams reset in {flood:?}; the client saw {ended:?}");
-    // The server ends the attacking connection (GOAWAY ENHANCE_YOUR_CALM) long before the
-    // 10 000 streams.
+    // The server ends the attacking connection long before the 10 000 streams: with
+    // GOAWAY ENHANCE_YOUR_CALM ("too_many_resets"), which the client sees as that error, or,
+    // when the close overtakes the frame, as a broken pipe or a reset.
     assert!(reset < 10_000, "{reset} streams were accepted and reset");
     let why = format!("{ended:?} {conn_result:?}");
     assert!(
-        why.contains("too_many_resets") || why.contains("ENHANCE_YOUR_CALM"),
-        "{why}"
+        ended.is_some()
+            && [
+                "too_many_resets",
+                "ENHANCE_YOUR_CALM",
+                "BrokenPipe",
+                "broken pipe",
+                "reset"
+            ]
+            .iter()
+            .any(|w| why.contains(w)),
+        "the server did not end the connection: {why}"
     );
     // The reset requests do not stay in flight.
     proxy.wait_metric("sluice_requests_in_flight", 0.0).await;
