@@ -143,6 +143,19 @@ fn module(hostile_export: &str, code: &str, malloc_body: Option<&str>, extra: &s
     m
 }
 
+/// A config with `routes` (YAML list items) before the `last` route, and `plugins`.
+fn config_text(up: std::net::SocketAddr, routes: &str, last: &str, plugins: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         reload: {{ watch: false }}\n\
+         upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
+         routes:\n{routes}{last}\
+         plugins:\n{plugins}"
+    )
+}
+
 /// Answers of the background load: successes and failures (with a sample of what failed).
 struct Background {
     stop: Arc<AtomicBool>,
@@ -281,16 +294,12 @@ async fn misbehaving_plugins_cost_their_own_requests_only() {
             cases.push((name, f.kind, *phase));
         }
     }
-    let text = format!(
-        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
-         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
-         admin: {{ address: '{{ADMIN}}' }}\n\
-         reload: {{ watch: false }}\n\
-         upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
-         routes:\n{routes}\
-         \x20 - {{ name: healthy, match: {{ path_prefix: /healthy }}, upstream: backend }}\n\
-         \x20 - {{ name: benign, match: {{ path_prefix: / }}, upstream: backend, plugins: [benign] }}\n\
-         plugins:\n{plugins}"
+    let text = config_text(
+        up,
+        &routes,
+        "  - { name: healthy, match: { path_prefix: /healthy }, upstream: backend }\n\
+         \x20 - { name: benign, match: { path_prefix: / }, upstream: backend, plugins: [benign] }\n",
+        &plugins,
     );
     let proxy = Sluice::start_in(&text, dir.clone()).await;
     let pid = proxy.pid();
@@ -460,6 +469,18 @@ async fn abusive_host_calls_are_refused_and_the_request_goes_on() {
             "",
         ),
         (
+            // An allocator that hands out the same buffer every time: the host's results
+            // overlap, which is the plugin's problem, not the host's.
+            "overlap",
+            "proxy_on_request_headers",
+            "(drop (call $get_pairs (i32.const 0) (i32.const 0x100) (i32.const 0x104))) \
+             (drop (call $get_pairs (i32.const 0) (i32.const 0x108) (i32.const 0x10c))) (i32.const 0)"
+                .into(),
+            String::new(),
+            Some("(i32.const 0x8000)"),
+            "",
+        ),
+        (
             // Pauses and never resumes.
             "pause",
             "proxy_on_request_headers",
@@ -500,15 +521,11 @@ async fn abusive_host_calls_are_refused_and_the_request_goes_on() {
         )
         .unwrap();
     }
-    let text = format!(
-        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
-         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
-         admin: {{ address: '{{ADMIN}}' }}\n\
-         reload: {{ watch: false }}\n\
-         upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
-         routes:\n{routes}\
-         \x20 - {{ name: healthy, match: {{ path_prefix: / }}, upstream: backend }}\n\
-         plugins:\n{plugins}"
+    let text = config_text(
+        up,
+        &routes,
+        "  - { name: healthy, match: { path_prefix: / }, upstream: backend }\n",
+        &plugins,
     );
     let proxy = Sluice::start_in(&text, dir.clone()).await;
     let background = Background::start(vec![proxy.url("/healthy/a"), proxy.url("/healthy/b")]);
@@ -522,6 +539,7 @@ async fn abusive_host_calls_are_refused_and_the_request_goes_on() {
         ("callouts", 200, None),
         ("malloc0", 503, Some(("abi", "request_headers"))),
         ("mallocoob", 503, Some(("abi", "request_headers"))),
+        ("overlap", 200, None),
         ("pause", 504, None),
         ("tick", 503, Some(("fuel", "tick"))),
     ];
@@ -570,7 +588,7 @@ async fn abusive_host_calls_are_refused_and_the_request_goes_on() {
     );
     assert!(ok > 50, "the background load hardly ran: {ok}");
     // Refusals are not failures: those plugins' VMs are still the first ones.
-    for name in ["headers", "buffer", "status", "callouts"] {
+    for name in ["headers", "buffer", "status", "callouts", "overlap"] {
         assert_eq!(
             proxy.metric(&format!("sluice_plugin_errors_total{{kind=\"abi\",phase=\"request_headers\",plugin=\"{name}\"}}")).await,
             None,
