@@ -572,34 +572,47 @@ async fn rate_limit_counters_and_plugin_metrics_survive_a_swap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_without_a_config_file_and_unknown_plugins_say_so() {
     let dir = temp_dir("reload-demo");
-    let port = free_port();
-    let admin = free_port();
-    let mut demo = std::process::Command::new(sluice_bin())
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--upstream",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let c = client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let resp = loop {
-        if let Ok(r) = c
-            .post(format!("http://127.0.0.1:{admin}/reload"))
-            .send()
-            .await
-        {
-            break r;
+    // Ports picked ahead can be taken by a parallel test in between: start again on new ports
+    // if the demo exits at start-up.
+    let mut attempt = 0;
+    let (mut demo, admin, resp) = 'start: loop {
+        attempt += 1;
+        let admin = free_port();
+        let log = dir.join(format!("demo-{attempt}.log"));
+        let mut demo = spawn_logged(
+            std::process::Command::new(sluice_bin()).args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--upstream",
+                &format!("127.0.0.1:{}", free_port()),
+            ]),
+            &log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = c
+                .post(format!("http://127.0.0.1:{admin}/reload"))
+                .send()
+                .await
+            {
+                break 'start (demo, admin, r);
+            }
+            if let Some(status) = demo.try_wait().unwrap() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(attempt < 3, "sluice demo exited ({status}):\n{text}");
+                continue 'start;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "demo admin never answered:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "demo admin never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(resp.status(), 422);
     let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
