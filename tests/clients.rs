@@ -384,3 +384,160 @@ async fn max_connections_closes_the_extra_ones_on_arrival() {
     .await;
     assert_eq!(status_of(&resp), 200, "{resp}");
 }
+
+/// Reads from `s` until the server closes it or `wait` passes, writing `drip` every `every`
+/// meanwhile (write errors ignored: the server may have closed). Returns what came back and
+/// whether the server closed the connection.
+async fn read_while_dripping(
+    s: &mut TcpStream,
+    drip: &[u8],
+    every: Duration,
+    wait: Duration,
+) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let closed = loop {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break true,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            },
+            _ = tick.tick() => { let _ = s.write_all(drip).await; }
+            _ = tokio::time::sleep_until(deadline) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_must_arrive_within_the_listener_deadline() {
+    let proxy = start(", request_header_timeout_ms: 1000").await;
+    let timeouts = "sluice_client_errors_total{kind=\"header_timeout\",listener=\"public\"}";
+
+    // A head trickled one header line every 200 ms: each read comes well within pingora's own
+    // per-read timeout, but the whole head does not come within 1 s: 408, connection closed.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /trickle HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    let (resp, closed) = read_while_dripping(
+        &mut s,
+        b"x-drip: 1\r\n",
+        Duration::from_millis(200),
+        Duration::from_secs(8),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status_of(&resp), 408, "{resp:?}");
+    assert!(closed, "the trickling connection was left open");
+    assert!(took < Duration::from_secs(4), "408 came after {took:?}");
+    proxy.wait_metric(timeouts, 1.0).await;
+
+    // A connection that sends nothing is closed after the deadline, without an answer.
+    let started = Instant::now();
+    let (resp, closed) = exchange(proxy.addr, b"", Duration::from_secs(8)).await;
+    assert!(closed && resp.is_empty(), "silent connection: {resp:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    proxy.wait_metric(timeouts, 2.0).await;
+
+    // On a kept-alive connection the deadline starts at a head's first byte: a wait between
+    // requests longer than the deadline is fine, a trickled second head is not.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    let second = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(status_of(&second), 200, "{second}");
+    s.write_all(b"GET /three HTTP/1.1\r\n").await.unwrap();
+    let (resp, closed) = read_while_dripping(
+        &mut s,
+        b"x-drip: 1\r\n",
+        Duration::from_millis(200),
+        Duration::from_secs(8),
+    )
+    .await;
+    assert!(
+        status_of(&resp) == 408 && closed,
+        "trickled second head: {resp:?} (closed: {closed})"
+    );
+    proxy.wait_metric(timeouts, 3.0).await;
+
+    // The deadline is for the head only: a body sent more slowly than it is not cut.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /slow-body HTTP/1.1\r\nhost: t\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(b"b").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the slow-body response")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(proxy.metric(timeouts).await, Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_http_get_400_at_once() {
+    // The default head deadline is 10 s: every answer here must come well before it.
+    let proxy = start("").await;
+    let cases: [&[u8]; 5] = [
+        b"HELLO\r\n\r\n",
+        // The start of a TLS ClientHello, sent to a plain listener.
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        // HTTP/0.9 and an unknown version.
+        b"GET /\r\n",
+        b"GET / HTTP/3.0\r\nhost: t\r\n\r\n",
+    ];
+    for raw in cases {
+        let started = Instant::now();
+        let (resp, closed) = exchange(proxy.addr, raw, Duration::from_secs(8)).await;
+        let took = started.elapsed();
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!(status_of(&resp), 400, "{what:?} got {resp:?}");
+        assert!(closed, "{what:?}: connection left open");
+        assert!(
+            took < Duration::from_secs(3),
+            "{what:?}: answered after {took:?}"
+        );
+    }
+    proxy
+        .wait_metric(
+            "sluice_client_errors_total{kind=\"not_http\",listener=\"public\"}",
+            cases.len() as f64,
+        )
+        .await;
+    // HTTP/1 and HTTP/2 (prior knowledge) clients are served as before.
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"\r\nGET /fine HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://t/h2").body(()).unwrap();
+    let (response, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+}

@@ -1,9 +1,11 @@
-//! A listener's connection cap (`max_connections`): pingora has none, so the listener's app
-//! is wrapped in one that counts the connections being served and closes new ones at once
-//! while the cap is reached.
+//! What a listener does with a connection before pingora reads from it: the connection cap
+//! (`max_connections`; pingora has none, so the listener's app is wrapped in one that counts
+//! the connections being served and closes new ones at once while the cap is reached), and the
+//! request-head guard of [`crate::request_head`] around the stream.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -11,18 +13,23 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
 
-/// `inner`, serving at most `max` connections at a time.
+use crate::request_head::{HeadCounters, HeadGuard};
+
+/// `inner`, serving at most `max` connections at a time, each through a [`HeadGuard`].
 pub struct Capped<A> {
     inner: Arc<A>,
     max: usize,
     live: AtomicUsize,
     refused: IntCounter,
+    head_timeout: Duration,
+    head_counters: HeadCounters,
 }
 
 impl<A> Capped<A> {
-    /// Caps `inner` at `max` connections; refusals count in
-    /// `sluice_connections_refused_total{listener}`.
-    pub fn new(inner: A, max: usize, listener: &str) -> Self {
+    /// Caps `inner` at `max` connections (refusals count in
+    /// `sluice_connections_refused_total{listener}`) and gives each request head
+    /// `head_timeout` to arrive.
+    pub fn new(inner: A, max: usize, head_timeout: Duration, listener: &str) -> Self {
         Capped {
             inner: Arc::new(inner),
             max,
@@ -30,6 +37,8 @@ impl<A> Capped<A> {
             refused: crate::metrics::metrics()
                 .connections_refused
                 .with_label_values(&[listener]),
+            head_timeout,
+            head_counters: HeadCounters::for_listener(listener),
         }
     }
 }
@@ -57,6 +66,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
             return None;
         }
         let _live = Live(&self.live);
+        let session = HeadGuard::wrap(session, self.head_timeout, self.head_counters.clone());
         self.inner.process_new(session, shutdown).await
     }
 

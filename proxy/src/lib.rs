@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request_head;
 pub mod router;
 pub mod runtime;
 pub mod server;

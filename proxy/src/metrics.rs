@@ -29,6 +29,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `sluice_connections_refused_total{listener}`.
     pub connections_refused: IntCounterVec,
+    /// `sluice_client_errors_total{listener, kind}` (`header_timeout`, `not_http`).
+    pub client_errors: IntCounterVec,
     /// `sluice_config_version`.
     pub config_version: IntGauge,
     /// `sluice_config_reloads_total{result}` (`ok`, `error`).
@@ -103,6 +105,16 @@ fn build() -> Metrics {
             "Connections closed on arrival because the listener had max_connections open.",
         ),
         &["listener"],
+    )
+    .expect("valid metric");
+    let client_errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_client_errors_total",
+            "Connections ended before a request was read: kind=header_timeout (the request head \
+             did not arrive within request_header_timeout_ms; answered 408), kind=not_http (the \
+             first line was not an HTTP request line; answered 400).",
+        ),
+        &["listener", "kind"],
     )
     .expect("valid metric");
     let config_version = IntGauge::new(
@@ -217,6 +229,7 @@ fn build() -> Metrics {
         Box::new(upstream_healthy.clone()),
         Box::new(in_flight.clone()),
         Box::new(connections_refused.clone()),
+        Box::new(client_errors.clone()),
         Box::new(config_version.clone()),
         Box::new(config_reloads.clone()),
         Box::new(config_last_success.clone()),
@@ -232,6 +245,7 @@ fn build() -> Metrics {
         upstream_healthy,
         in_flight,
         connections_refused,
+        client_errors,
         config_version,
         config_reloads,
         config_last_success,

@@ -599,6 +599,19 @@ impl ProxyHttp for SluiceProxy {
         }
     }
 
+    /// Runs as soon as pingora has parsed a request head, before any module or other hook.
+    ///
+    /// Turns off the connection's request-head deadline (see [`crate::request_head`]) until the
+    /// request is done. Never fails.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::request_head::head_read(session.as_downstream().stream());
+        Ok(())
+    }
+
     /// Runs first for every request, before anything is sent upstream.
     ///
     /// Takes the current config snapshot (kept to the end of the request), decides the request
@@ -913,6 +926,8 @@ impl ProxyHttp for SluiceProxy {
     /// upstream attempt that the final error ended, records metrics and writes the access log
     /// line.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // What the connection reads next is a new request head, with its own deadline.
+        crate::request_head::request_done(session.as_downstream().stream());
         if let Some(e) = e {
             if e.esource() == &ErrorSource::Upstream {
                 ctx.close_attempt_by(e, UpstreamResult::Error);

@@ -94,12 +94,16 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), StartError> {
     for (i, l) in listeners.iter().enumerate() {
         let proxy = SluiceProxy::new(state.clone(), l);
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
-        if l.tls.is_none() {
-            let mut options = HttpServerOptions::default();
-            options.h2c = l.h2c;
-            app.server_options = Some(options);
-        }
-        let capped = Capped::new(app, l.max_connections.unwrap_or(usize::MAX), &l.name);
+        let mut options = HttpServerOptions::default();
+        options.h2c = l.tls.is_none() && l.h2c;
+        options.h2_idle_timeout = l.h2_idle_timeout;
+        app.server_options = Some(options);
+        let capped = Capped::new(
+            app,
+            l.max_connections.unwrap_or(usize::MAX),
+            l.request_header_timeout,
+            &l.name,
+        );
         let mut svc = Service::new(format!("listener {}", l.name), capped);
         let addr = l.address.to_string();
         match &l.tls {

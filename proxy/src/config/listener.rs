@@ -31,7 +31,19 @@ pub struct ListenerFile {
     /// Most connections served at once; more are closed on arrival (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Time a client has to send a whole HTTP/1 request head, from the connection's start (first
+    /// request) or the head's first byte (later ones); past it, 408 and the connection closes
+    /// (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_timeout_ms: Option<u64>,
+    /// An HTTP/2 connection with no request in flight for this long is closed (default 60000;
+    /// 0: never). Also ends connections that only send control frames, or stop reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_idle_timeout_ms: Option<u64>,
 }
+
+/// Default `h2_idle_timeout_ms`.
+pub const DEFAULT_H2_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 /// Default `max_request_header_bytes`.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
@@ -70,6 +82,10 @@ pub struct Listener {
     pub max_request_body_bytes: Option<u64>,
     /// Connection cap.
     pub max_connections: Option<usize>,
+    /// Deadline for reading a whole request head.
+    pub request_header_timeout: std::time::Duration,
+    /// Idle HTTP/2 connections are closed after this (`None`: never).
+    pub h2_idle_timeout: Option<std::time::Duration>,
 }
 
 /// Validated TLS files of a listener.
@@ -180,6 +196,15 @@ impl ListenerFile {
                 "must be at least 1",
             ));
         }
+        let header_timeout = self
+            .request_header_timeout_ms
+            .unwrap_or(crate::request_head::DEFAULT_REQUEST_HEADER_TIMEOUT_MS);
+        if !(100..=3_600_000).contains(&header_timeout) {
+            errors.push(ConfigError::invalid(
+                format!("{field}.request_header_timeout_ms"),
+                format!("{header_timeout} is outside 100..=3600000"),
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -191,6 +216,11 @@ impl ListenerFile {
             max_request_header_bytes: max_header,
             max_request_body_bytes: self.max_request_body_bytes,
             max_connections: self.max_connections,
+            request_header_timeout: std::time::Duration::from_millis(header_timeout),
+            h2_idle_timeout: match self.h2_idle_timeout_ms.unwrap_or(DEFAULT_H2_IDLE_TIMEOUT_MS) {
+                0 => None,
+                ms => Some(std::time::Duration::from_millis(ms)),
+            },
         })
     }
 }
