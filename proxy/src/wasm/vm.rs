@@ -800,8 +800,7 @@ fn guest_call<P: WasmParams, R: WasmResults>(
     }
     // The store cannot fail to take fuel when fuel is enabled on the engine.
     let _ = store.set_fuel(limits.fuel);
-    let ticks = (limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-    store.set_epoch_deadline(ticks);
+    store.set_epoch_deadline(deadline_ticks(limits.timeout, phase));
     let start = Instant::now();
     let r = f.call(store.as_context_mut(), params);
     let idx = phase as usize;
@@ -813,6 +812,22 @@ fn guest_call<P: WasmParams, R: WasmResults>(
             .store(m.data_size(&*store), Ordering::Relaxed);
     }
     r.map_err(|e| classify(store.data(), &e))
+}
+
+/// Shortest deadline of a start-up call (instantiation, `_start`, the root context,
+/// `on_vm_start`, `on_configure`). These run off the request path, while a config is loaded or
+/// a VM replaced, often while compiles keep every CPU busy: a plugin's per-request deadline
+/// (a few ms) would refuse a healthy plugin whose thread was merely descheduled. Fuel still
+/// bounds their work.
+const STARTUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Epoch ticks for a guest call of `phase` under the plugin's `timeout`.
+fn deadline_ticks(timeout: std::time::Duration, phase: Phase) -> u64 {
+    let d = match phase {
+        Phase::Start | Phase::Configure => timeout.max(STARTUP_DEADLINE),
+        _ => timeout,
+    };
+    (d.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
 fn classify(state: &VmState, e: &wasmtime::Error) -> GuestError {
@@ -851,9 +866,7 @@ fn init(
 ) -> Result<Exports, VmError> {
     let store = &mut inner.store;
     let _ = store.set_fuel(settings.limits.fuel);
-    store.set_epoch_deadline(
-        (settings.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1,
-    );
+    store.set_epoch_deadline(deadline_ticks(settings.limits.timeout, Phase::Start));
     let instance = pre.instantiate(&mut *store).map_err(|e| {
         let ge = classify(store.data(), &e);
         start_error("instantiation (start function)", ge)
