@@ -217,7 +217,10 @@ impl ListenerFile {
             max_request_body_bytes: self.max_request_body_bytes,
             max_connections: self.max_connections,
             request_header_timeout: std::time::Duration::from_millis(header_timeout),
-            h2_idle_timeout: match self.h2_idle_timeout_ms.unwrap_or(DEFAULT_H2_IDLE_TIMEOUT_MS) {
+            h2_idle_timeout: match self
+                .h2_idle_timeout_ms
+                .unwrap_or(DEFAULT_H2_IDLE_TIMEOUT_MS)
+            {
                 0 => None,
                 ms => Some(std::time::Duration::from_millis(ms)),
             },
