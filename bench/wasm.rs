@@ -65,6 +65,7 @@ fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
         on_error: FailurePolicy::FailClosed,
         vms: 1,
         sluice_properties: true,
+        shared_data: Default::default(),
     }
 }
 
@@ -128,7 +129,7 @@ fn instantiation(c: &mut Criterion, name: &str, bytes: &[u8]) {
     let (module, _) = host.engine.compile(bytes).expect("compiles");
     let pre = host.linker.instantiate_pre(&module).expect("links");
     let settings = Arc::new(settings("bench-instantiate", b""));
-    let shared = sluice::wasm::shared::namespace("bench-instantiate");
+    let shared = sluice::wasm::shared::namespace("bench-instantiate", &Default::default());
     c.bench_function(&format!("instantiation: {name}"), |b| {
         b.iter(|| {
             let mut store = VmState::store(

@@ -12,6 +12,7 @@ pub mod hash;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod reload;
 pub mod request_head;
 pub mod router;

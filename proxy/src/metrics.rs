@@ -31,6 +31,12 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// `sluice_client_errors_total{listener, kind}` (`header_timeout`, `not_http`).
     pub client_errors: IntCounterVec,
+    /// `sluice_shared_data_redis_up`.
+    pub shared_data_redis_up: IntGauge,
+    /// `sluice_shared_data_errors_total{op}`.
+    pub shared_data_errors: IntCounterVec,
+    /// `sluice_shared_data_duration_seconds{op}`.
+    pub shared_data_duration: HistogramVec,
     /// `sluice_config_version`.
     pub config_version: IntGauge,
     /// `sluice_config_reloads_total{result}` (`ok`, `error`).
@@ -115,6 +121,32 @@ fn build() -> Metrics {
              first line was not an HTTP request line; answered 400).",
         ),
         &["listener", "kind"],
+    )
+    .expect("valid metric");
+    let shared_data_redis_up = IntGauge::new(
+        "sluice_shared_data_redis_up",
+        "1 while the Redis holding shared data answers (or has not been used yet), 0 while it \
+         is unreachable; absent with the in-process backend.",
+    )
+    .expect("valid metric");
+    let shared_data_errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_shared_data_errors_total",
+            "Shared-data calls (op=get|set) that Redis did not answer or refused; each fails the \
+             plugin's request phase under its on_error policy.",
+        ),
+        &["op"],
+    )
+    .expect("valid metric");
+    let shared_data_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "sluice_shared_data_duration_seconds",
+            "Time a shared-data call (op=get|set) waited for Redis.",
+        )
+        .buckets(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        ]),
+        &["op"],
     )
     .expect("valid metric");
     let config_version = IntGauge::new(
@@ -230,6 +262,8 @@ fn build() -> Metrics {
         Box::new(in_flight.clone()),
         Box::new(connections_refused.clone()),
         Box::new(client_errors.clone()),
+        Box::new(shared_data_errors.clone()),
+        Box::new(shared_data_duration.clone()),
         Box::new(config_version.clone()),
         Box::new(config_reloads.clone()),
         Box::new(config_last_success.clone()),
@@ -246,6 +280,9 @@ fn build() -> Metrics {
         in_flight,
         connections_refused,
         client_errors,
+        shared_data_redis_up,
+        shared_data_errors,
+        shared_data_duration,
         config_version,
         config_reloads,
         config_last_success,

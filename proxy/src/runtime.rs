@@ -154,8 +154,14 @@ impl Runtime {
                 continue;
             }
             let started = Instant::now();
-            let plugin =
-                crate::wasm::load_plugin(spec, &binary.bytes, &pools, extra_hidden, threads)?;
+            let plugin = crate::wasm::load_plugin(
+                spec,
+                &binary.bytes,
+                &pools,
+                extra_hidden,
+                threads,
+                &config.shared_data,
+            )?;
             plugins.insert(spec.name.clone(), plugin);
             plugin_info.insert(
                 spec.name.clone(),
@@ -312,6 +318,13 @@ fn fixed_sections_unchanged(old: &Config, new: &Config) -> Result<(), ReloadErro
                 "admin address {} would become {}",
                 old.admin.address, new.admin.address
             ),
+        });
+    }
+    if old.shared_data != new.shared_data {
+        return Err(ReloadError::RestartNeeded {
+            section: "shared_data",
+            detail: "the shared-data backend settings differ (plugins' shared data would move)"
+                .into(),
         });
     }
     if json(&old.file.server) != json(&new.file.server) {

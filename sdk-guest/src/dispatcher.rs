@@ -43,7 +43,11 @@ impl<P: Plugin> Root for RootOf<P> {
             let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX).max(1);
             hostcalls::set_tick_period(ms).during("set the tick period")?;
         }
-        crate::shared::init_create_lock()?;
+        // Shared data may be remote and down at start-up (Sluice's Redis backend): the plugin
+        // starts anyway; the lock is created on first use (`shared::update` does so).
+        if let Err(e) = crate::shared::init_create_lock() {
+            crate::warn!("shared data unavailable at start-up: {e}");
+        }
         *self.plugin.borrow_mut() = Some(Rc::new(plugin));
         Ok(())
     }

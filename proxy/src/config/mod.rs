@@ -8,6 +8,7 @@ mod plugin;
 mod reload;
 mod route;
 mod server;
+pub mod shared_data;
 mod upstream;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +24,7 @@ pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile, SignatureFile
 pub use reload::{ReloadFile, ReloadSettings};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
+pub use shared_data::{SharedData, SharedDataFile};
 pub use upstream::{
     Balancing, HashKey, HealthCheck, HealthCheckFile, HostHeader, Upstream, UpstreamFile,
     UpstreamTls, UpstreamTlsFile,
@@ -56,6 +58,9 @@ pub struct ConfigFile {
     /// How changes to the config file are noticed.
     #[serde(default)]
     pub reload: ReloadFile,
+    /// Where plugins' shared data lives (in this process, or in Redis for every replica).
+    #[serde(default)]
+    pub shared_data: SharedDataFile,
 }
 
 /// One configuration problem, naming the field it is about.
@@ -135,6 +140,8 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// File watching.
     pub reload: ReloadSettings,
+    /// Shared-data storage.
+    pub shared_data: SharedData,
 }
 
 impl Config {
@@ -207,6 +214,7 @@ impl ConfigFile {
 
         let server = self.server.validate(&mut errors);
         let reload = self.reload.validate(&mut errors);
+        let shared_data = self.shared_data.validate(base_dir, &mut errors);
 
         if self.listeners.is_empty() {
             errors.push(ConfigError::invalid(
@@ -309,6 +317,7 @@ impl ConfigFile {
                 routes,
                 plugins,
                 reload,
+                shared_data,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -360,6 +360,7 @@ impl Kit {
             on_error: options.on_error,
             vms: options.vms.max(1),
             sluice_properties: options.sluice_properties,
+            shared_data: Default::default(),
         };
         let plugin = Plugin::load(&host.engine, &host.linker, settings, bytes)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -402,8 +403,10 @@ impl Kit {
 
     /// The plugin's shared data under `key`.
     pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
-        crate::wasm::shared::namespace(&self.vm_id)
+        crate::wasm::shared::namespace(&self.vm_id, &Default::default())
             .get(key.as_bytes())
+            .ok()
+            .flatten()
             .map(|(v, _)| v)
     }
 

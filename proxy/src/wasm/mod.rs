@@ -81,6 +81,7 @@ pub fn load_plugin(
     pools: &[Arc<Pool>],
     extra_hidden: &[String],
     default_vms: usize,
+    shared_data: &crate::config::SharedData,
 ) -> Result<Arc<Plugin>, PluginError> {
     let host = host().map_err(|message| PluginError::Compile {
         plugin: spec.name.clone(),
@@ -111,6 +112,7 @@ pub fn load_plugin(
             spec.vms
         },
         sluice_properties: true,
+        shared_data: shared_data.clone(),
     };
     Plugin::load(&host.engine, &host.linker, settings, bytes)
 }

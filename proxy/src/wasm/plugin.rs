@@ -85,7 +85,7 @@ impl Plugin {
                 message: format!("{e:#}"),
             })?;
         let settings = Arc::new(settings);
-        let shared = shared::namespace(&settings.vm_id);
+        let shared = shared::namespace(&settings.vm_id, &settings.shared_data);
         let metrics = Arc::new(PhaseMetrics::new(&settings.name));
         let n = settings.vms.max(1);
         let mut first_error = None;

@@ -87,4 +87,6 @@ pub struct PluginSettings {
     /// Offer the properties only Sluice has (`route_name`, `upstream.address`); off, the
     /// plugin sees what a plain ABI v0.2.1 host offers (the test kit checks portability so).
     pub sluice_properties: bool,
+    /// Where its shared data lives.
+    pub shared_data: crate::config::SharedData,
 }

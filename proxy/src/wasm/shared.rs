@@ -2,7 +2,8 @@
 //!
 //! Both live outside any config: a namespace is the plugin's `vm_id` (by default its name),
 //! shared by all VMs of the plugin and kept across reloads, so a rate-limit counter survives a
-//! plugin swap.
+//! plugin swap. With `shared_data: { backend: redis }` the keys live in Redis instead, shared
+//! by every replica (see [`crate::redis`]); queues always stay in the process.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use sluice_abi::Status;
 
 use super::vm::Vm;
+use crate::config::SharedData;
+use crate::redis::{RedisStore, Unavailable};
 
 /// Largest key.
 pub const MAX_KEY_BYTES: u32 = 4096;
@@ -24,20 +27,58 @@ pub const MAX_QUEUE_ITEMS: usize = 10_000;
 type Entry = (Vec<u8>, u32);
 
 /// The keys of one namespace.
-#[derive(Default)]
-pub struct Namespace {
-    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+pub enum Namespace {
+    /// In this process.
+    Memory(Memory),
+    /// In Redis, under the namespace's prefix.
+    Redis {
+        /// The namespace (`vm_id`).
+        vm_id: String,
+        /// The store.
+        store: Arc<RedisStore>,
+    },
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace::Memory(Memory::default())
+    }
 }
 
 impl Namespace {
-    /// The value and its version (CAS), or `None`.
-    pub fn get(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.entries.lock().expect("not poisoned").get(key).cloned()
+    /// The value and its version (CAS), or `None`; an error if Redis could not answer.
+    pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
+        match self {
+            Namespace::Memory(m) => Ok(m.get(key)),
+            Namespace::Redis { vm_id, store } => store.get(&store.redis_key(vm_id, key)),
+        }
     }
 
     /// Sets `key`. `cas` 0 is unconditional; otherwise it must equal the current version of an
-    /// existing key (a new key is set whatever `cas` says, as Envoy does).
-    pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Status {
+    /// existing key (a new key is set whatever `cas` says, as Envoy does). An error if Redis
+    /// could not answer.
+    pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable> {
+        match self {
+            Namespace::Memory(m) => Ok(m.set(key, value, cas)),
+            Namespace::Redis { vm_id, store } => {
+                store.set(&store.redis_key(vm_id, key), value, cas)
+            }
+        }
+    }
+}
+
+/// The keys of one in-process namespace.
+#[derive(Default)]
+pub struct Memory {
+    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+}
+
+impl Memory {
+    fn get(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        self.entries.lock().expect("not poisoned").get(key).cloned()
+    }
+
+    fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Status {
         let mut entries = self.entries.lock().expect("not poisoned");
         match entries.get_mut(key) {
             Some((v, version)) => {
@@ -60,8 +101,14 @@ impl Namespace {
     }
 }
 
-/// The namespace `vm_id`, created on first use.
-pub fn namespace(vm_id: &str) -> Arc<Namespace> {
+/// The namespace `vm_id` on `backend` (an in-process one is created on first use and kept).
+pub fn namespace(vm_id: &str, backend: &SharedData) -> Arc<Namespace> {
+    if let SharedData::Redis(settings) = backend {
+        return Arc::new(Namespace::Redis {
+            vm_id: vm_id.to_string(),
+            store: crate::redis::store(settings),
+        });
+    }
     static ALL: OnceLock<Mutex<HashMap<String, Arc<Namespace>>>> = OnceLock::new();
     ALL.get_or_init(Default::default)
         .lock()
@@ -150,21 +197,38 @@ mod tests {
 
     #[test]
     fn cas_semantics() {
-        let ns = namespace("shared-test-cas");
-        assert!(ns.get(b"k").is_none());
-        assert_eq!(ns.set(b"k", b"1", 77), Status::Ok, "a new key ignores cas");
-        let (v, cas) = ns.get(b"k").unwrap();
-        assert_eq!((v.as_slice(), cas), (&b"1"[..], 1));
-        assert_eq!(ns.set(b"k", b"2", cas + 1), Status::CasMismatch);
-        assert_eq!(ns.set(b"k", b"2", cas), Status::Ok);
+        let ns = namespace("shared-test-cas", &SharedData::Memory);
+        cas_semantics_of(&ns);
+        assert!(Arc::ptr_eq(
+            &ns,
+            &namespace("shared-test-cas", &SharedData::Memory)
+        ));
+    }
+
+    /// The compare-and-swap rules every backend keeps (`tests/shared_redis.rs` holds the
+    /// Redis one to the same rules through the host calls).
+    fn cas_semantics_of(ns: &Namespace) {
+        assert!(ns.get(b"k").unwrap().is_none());
         assert_eq!(
-            ns.set(b"k", b"3", cas),
+            ns.set(b"k", b"1", 77).unwrap(),
+            Status::Ok,
+            "a new key ignores cas"
+        );
+        let (v, cas) = ns.get(b"k").unwrap().unwrap();
+        assert_eq!((v.as_slice(), cas), (&b"1"[..], 1));
+        assert_eq!(ns.set(b"k", b"2", cas + 1).unwrap(), Status::CasMismatch);
+        assert_eq!(ns.set(b"k", b"2", cas).unwrap(), Status::Ok);
+        assert_eq!(
+            ns.set(b"k", b"3", cas).unwrap(),
             Status::CasMismatch,
             "stale version"
         );
-        assert_eq!(ns.set(b"k", b"3", 0), Status::Ok, "0 is unconditional");
-        assert_eq!(ns.get(b"k").unwrap(), (b"3".to_vec(), 3));
-        assert!(Arc::ptr_eq(&ns, &namespace("shared-test-cas")));
+        assert_eq!(
+            ns.set(b"k", b"3", 0).unwrap(),
+            Status::Ok,
+            "0 is unconditional"
+        );
+        assert_eq!(ns.get(b"k").unwrap().unwrap(), (b"3".to_vec(), 3));
     }
 
     #[test]

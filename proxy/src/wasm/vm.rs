@@ -113,6 +113,9 @@ pub enum ErrorKind {
     Abi,
     /// The VM had already failed in another request; nothing new is counted.
     Lost,
+    /// Shared data (Redis) could not be reached during the call. The guest returned normally,
+    /// so the VM is kept; the request phase fails under the plugin's policy.
+    SharedData,
 }
 
 impl ErrorKind {
@@ -125,6 +128,7 @@ impl ErrorKind {
             ErrorKind::Memory => "memory",
             ErrorKind::Abi => "abi",
             ErrorKind::Lost => "lost",
+            ErrorKind::SharedData => "shared_data",
         }
     }
 }
@@ -205,6 +209,8 @@ pub struct VmState {
     pub next_token: u32,
     /// A host call found the guest breaking the ABI and trapped it.
     pub abi_error: Option<String>,
+    /// A shared-data call could not reach its store during the current guest call.
+    pub shared_failure: Option<String>,
     /// The VM itself (for queues that notify it).
     pub vm: Weak<Vm>,
     /// Whether a refused write to a hidden header was logged already.
@@ -238,6 +244,7 @@ impl VmState {
             tick_period_ms: 0,
             next_token: 0,
             abi_error: None,
+            shared_failure: None,
             vm,
             warned_hidden: false,
         };
@@ -491,6 +498,22 @@ impl Vm {
 
     fn fail(&self, phase: Phase, error: &GuestError) {
         if error.kind == ErrorKind::Lost {
+            return;
+        }
+        if error.kind == ErrorKind::SharedData {
+            // The VM is sound; only this call's work is lost. Counted, logged at debug (the
+            // store logs when Redis goes and comes back).
+            crate::metrics::metrics()
+                .plugin_errors
+                .with_label_values(&[&self.settings.name, phase.as_str(), error.kind.as_str()])
+                .inc();
+            tracing::debug!(
+                target: "sluice::plugin",
+                plugin = %self.settings.name,
+                phase = phase.as_str(),
+                error = %error.message,
+                "shared data unavailable; the plugin's on_error policy answers"
+            );
             return;
         }
         if self.failed.swap(true, Ordering::AcqRel) {
@@ -797,6 +820,7 @@ fn guest_call<P: WasmParams, R: WasmResults>(
         let data = store.data_mut();
         data.limiter.denied = false;
         data.abi_error = None;
+        data.shared_failure = None;
     }
     // The store cannot fail to take fuel when fuel is enabled on the engine.
     let _ = store.set_fuel(limits.fuel);
@@ -811,7 +835,25 @@ fn guest_call<P: WasmParams, R: WasmResults>(
             .memory_bytes
             .store(m.data_size(&*store), Ordering::Relaxed);
     }
-    r.map_err(|e| classify(store.data(), &e))
+    let shared_failure = store.data_mut().shared_failure.take();
+    match (r, shared_failure) {
+        (Ok(r), None) => Ok(r),
+        // Start-up goes on without shared data: the guest saw the failure status and decides
+        // (a plugin must be able to start while Redis is down).
+        (Ok(r), Some(_)) if matches!(phase, Phase::Start | Phase::Configure) => Ok(r),
+        (Ok(_), Some(message)) => Err(GuestError {
+            kind: ErrorKind::SharedData,
+            message,
+        }),
+        (Err(e), None) => Err(classify(store.data(), &e)),
+        // The guest trapped on the failure status (an SDK that panics on it): the VM is
+        // replaced as for any trap, and the log says why.
+        (Err(e), Some(cause)) => {
+            let mut g = classify(store.data(), &e);
+            g.message = format!("{} (after: {cause})", g.message);
+            Err(g)
+        }
+    }
 }
 
 /// Shortest deadline of a start-up call (instantiation, `_start`, the root context,

@@ -7,8 +7,17 @@ use sluice_abi::Status;
 use wasmtime::Linker;
 
 use super::{done, give, give_status, put_u32, read, st, HostResult, C};
+use crate::redis::Unavailable;
 use crate::wasm::shared::{self, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::wasm::vm::VmState;
+
+/// Records that shared data could not be reached during this guest call (the host then fails
+/// the call under the plugin's `on_error` policy, whatever the guest does with the status) and
+/// answers the guest `InternalFailure`.
+fn unavailable(c: &mut C<'_>, e: Unavailable) -> Status {
+    c.data_mut().shared_failure = Some(e.to_string());
+    Status::InternalFailure
+}
 
 pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
@@ -19,7 +28,11 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 Ok(k) => k,
                 Err(s) => return Ok(st(s)),
             };
-            let Some((value, cas)) = c.data().shared.get(&key) else {
+            let found = match c.data().shared.get(&key) {
+                Ok(found) => found,
+                Err(e) => return Ok(st(unavailable(&mut c, e))),
+            };
+            let Some((value, cas)) = found else {
                 return Ok(st(Status::NotFound));
             };
             if let Err(s) = put_u32(&mut c, ret_cas, cas) {
@@ -43,7 +56,10 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             if key.is_empty() {
                 return Ok(st(Status::BadArgument));
             }
-            Ok(st(c.data().shared.set(&key, &value, cas)))
+            match c.data().shared.set(&key, &value, cas) {
+                Ok(status) => Ok(st(status)),
+                Err(e) => Ok(st(unavailable(&mut c, e))),
+            }
         },
     )?;
     l.func_wrap(

@@ -241,6 +241,7 @@ fn settings(name: &str) -> PluginSettings {
         on_error: FailurePolicy::FailClosed,
         vms: 1,
         sluice_properties: true,
+        shared_data: Default::default(),
     }
 }
 
@@ -1316,7 +1317,9 @@ fn shared_data() {
     assert_eq!(t.u32_at(R3), 2);
     assert_eq!(t.case(set2_cas1), CAS_MISMATCH, "version 1 is stale now");
     assert_eq!(
-        crate::wasm::shared::namespace(&format!("{name}.vm")).get(b"counter"),
+        crate::wasm::shared::namespace(&format!("{name}.vm"), &Default::default())
+            .get(b"counter")
+            .unwrap(),
         Some((b"v2".to_vec(), 2)),
         "the namespace is the vm_id"
     );
@@ -1929,26 +1932,23 @@ fn unloading_a_plugin_ends_each_root_context() {
     s.vms = 2;
     let plugin = load(&w, s).unwrap_or_else(|e| panic!("{e}"));
     let root: u32 = 1; // the root context id Sluice gives every VM
-    let ns = crate::wasm::shared::namespace("hc-unload.vm");
-    assert_eq!(
-        ns.get(b"done"),
-        None,
-        "on_done before the plugin was unloaded"
-    );
+    let ns = crate::wasm::shared::namespace("hc-unload.vm", &Default::default());
+    let get = |k: &[u8]| ns.get(k).expect("in-process shared data");
+    assert_eq!(get(b"done"), None, "on_done before the plugin was unloaded");
     // A request context ends with on_done/on_delete of its own id, not the root's.
     let vm = plugin.pick().unwrap();
     let ctx = vm.create_context().unwrap();
     vm.finish_context(ctx);
     drop(vm);
     assert_eq!(
-        ns.get(b"done").map(|(v, _)| v),
+        get(b"done").map(|(v, _)| v),
         Some(ctx.to_le_bytes().to_vec())
     );
     drop(plugin);
     // Both VMs' root contexts were ended (the version counts the writes: one for the
     // request context, one per VM for the root).
-    let (done, done_cas) = ns.get(b"done").unwrap();
-    let (delete, delete_cas) = ns.get(b"delete").unwrap();
+    let (done, done_cas) = get(b"done").unwrap();
+    let (delete, delete_cas) = get(b"delete").unwrap();
     assert_eq!(done, root.to_le_bytes().to_vec());
     assert_eq!(delete, root.to_le_bytes().to_vec());
     assert_eq!((done_cas, delete_cas), (3, 3));

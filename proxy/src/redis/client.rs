@@ -1,0 +1,406 @@
+//! Shared data in Redis: keys with a compare-and-swap version, read and written with one round
+//! trip each, atomically on the server.
+//!
+//! Each key is a Redis hash `{key_prefix}{vm_id}:{key}` with fields `v` (the value) and `c`
+//! (its version, 1 on creation, +1 at each write, wrapping from 2^32-1 to 1 — what the
+//! in-process store does). A read is `HMGET key v c`; a write is a Lua script that compares
+//! the version and writes in one step, so two replicas can never both win a compare-and-swap.
+//!
+//! Calls block the calling thread (a guest call is synchronous) for at most the configured
+//! `timeout_ms`, connecting included. When a call fails for want of Redis (refused, timed out,
+//! closed), the store is marked down: the following calls fail at once instead of each waiting
+//! out the timeout, and a background thread pings Redis every 250 ms until it answers, then
+//! marks it up again. Both changes are logged once and shown by
+//! `sluice_shared_data_redis_up`.
+
+use std::io::{self, BufReader, BufWriter};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sluice_abi::Status;
+
+use super::resp::{read_reply, write_command, Reply};
+use crate::config::shared_data::RedisSettings;
+
+/// Compares the version and writes: `KEYS[1]` the key, `ARGV[1]` the value, `ARGV[2]` the
+/// expected version (`0`: any), `ARGV[3]` the expiry in ms (`0`: none). Returns the new
+/// version, or 0 when the versions differ. A missing key is created whatever `ARGV[2]` says.
+const SET_SCRIPT: &str = "\
+local c = redis.call('HGET', KEYS[1], 'c')
+if c and ARGV[2] ~= '0' and ARGV[2] ~= c then return 0 end
+local n = 1
+if c then n = (tonumber(c) % 4294967295) + 1 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'c', n)
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return n
+";
+
+/// How often a down Redis is tried again.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Why a call did not reach a result.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared data in Redis at {at}: {message}")]
+pub struct Unavailable {
+    /// The Redis URL (without password).
+    pub at: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+}
+
+/// A Redis server holding shared data, with its connections and state.
+pub struct RedisStore {
+    settings: RedisSettings,
+    idle: Mutex<Vec<Conn>>,
+    up: AtomicBool,
+    probing: AtomicBool,
+    /// The SHA1 of [`SET_SCRIPT`] as Redis knows it (from `SCRIPT LOAD`).
+    script: Mutex<Option<String>>,
+}
+
+/// Every store of the process (a config reload reuses the store of unchanged settings).
+static STORES: OnceLock<Mutex<Vec<Arc<RedisStore>>>> = OnceLock::new();
+
+/// The store for `settings`, one per distinct Redis settings in the process.
+pub fn store(settings: &RedisSettings) -> Arc<RedisStore> {
+    let mut all = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("not poisoned");
+    if let Some(s) = all.iter().find(|s| &s.settings == settings) {
+        return s.clone();
+    }
+    let s = Arc::new(RedisStore {
+        settings: settings.clone(),
+        idle: Mutex::new(Vec::new()),
+        up: AtomicBool::new(true),
+        probing: AtomicBool::new(false),
+        script: Mutex::new(None),
+    });
+    let m = crate::metrics::metrics();
+    m.shared_data_redis_up.set(1);
+    if all.is_empty() {
+        // Shown from the first Redis store on (absent with the in-process backend).
+        let _ = m.register(Box::new(m.shared_data_redis_up.clone()));
+    }
+    all.push(s.clone());
+    s
+}
+
+/// A failed call: whether Redis itself is unreachable (connection-level) or refused it.
+enum Failure {
+    Down(String),
+    Refused(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        let m = match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no answer in time".to_string(),
+            _ => e.to_string(),
+        };
+        Failure::Down(m)
+    }
+}
+
+impl RedisStore {
+    /// The settings it was made with.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// Whether the last call reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The Redis key of `key` in namespace `vm_id`.
+    pub fn redis_key(&self, vm_id: &str, key: &[u8]) -> Vec<u8> {
+        let p = &self.settings.key_prefix;
+        let mut k = Vec::with_capacity(p.len() + vm_id.len() + 1 + key.len());
+        k.extend_from_slice(p.as_bytes());
+        k.extend_from_slice(vm_id.as_bytes());
+        k.push(b':');
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The value of `key` and its version, or `None`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
+        let reply = self.call("get", |c, _| {
+            write_command(&mut c.w, &[b"HMGET", key, b"v", b"c"])?;
+            Ok(read_reply(&mut c.r)?)
+        })?;
+        match reply {
+            Reply::Array(Some(items)) if items.len() == 2 => match (&items[0], &items[1]) {
+                (Reply::Bulk(Some(v)), Reply::Bulk(Some(c))) => {
+                    let cas = std::str::from_utf8(c)
+                        .ok()
+                        .and_then(|c| c.parse::<u32>().ok())
+                        .ok_or_else(|| self.refused("get", "a key's version is not a number"))?;
+                    Ok(Some((v.clone(), cas)))
+                }
+                (Reply::Bulk(None), _) | (_, Reply::Bulk(None)) => Ok(None),
+                _ => Err(self.refused("get", "an unexpected HMGET reply")),
+            },
+            Reply::Error(e) => Err(self.refused("get", &e)),
+            _ => Err(self.refused("get", "an unexpected HMGET reply")),
+        }
+    }
+
+    /// Sets `key` if `cas` is 0 or its current version (a missing key is always created).
+    pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable> {
+        let cas = cas.to_string();
+        let ttl = self.settings.ttl.map_or(0, |t| t.as_millis()).to_string();
+        let reply = self.call("set", |c, store| {
+            let sha = store.script_sha(c)?;
+            let args: [&[u8]; 7] = [
+                b"EVALSHA",
+                sha.as_bytes(),
+                b"1",
+                key,
+                value,
+                cas.as_bytes(),
+                ttl.as_bytes(),
+            ];
+            write_command(&mut c.w, &args)?;
+            match read_reply(&mut c.r)? {
+                // Redis restarted or flushed its scripts: load it again, once.
+                Reply::Error(e) if e.starts_with("NOSCRIPT") => {
+                    *store.script.lock().expect("not poisoned") = None;
+                    let sha = store.script_sha(c)?;
+                    let mut args = args;
+                    args[1] = sha.as_bytes();
+                    write_command(&mut c.w, &args)?;
+                    Ok(read_reply(&mut c.r)?)
+                }
+                other => Ok(other),
+            }
+        })?;
+        match reply {
+            Reply::Int(0) => Ok(Status::CasMismatch),
+            Reply::Int(_) => Ok(Status::Ok),
+            Reply::Error(e) => Err(self.refused("set", &e)),
+            _ => Err(self.refused("set", "an unexpected script reply")),
+        }
+    }
+
+    fn script_sha(&self, c: &mut Conn) -> Result<String, Failure> {
+        if let Some(s) = self.script.lock().expect("not poisoned").clone() {
+            return Ok(s);
+        }
+        write_command(&mut c.w, &[b"SCRIPT", b"LOAD", SET_SCRIPT.as_bytes()])?;
+        match read_reply(&mut c.r)? {
+            Reply::Bulk(Some(sha)) => {
+                let sha = String::from_utf8_lossy(&sha).into_owned();
+                *self.script.lock().expect("not poisoned") = Some(sha.clone());
+                Ok(sha)
+            }
+            Reply::Error(e) => Err(Failure::Refused(format!("SCRIPT LOAD: {e}"))),
+            _ => Err(Failure::Refused("an unexpected SCRIPT LOAD reply".into())),
+        }
+    }
+
+    fn refused(&self, op: &str, message: &str) -> Unavailable {
+        crate::metrics::metrics()
+            .shared_data_errors
+            .with_label_values(&[op])
+            .inc();
+        Unavailable {
+            at: self.settings.display.clone(),
+            message: format!("Redis refused the {op}: {message}"),
+        }
+    }
+
+    /// Runs `f` on a pooled connection within the timeout, keeping the connection if all went
+    /// well and marking Redis down if it could not be reached.
+    fn call(
+        &self,
+        op: &str,
+        f: impl FnOnce(&mut Conn, &RedisStore) -> Result<Reply, Failure>,
+    ) -> Result<Reply, Unavailable> {
+        let m = crate::metrics::metrics();
+        if !self.is_up() {
+            m.shared_data_errors.with_label_values(&[op]).inc();
+            return Err(Unavailable {
+                at: self.settings.display.clone(),
+                message: "Redis is unreachable (retried every 250 ms in the background)".into(),
+            });
+        }
+        let started = Instant::now();
+        let deadline = started + self.settings.timeout;
+        let mut pooled = self.idle.lock().expect("not poisoned").pop();
+        let mut f = Some(f);
+        let result = loop {
+            let from_pool = pooled.is_some();
+            let attempt = (|| {
+                let mut c = match pooled.take() {
+                    Some(c) => c,
+                    None => self.connect(deadline)?,
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::Down("no answer in time".into()));
+                }
+                set_timeouts(&c, left)?;
+                let f = f.take().expect("called once");
+                let reply = f(&mut c, self);
+                Ok((c, reply))
+            })();
+            match attempt {
+                Ok((c, Ok(reply))) => break Ok((c, reply)),
+                Ok((_, Err(e))) => break Err(e),
+                // A pooled connection that Redis closed (it restarted, or timed the connection
+                // out) failed before anything was sent: try once more on a new connection.
+                Err(Failure::Down(_)) if from_pool && f.is_some() => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        m.shared_data_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok((c, reply)) => {
+                let mut idle = self.idle.lock().expect("not poisoned");
+                if idle.len() < self.settings.pool_size {
+                    idle.push(c);
+                }
+                Ok(reply)
+            }
+            Err(Failure::Refused(message)) => {
+                m.shared_data_errors.with_label_values(&[op]).inc();
+                Err(Unavailable {
+                    at: self.settings.display.clone(),
+                    message,
+                })
+            }
+            Err(Failure::Down(message)) => {
+                m.shared_data_errors.with_label_values(&[op]).inc();
+                self.mark_down(&message);
+                Err(Unavailable {
+                    at: self.settings.display.clone(),
+                    message,
+                })
+            }
+        }
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<Conn, Failure> {
+        let s = &self.settings;
+        let addrs = (s.host.as_str(), s.port)
+            .to_socket_addrs()
+            .map_err(|e| Failure::Down(format!("cannot resolve {}: {e}", s.host)))?;
+        let mut last = Failure::Down(format!("{} resolves to no address", s.host));
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::Down("no answer in time".into()));
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    let mut c = Conn {
+                        r: BufReader::new(tcp.try_clone().map_err(Failure::from)?),
+                        w: BufWriter::new(tcp),
+                    };
+                    set_timeouts(&c, deadline.saturating_duration_since(Instant::now()))?;
+                    self.hello(&mut c)?;
+                    return Ok(c);
+                }
+                Err(e) => last = Failure::from(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Authenticates and selects the database on a new connection.
+    fn hello(&self, c: &mut Conn) -> Result<(), Failure> {
+        let s = &self.settings;
+        if let Some(pw) = &s.password {
+            match &s.username {
+                Some(u) => write_command(&mut c.w, &[b"AUTH", u.as_bytes(), pw.as_bytes()])?,
+                None => write_command(&mut c.w, &[b"AUTH", pw.as_bytes()])?,
+            }
+            if let Reply::Error(e) = read_reply(&mut c.r)? {
+                return Err(Failure::Refused(format!("AUTH: {e}")));
+            }
+        }
+        if s.db != 0 {
+            write_command(&mut c.w, &[b"SELECT", s.db.to_string().as_bytes()])?;
+            if let Reply::Error(e) = read_reply(&mut c.r)? {
+                return Err(Failure::Refused(format!("SELECT {}: {e}", s.db)));
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_down(&self, why: &str) {
+        self.idle.lock().expect("not poisoned").clear();
+        if self.up.swap(false, Ordering::AcqRel) {
+            crate::metrics::metrics().shared_data_redis_up.set(0);
+            tracing::error!(
+                redis = %self.settings.display,
+                error = why,
+                "shared data: Redis is unreachable; shared-data calls fail (the plugins' \
+                 on_error policy answers) until it answers again"
+            );
+        }
+        self.probe();
+    }
+
+    /// Pings Redis from a background thread until it answers, then marks it up.
+    fn probe(&self) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me() else {
+            self.probing.store(false, Ordering::Release);
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("sluice-redis-probe".into())
+            .spawn(move || loop {
+                std::thread::sleep(PROBE_EVERY);
+                let wait = me.settings.timeout.max(Duration::from_millis(200));
+                let ok = me.connect(Instant::now() + wait).and_then(|mut c| {
+                    write_command(&mut c.w, &[b"PING"])?;
+                    match read_reply(&mut c.r)? {
+                        Reply::Status(_) => Ok(c),
+                        other => Err(Failure::Refused(format!("PING: {other:?}"))),
+                    }
+                });
+                if let Ok(c) = ok {
+                    me.idle.lock().expect("not poisoned").push(c);
+                    me.probing.store(false, Ordering::Release);
+                    me.up.store(true, Ordering::Release);
+                    crate::metrics::metrics().shared_data_redis_up.set(1);
+                    tracing::info!(redis = %me.settings.display, "shared data: Redis answers again");
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            self.probing.store(false, Ordering::Release);
+            tracing::error!(error = %e, "cannot start the Redis probe");
+        }
+    }
+
+    /// This store's `Arc` (stores live for the whole process in [`store`]'s list).
+    fn me(&self) -> Option<Arc<RedisStore>> {
+        let all = STORES.get()?.lock().ok()?;
+        all.iter().find(|s| std::ptr::eq(&***s, self)).cloned()
+    }
+}
+
+fn set_timeouts(c: &Conn, left: Duration) -> Result<(), Failure> {
+    let left = left.max(Duration::from_millis(1));
+    c.w.get_ref().set_write_timeout(Some(left))?;
+    c.r.get_ref().set_read_timeout(Some(left))?;
+    Ok(())
+}
