@@ -381,6 +381,25 @@ async fn while_redis_is_down_the_plugins_policy_answers_and_sluice_reconnects() 
         let got: Vec<u16> = futures_statuses(&status, path, 4).await;
         assert_eq!(got, [200, 200, 200, 429], "{path} after Redis came back");
     }
+
+    // A restart between two requests (nothing failed meanwhile, so the idle connections are
+    // still pooled, and Redis closed them all): the next request is served on a new
+    // connection, without an error.
+    let errors_before = proxy
+        .metric("sluice_shared_data_errors_total{op=\"get\"}")
+        .await
+        .unwrap_or(0.0);
+    redis.restart();
+    let got: Vec<u16> = futures_statuses(&status, "/closed", 4).await;
+    assert_eq!(got, [200, 200, 200, 429], "/closed right after a restart");
+    assert_eq!(
+        proxy
+            .metric("sluice_shared_data_errors_total{op=\"get\"}")
+            .await
+            .unwrap_or(0.0),
+        errors_before,
+        "a dead pooled connection was reported as an error"
+    );
 }
 
 /// `n` requests to `path`, one after the other; their statuses.

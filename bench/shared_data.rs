@@ -1,0 +1,200 @@
+//! Shared-data benchmark: what keeping the rate-limit plugin's buckets in Redis costs against
+//! keeping them in the process, and both against the same route without the plugin, measured
+//! in one run on this machine (load generator, proxies and `redis-server` share its CPUs).
+//!
+//! `make bench-shared` (or `cargo bench -p sluice-proxy --bench shared_data`) after `make
+//! wasm`; needs `redis-server` (`make test-deps`). Prints a table; nothing is asserted.
+//! Environment: `LOAD_SECONDS` per run (default 5), `CLIENTS` (default 8), `ROUNDS` (default 3:
+//! the runs alternate, and the table shows each case's median round).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn config(upstream: std::net::SocketAddr, shared: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         reload: {{ watch: false }}\n\
+         {shared}\
+         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
+         routes:\n\
+         \x20 - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: backend }}\n\
+         \x20 - {{ name: limited, match: {{ path_prefix: /limited }}, upstream: backend, plugins: [limit] }}\n\
+         plugins:\n\
+         \x20 limit: {{ path: limit.wasm, config: {{ key: [route], requests: 1000000000, period_seconds: 1 }} }}\n"
+    )
+}
+
+/// Process CPU time (user + system) of `pid`, from /proc.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name (state is not a number).
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+struct Run {
+    requests: usize,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_us: f64,
+}
+
+/// Closed-loop load on `path` for `secs`; fails on any non-200.
+async fn load(proxy: &Sluice, path: &str, clients: usize, secs: u64) -> Run {
+    let cpu_before = cpu(proxy.pid());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (c, url) = (client(), proxy.url(path));
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let r = c.get(&url).send().await.expect("request failed");
+                    assert_eq!(r.status(), 200, "{url}");
+                    r.bytes().await.expect("body failed");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_used = cpu(proxy.pid()).saturating_sub(cpu_before);
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Run {
+        requests: all.len(),
+        secs,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        cpu_us: cpu_used.as_secs_f64() * 1e6 / all.len() as f64,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    let secs = env_num("LOAD_SECONDS", 5).max(1);
+    let clients = env_num("CLIENTS", 8).max(1) as usize;
+    let rounds = env_num("ROUNDS", 3).max(1) as usize;
+    let port = free_port();
+    let redis_dir = temp_dir("bench-redis");
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&redis_dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (make test-deps installs it)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let up = upstream("backend").await;
+        let wasm = target_dir().join("wasm32-wasip1/plugin/sluice_plugin_rate_limit.wasm");
+        let start = |shared: String| {
+            let dir = temp_dir("bench-shared");
+            std::fs::copy(&wasm, dir.join("limit.wasm")).expect("make wasm first");
+            let text = config(up, &shared);
+            async move { Sluice::start_in(&text, dir).await }
+        };
+        let memory = start(String::new()).await;
+        let redis_proxy = start(format!(
+            "shared_data: {{ backend: redis, url: 'redis://127.0.0.1:{port}/0', timeout_ms: 100 }}\n"
+        ))
+        .await;
+        let cases: [(&str, &Sluice, &str); 3] = [
+            ("no plugin", &memory, "/plain"),
+            ("rate-limit, shared data in memory", &memory, "/limited"),
+            ("rate-limit, shared data in Redis", &redis_proxy, "/limited"),
+        ];
+        // Warm-up: VMs, connections, the Redis script.
+        for (_, p, path) in &cases {
+            load(p, path, clients, 1).await;
+        }
+        let mut runs: Vec<Vec<Run>> = (0..cases.len()).map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (_, p, path)) in cases.iter().enumerate() {
+                runs[i].push(load(p, path, clients, secs).await);
+            }
+        }
+        let text = client()
+            .get(redis_proxy.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let wait = |op: &str| {
+            let sum = metric_value(
+                &text,
+                &format!("sluice_shared_data_duration_seconds_sum{{op=\"{op}\"}}"),
+            );
+            let count = metric_value(
+                &text,
+                &format!("sluice_shared_data_duration_seconds_count{{op=\"{op}\"}}"),
+            );
+            match (sum, count) {
+                (Some(s), Some(c)) if c > 0.0 => format!("{:.0} µs over {c:.0} calls", s / c * 1e6),
+                _ => "no calls".into(),
+            }
+        };
+        println!(
+            "\n{clients} closed-loop clients, {rounds} rounds of {secs} s each, median round per case (by req/s)\n"
+        );
+        println!("| case | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs no plugin |");
+        println!("|---|---|---|---|---|---|");
+        let mut base = 0.0;
+        for (i, (label, _, _)) in cases.iter().enumerate() {
+            let r = &mut runs[i];
+            r.sort_by(|a, b| {
+                (a.requests as f64 / a.secs).total_cmp(&(b.requests as f64 / b.secs))
+            });
+            let m = &r[r.len() / 2];
+            let rps = m.requests as f64 / m.secs;
+            if i == 0 {
+                base = rps;
+            }
+            println!(
+                "| {label} | {rps:.0} | {} | {} | {:.1} | {:.2} |",
+                ms(m.p50),
+                ms(m.p99),
+                m.cpu_us,
+                rps / base
+            );
+        }
+        println!(
+            "\nRedis wait per shared-data call (sluice_shared_data_duration_seconds): get {}, set {}",
+            wait("get"),
+            wait("set")
+        );
+    });
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
