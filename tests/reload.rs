@@ -752,3 +752,44 @@ async fn with_an_admin_token_only_the_probes_are_open() {
         .wait_metric("sluice_config_reloads_total{result=\"ok\"}", 2.0)
         .await;
 }
+
+/// A Kubernetes ConfigMap volume as the kubelet writes it: `sluice.yaml` links to
+/// `..data/sluice.yaml`, `..data` links to a timestamped directory, and an update writes a new
+/// directory, renames a new `..data` link over the old one and deletes the old directory. The
+/// file watcher reloads it (no pod restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_volume_updated_by_the_kubelet_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let up = upstream("backend").await;
+    let dir = temp_dir("configmap");
+    for v in ["v1", "v2"] {
+        std::fs::write(dir.join(format!("{v}.wasm")), headers_plugin()).unwrap();
+    }
+    let proxy = Sluice::start_in(&tag_config(up, "v1", true), dir.clone()).await;
+    wait_version(&proxy, "v1", Instant::now()).await;
+
+    // The same content moved into the ConfigMap layout (atomic renames: the watcher never
+    // sees the file missing).
+    let text = std::fs::read_to_string(dir.join("sluice.yaml")).unwrap();
+    std::fs::create_dir(dir.join("..2026_11_30_09_00_00.1")).unwrap();
+    std::fs::write(dir.join("..2026_11_30_09_00_00.1/sluice.yaml"), &text).unwrap();
+    symlink("..2026_11_30_09_00_00.1", dir.join("..data")).unwrap();
+    symlink("..data/sluice.yaml", dir.join("sluice.yaml.link")).unwrap();
+    std::fs::rename(dir.join("sluice.yaml.link"), dir.join("sluice.yaml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let version_before = get_json(proxy.admin_url("/config")).await["version"].clone();
+
+    // The kubelet's update.
+    let since = Instant::now();
+    let v2 = fill(&tag_config(up, "v2", true), &proxy);
+    std::fs::create_dir(dir.join("..2026_11_30_09_01_00.2")).unwrap();
+    std::fs::write(dir.join("..2026_11_30_09_01_00.2/sluice.yaml"), v2).unwrap();
+    symlink("..2026_11_30_09_01_00.2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_11_30_09_00_00.1")).unwrap();
+    let took = wait_version(&proxy, "v2", since).await;
+    eprintln!("ConfigMap symlink swap to v2 serving: {took:?}");
+    let config = get_json(proxy.admin_url("/config")).await;
+    assert_eq!(config["last_reload"]["trigger"], "file", "{config}");
+    assert_ne!(config["version"], version_before);
+}
