@@ -91,6 +91,14 @@ pub fn install() {
     let _ = tracing_subscriber::registry().with(CaptureLayer).try_init();
 }
 
+/// Forgets the lines `plugin` logged so far.
+pub fn forget(plugin: &str) {
+    lines()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|l| l.plugin != plugin);
+}
+
 /// The lines `plugin` logged so far.
 pub fn lines_of(plugin: &str) -> Vec<LogLine> {
     lines()

@@ -381,6 +381,23 @@ impl Kit {
         &self.name
     }
 
+    /// Replaces the plugin's VMs with new ones (start-up and `on_configure` run again), as if
+    /// it had just been loaded, without compiling it again. Its shared data and metrics stay.
+    pub fn restart(&self) -> Result<(), KitError> {
+        self.plugin.restart_vms().map_err(|e| {
+            KitError::Plugin(PluginError::Start {
+                plugin: self.name.clone(),
+                error: e,
+            })
+        })
+    }
+
+    /// Sets the plugin's shared data `key` (unconditionally), as another VM would.
+    pub fn set_shared(&self, key: &str, value: &[u8]) {
+        let ns = crate::wasm::shared::namespace(&self.vm_id, &Default::default());
+        let _ = ns.set(key.as_bytes(), value, 0);
+    }
+
     /// Runs `req` through the plugin; if it goes on, the upstream answers `upstream`.
     pub fn run(&self, req: &TestRequest, upstream: &TestResponse) -> Outcome {
         self.rt.block_on(self.run_async(req, upstream))
@@ -389,6 +406,11 @@ impl Kit {
     /// What the plugin logged so far.
     pub fn logs(&self) -> Vec<LogLine> {
         capture::lines_of(&self.name)
+    }
+
+    /// Forgets what the plugin logged so far (a kit reused for many runs).
+    pub fn forget_logs(&self) {
+        capture::forget(&self.name)
     }
 
     /// Whether a logged line contains `text`.

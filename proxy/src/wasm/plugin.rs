@@ -229,6 +229,21 @@ impl Plugin {
         )
     }
 
+    /// Puts a newly started VM in every slot at once, in place of the VMs there (failed or
+    /// not): a clean slate, as if the plugin had just been loaded (for the test kit).
+    pub fn restart_vms(self: &Arc<Self>) -> Result<(), VmError> {
+        for slot in 0..self.slots.len() {
+            let vm = self.start_vm(slot)?;
+            *self.slots[slot]
+                .vm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(vm);
+            self.slots[slot].failures.store(0, Ordering::Release);
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
     fn replace(self: &Arc<Self>, slot: usize) {
         match self.start_vm(slot) {
             Ok(vm) => {
