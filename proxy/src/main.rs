@@ -9,6 +9,8 @@ use sluice::config::Config;
 use sluice::logging::{self, LogFormat};
 use sluice::server::{self, RunOptions};
 
+mod probe;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -55,6 +57,19 @@ enum Command {
         /// File holding the admin token (`admin.token_file` of the running sluice).
         #[arg(long)]
         token_file: Option<PathBuf>,
+    },
+    /// Health check for containers: GET PATH on a sluice's admin API; exit 0 if it answers 200,
+    /// else print why and exit 1 (no curl needed in the image).
+    Probe {
+        /// Address of its admin API.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Path to request.
+        #[arg(long, default_value = "/ready")]
+        path: String,
+        /// Time allowed for the whole request, milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Run the demo upstream and the proxy in front of it, on a built-in config.
     Demo {
@@ -336,6 +351,20 @@ fn main() -> ExitCode {
             plugins,
         } => demo(&listen, &admin, &upstream, plugins.as_deref()),
         Command::Plugin { command } => plugin_command(command),
+        Command::Probe {
+            admin,
+            path,
+            timeout_ms,
+        } => match probe::probe(&admin, &path, std::time::Duration::from_millis(timeout_ms)) {
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice probe: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Reload {
             admin,
             timeout,
