@@ -414,3 +414,39 @@ where
     }
     out
 }
+
+/// A plugin whose deadline cannot hold two Redis waits is named when the config is loaded.
+#[test]
+fn a_plugin_deadline_too_short_for_redis_waits_is_warned_about() {
+    let redis = Redis::start();
+    let dir = temp_dir("warn");
+    copy_rate_limit(&dir);
+    let check = |plugin_timeout: u64| {
+        let text = format!(
+            "listeners: [{{ name: public, address: '127.0.0.1:{}' }}]\n\
+             admin: {{ address: '127.0.0.1:{}' }}\n\
+             shared_data: {{ backend: redis, url: '{}', timeout_ms: 100 }}\n\
+             upstreams: {{ backend: {{ endpoints: ['127.0.0.1:9'] }} }}\n\
+             routes: [{{ name: api, upstream: backend, plugins: [limit] }}]\n\
+             plugins:\n  limit: {{ path: limit.wasm, limits: {{ timeout_ms: {plugin_timeout} }}, config: {{ key: [route], requests: 5, period_seconds: 60 }} }}\n",
+            free_port(),
+            free_port(),
+            redis.url()
+        );
+        std::fs::write(dir.join("sluice.yaml"), text).unwrap();
+        let out = Command::new(sluice_bin())
+            .args(["check", "--config"])
+            .arg(dir.join("sluice.yaml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let short = check(250);
+    assert!(
+        short.contains("under 3 × shared_data.timeout_ms") && short.contains("limit"),
+        "{short}"
+    );
+    let enough = check(300);
+    assert!(!enough.contains("under 3 ×"), "{enough}");
+}

@@ -153,6 +153,20 @@ impl Runtime {
                 );
                 continue;
             }
+            if let crate::config::SharedData::Redis(r) = &config.shared_data {
+                // A plugin's deadline counts its waits for Redis: two waits at the bound
+                // (a read and a compare-and-swap) must fit, with room for its own work.
+                if spec.limits.timeout < r.timeout * 3 {
+                    tracing::warn!(
+                        plugin = %spec.name,
+                        timeout_ms = spec.limits.timeout.as_millis() as u64,
+                        shared_data_timeout_ms = r.timeout.as_millis() as u64,
+                        "the plugin's limits.timeout_ms is under 3 × shared_data.timeout_ms: a \
+                         slow Redis can make its calls pass their deadline (a timeout failure \
+                         that replaces the VM) instead of failing as shared_data"
+                    );
+                }
+            }
             let started = Instant::now();
             let plugin = crate::wasm::load_plugin(
                 spec,

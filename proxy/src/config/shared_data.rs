@@ -29,7 +29,7 @@ pub struct SharedDataFile {
     /// Prepended to every Redis key, before the plugin's `vm_id` (default `sluice:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
-    /// Longest wait for Redis in one shared-data call, connecting included, ms (default 50).
+    /// Longest wait for Redis in one shared-data call, connecting included, ms (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Idle connections kept open (default 16).
@@ -150,7 +150,7 @@ impl SharedDataFile {
                 )),
             }
         }
-        let timeout_ms = self.timeout_ms.unwrap_or(50);
+        let timeout_ms = self.timeout_ms.unwrap_or(30);
         if !(1..=10_000).contains(&timeout_ms) {
             errors.push(ConfigError::invalid(
                 "shared_data.timeout_ms",
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(r.password.as_deref(), Some("p%w"));
         assert_eq!(r.display, "redis://u:***@cache:6380/2");
         assert_eq!(r.key_prefix, "sluice:");
-        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert_eq!(r.timeout, Duration::from_millis(30));
         assert_eq!((r.pool_size, r.ttl), (16, None));
 
         let (s, e) = validate("{ backend: redis, url: 'redis://[::1]', ttl_ms: 60000 }");

@@ -14,7 +14,7 @@
 //! `sluice_shared_data_redis_up`.
 
 use std::io::{self, BufReader, BufWriter};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,6 +63,9 @@ pub struct RedisStore {
     probing: AtomicBool,
     /// The SHA1 of [`SET_SCRIPT`] as Redis knows it (from `SCRIPT LOAD`).
     script: Mutex<Option<String>>,
+    /// The host's addresses as last resolved. Name resolution has no timeout of its own, so
+    /// calls only resolve while nothing is known yet; the probe resolves again each time.
+    addrs: Mutex<Vec<SocketAddr>>,
 }
 
 /// Every store of the process (a config reload reuses the store of unchanged settings).
@@ -83,6 +86,7 @@ pub fn store(settings: &RedisSettings) -> Arc<RedisStore> {
         up: AtomicBool::new(true),
         probing: AtomicBool::new(false),
         script: Mutex::new(None),
+        addrs: Mutex::new(Vec::new()),
     });
     let m = crate::metrics::metrics();
     m.shared_data_redis_up.set(1);
@@ -291,7 +295,7 @@ impl RedisStore {
                 Err(e) => return Err(e),
             }
         }
-        let mut c = self.connect(deadline)?;
+        let mut c = self.connect(deadline, false)?;
         let reply = self.run(&mut c, deadline, &f)?;
         Ok((c, reply))
     }
@@ -310,11 +314,22 @@ impl RedisStore {
         f(c, self)
     }
 
-    fn connect(&self, deadline: Instant) -> Result<Conn, Failure> {
+    /// A new connection, to the cached addresses unless `resolve` (or none are cached yet).
+    fn connect(&self, deadline: Instant, resolve: bool) -> Result<Conn, Failure> {
         let s = &self.settings;
-        let addrs = (s.host.as_str(), s.port)
-            .to_socket_addrs()
-            .map_err(|e| Failure::Down(format!("cannot resolve {}: {e}", s.host)))?;
+        let cached = self.addrs.lock().expect("not poisoned").clone();
+        let addrs = if resolve || cached.is_empty() {
+            let fresh: Vec<SocketAddr> = (s.host.as_str(), s.port)
+                .to_socket_addrs()
+                .map_err(|e| Failure::Down(format!("cannot resolve {}: {e}", s.host)))?
+                .collect();
+            if !fresh.is_empty() {
+                *self.addrs.lock().expect("not poisoned") = fresh.clone();
+            }
+            fresh
+        } else {
+            cached
+        };
         let mut last = Failure::Down(format!("{} resolves to no address", s.host));
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -387,7 +402,7 @@ impl RedisStore {
             .spawn(move || loop {
                 std::thread::sleep(PROBE_EVERY);
                 let wait = me.settings.timeout.max(Duration::from_millis(200));
-                let ok = me.connect(Instant::now() + wait).and_then(|mut c| {
+                let ok = me.connect(Instant::now() + wait, true).and_then(|mut c| {
                     write_command(&mut c.w, &[b"PING"])?;
                     match read_reply(&mut c.r)? {
                         Reply::Status(_) => Ok(c),
