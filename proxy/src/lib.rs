@@ -4,6 +4,7 @@
 //! for how the pieces fit together.
 
 pub mod admin;
+pub mod admin_client;
 pub mod chain;
 pub mod config;
 pub mod connections;

@@ -1,98 +1,30 @@
 //! `sluice probe`: one plain HTTP/1.1 `GET` to the admin API, for container health checks
 //! (the runtime image has no curl). Exit status 0 when the answer is `200`, 1 otherwise.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The most of the answer that is read: the status line is all the probe needs.
-const MAX_HEAD: usize = 8192;
-
-/// Sends `GET path` to `admin` (`host:port`) and returns the status line when it is `200`,
-/// else an error that says what happened. The whole exchange (resolution aside) takes at most
-/// `timeout`.
+/// Sends `GET path` to the admin API at `admin` (`host:port`) and returns the status line when
+/// it is `200`, else an error that says what happened, all within `timeout`.
 pub fn probe(admin: &str, path: &str, timeout: Duration) -> Result<String, String> {
     if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
         return Err(format!(
             "--path {path:?}: a path starting with / without spaces"
         ));
     }
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = admin
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {admin}: {e}"))?
-        .collect();
-    let mut last_error = format!("{admin} resolves to no address");
-    let mut stream = None;
-    for addr in addrs {
-        let Some(left) = remaining(deadline) else {
-            break;
-        };
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    let mut stream = stream.ok_or(last_error)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nUser-Agent: sluice-probe\r\nConnection: close\r\n\r\n"
-    );
-    let timed_out = || format!("no answer from {admin} within {} ms", timeout.as_millis());
-    stream
-        .set_write_timeout(Some(remaining(deadline).ok_or_else(timed_out)?))
-        .and_then(|()| stream.write_all(request.as_bytes()))
-        .map_err(|e| format!("cannot send the request to {admin}: {e}"))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let left = remaining(deadline).ok_or_else(timed_out)?;
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| format!("socket: {e}"))?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(timed_out())
-            }
-            Err(e) => return Err(format!("cannot read the answer of {admin}: {e}")),
-        }
-        if head.len() > MAX_HEAD {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    let line = text.lines().next().unwrap_or_default().trim().to_string();
-    let mut parts = line.split_whitespace();
-    let (version, code) = (parts.next(), parts.next());
-    if !version.is_some_and(|v| v.starts_with("HTTP/")) {
-        return Err(format!("{admin} did not answer HTTP (got {line:?})"));
-    }
-    if code == Some("200") {
-        Ok(line)
+    let answer = sluice::admin_client::call(admin, "GET", path, None, timeout)?;
+    if answer.status == 200 {
+        Ok(answer.status_line)
     } else {
-        Err(format!("GET http://{admin}{path}: {line}"))
+        Err(format!("GET http://{admin}{path}: {}", answer.status_line))
     }
-}
-
-fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::time::Instant;
 
     /// Serves one connection with `answer` (after reading the request head), on a thread.
     fn serve_once(answer: &'static [u8]) -> String {

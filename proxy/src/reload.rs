@@ -155,36 +155,10 @@ pub fn request_reload(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<String, String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let addr = admin
-        .to_socket_addrs()
-        .map_err(|e| format!("{admin}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{admin}: no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect to the admin API at {admin}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).ok();
-    s.set_write_timeout(Some(timeout)).ok();
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "POST /reload HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send to {admin}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("no answer from {admin}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("{admin} did not answer HTTP"))?;
-    if status == 200 {
-        Ok(body.to_string())
+    let answer = crate::admin_client::call(admin, "POST", "/reload", token, timeout)?;
+    if answer.status == 200 {
+        Ok(answer.body)
     } else {
-        Err(body.trim().to_string())
+        Err(answer.body.trim().to_string())
     }
 }
