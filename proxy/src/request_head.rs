@@ -128,23 +128,19 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// What the proxy and the guard share about one connection.
-#[derive(Debug, Default)]
-struct Progress {
-    /// `READING_HEAD` or `IN_REQUEST`.
-    phase: AtomicU8,
-    /// Bumped at each head read, so a timer armed for an earlier head is dropped.
-    heads: AtomicU32,
-}
-
 /// A connection's stream with the head deadline and first-line check (see the module docs).
-#[derive(Debug)]
 pub struct HeadGuard {
     inner: Stream,
-    progress: Arc<Progress>,
+    /// `READING_HEAD` or `IN_REQUEST`, as the proxy reports it ([`head_read`],
+    /// [`request_done`]; it reaches the guard through the session's `&Stream`, hence atomics).
+    phase: AtomicU8,
+    /// Heads read so far: a deadline armed for an earlier head is stale.
+    heads: AtomicU32,
     timeout: Duration,
-    /// The running head deadline and the head number it was armed for.
-    timer: Option<(Pin<Box<Sleep>>, u32)>,
+    /// The head deadline: one timer per connection, reset for each head.
+    deadline: Pin<Box<Sleep>>,
+    /// The head the deadline runs for; `None` while it does not run.
+    armed_for: Option<u32>,
     /// The first line is still being looked at; its bytes so far.
     first: Option<Vec<u8>>,
     /// HTTP/2 or already failed: bytes pass through untouched.
@@ -153,15 +149,16 @@ pub struct HeadGuard {
     peeked: Vec<u8>,
     /// Some byte of the head being read has arrived.
     head_started: bool,
-    counters: HeadCountersDebug,
+    counters: HeadCounters,
 }
 
-/// [`HeadCounters`] inside a `Debug` type.
-struct HeadCountersDebug(HeadCounters);
-
-impl std::fmt::Debug for HeadCountersDebug {
+impl std::fmt::Debug for HeadGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeadCounters")
+        f.debug_struct("HeadGuard")
+            .field("inner", &self.inner)
+            .field("armed_for", &self.armed_for)
+            .field("passthrough", &self.passthrough)
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,17 +166,19 @@ impl HeadGuard {
     /// Wraps a newly accepted (and, on TLS listeners, handshaken) connection.
     pub fn wrap(inner: Stream, timeout: Duration, counters: HeadCounters) -> Stream {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        let timer = Some((Box::pin(tokio::time::sleep(timeout)), 0));
         Box::new(HeadGuard {
             inner,
-            progress: Arc::new(Progress::default()),
+            phase: AtomicU8::new(READING_HEAD),
+            heads: AtomicU32::new(0),
             timeout,
-            timer: if h2 { None } else { timer },
-            first: if h2 { None } else { Some(Vec::new()) },
+            // The first head's deadline runs from the connection's start.
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            armed_for: (!h2).then_some(0),
+            first: (!h2).then(Vec::new),
             passthrough: h2,
             peeked: Vec::new(),
             head_started: false,
-            counters: HeadCountersDebug(counters),
+            counters,
         })
     }
 
@@ -188,7 +187,7 @@ impl HeadGuard {
     /// error pingora will see.
     fn refuse(&mut self, cx: &mut Context<'_>, answer: Option<&[u8]>, why: &str) -> io::Error {
         self.passthrough = true;
-        self.timer = None;
+        self.armed_for = None;
         if let Some(answer) = answer {
             let _ = Pin::new(&mut self.inner).poll_write(cx, answer);
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -196,8 +195,13 @@ impl HeadGuard {
         io::Error::new(io::ErrorKind::TimedOut, why.to_string())
     }
 
-    /// Looks at newly read bytes while a head is being read.
-    fn on_head_bytes(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Result<(), io::Error> {
+    /// Looks at newly read bytes while head number `head` is being read.
+    fn on_head_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        head: u32,
+    ) -> Result<(), io::Error> {
         if let Some(seen) = self.first.as_mut() {
             let room = MAX_FIRST_LINE.saturating_sub(seen.len());
             seen.extend_from_slice(&bytes[..bytes.len().min(room)]);
@@ -207,47 +211,92 @@ impl HeadGuard {
                 FirstLine::H2 => {
                     self.first = None;
                     self.passthrough = true;
-                    self.timer = None;
+                    self.armed_for = None;
                 }
                 FirstLine::NotHttp => {
-                    self.counters.0.not_http.inc();
+                    self.counters.not_http.inc();
                     tracing::debug!("a connection's first line is not HTTP; answered 400");
                     return Err(self.refuse(cx, Some(NOT_HTTP_RESPONSE), "not an HTTP request"));
                 }
             }
         }
-        self.head_started |= !bytes.is_empty();
+        if bytes.is_empty() || self.passthrough {
+            return Ok(());
+        }
+        self.head_started = true;
         // A later request's deadline starts at its first byte.
-        let head = self.progress.heads.load(Ordering::Acquire);
-        if self.timer.is_none() && !self.passthrough && !bytes.is_empty() {
-            self.timer = Some((Box::pin(tokio::time::sleep(self.timeout)), head));
+        if self.armed_for.is_none() {
+            self.deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+            self.armed_for = Some(head);
         }
         Ok(())
+    }
+
+    /// Reads from the connection with the checks of the module docs.
+    fn poll_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.passthrough {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let reading_head = self.phase.load(Ordering::Acquire) == READING_HEAD;
+        let head = self.heads.load(Ordering::Acquire);
+        if !reading_head || self.armed_for.is_some_and(|h| h != head) {
+            // A body is being read, or the deadline belongs to a head already read.
+            self.armed_for = None;
+            self.head_started = false;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if reading_head {
+                    if let Err(e) = self.on_head_bytes(cx, &buf.filled()[before..], head) {
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.armed_for.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
+                    self.counters.timeout.inc();
+                    tracing::debug!(
+                        timeout_ms = self.timeout.as_millis() as u64,
+                        "request head not complete in time; answered 408"
+                    );
+                    let answer = self.head_started.then_some(TIMEOUT_RESPONSE);
+                    return Poll::Ready(Err(self.refuse(cx, answer, "request head timed out")));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
 /// Tells the guard of the connection behind `stream` (if it has one) that a request head has
 /// been read: its deadline is off until the request is done.
 pub fn head_read(stream: Option<&Stream>) {
-    if let Some(p) = progress(stream) {
-        p.heads.fetch_add(1, Ordering::AcqRel);
-        p.phase.store(IN_REQUEST, Ordering::Release);
+    if let Some(g) = guard(stream) {
+        g.heads.fetch_add(1, Ordering::AcqRel);
+        g.phase.store(IN_REQUEST, Ordering::Release);
     }
 }
 
 /// Tells the guard of the connection behind `stream` that its request is over: what it reads
 /// next is a new head.
 pub fn request_done(stream: Option<&Stream>) {
-    if let Some(p) = progress(stream) {
-        p.phase.store(READING_HEAD, Ordering::Release);
+    if let Some(g) = guard(stream) {
+        g.phase.store(READING_HEAD, Ordering::Release);
     }
 }
 
-fn progress(stream: Option<&Stream>) -> Option<&Progress> {
-    stream?
-        .as_any()
-        .downcast_ref::<HeadGuard>()
-        .map(|g| &*g.progress)
+fn guard(stream: Option<&Stream>) -> Option<&HeadGuard> {
+    stream?.as_any().downcast_ref::<HeadGuard>()
 }
 
 impl AsyncRead for HeadGuard {
@@ -264,55 +313,6 @@ impl AsyncRead for HeadGuard {
             return Poll::Ready(Ok(()));
         }
         this.poll_guarded(cx, buf)
-    }
-}
-
-impl HeadGuard {
-    /// Reads from the connection with the checks of the module docs.
-    fn poll_guarded(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self;
-        if this.passthrough {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let reading_head = this.progress.phase.load(Ordering::Acquire) == READING_HEAD;
-        let head = this.progress.heads.load(Ordering::Acquire);
-        if !reading_head || this.timer.as_ref().is_some_and(|(_, h)| *h != head) {
-            // A body is being read, or the timer belongs to a head already read.
-            this.timer = None;
-            this.head_started = false;
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if reading_head {
-                    if let Err(e) = this.on_head_bytes(cx, &buf.filled()[before..]) {
-                        buf.set_filled(before);
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if let Some((sleep, _)) = this.timer.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        this.counters.0.timeout.inc();
-                        tracing::debug!(
-                            timeout_ms = this.timeout.as_millis() as u64,
-                            "request head not complete in time; answered 408"
-                        );
-                        let answer = this.head_started.then_some(TIMEOUT_RESPONSE);
-                        let e = this.refuse(cx, answer, "request head timed out");
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                Poll::Pending
-            }
-        }
     }
 }
 
