@@ -500,23 +500,9 @@ impl Vm {
         if error.kind == ErrorKind::Lost {
             return;
         }
-        if error.kind == ErrorKind::SharedData {
-            // The VM is sound; only this call's work is lost. Counted, logged at debug (the
-            // store logs when Redis goes and comes back).
-            crate::metrics::metrics()
-                .plugin_errors
-                .with_label_values(&[&self.settings.name, phase.as_str(), error.kind.as_str()])
-                .inc();
-            tracing::debug!(
-                target: "sluice::plugin",
-                plugin = %self.settings.name,
-                phase = phase.as_str(),
-                error = %error.message,
-                "shared data unavailable; the plugin's on_error policy answers"
-            );
-            return;
-        }
-        if self.failed.swap(true, Ordering::AcqRel) {
+        // Shared data out of reach leaves the VM sound: only this call's work is lost.
+        let keeps_vm = error.kind == ErrorKind::SharedData;
+        if !keeps_vm && self.failed.swap(true, Ordering::AcqRel) {
             return;
         }
         let name = &self.settings.name;
@@ -524,6 +510,17 @@ impl Vm {
             .plugin_errors
             .with_label_values(&[name, phase.as_str(), error.kind.as_str()])
             .inc();
+        if keeps_vm {
+            // Logged at debug: the store logs once when Redis goes and when it comes back.
+            tracing::debug!(
+                target: "sluice::plugin",
+                plugin = %name,
+                phase = phase.as_str(),
+                error = %error.message,
+                "shared data unavailable; the plugin's on_error policy answers"
+            );
+            return;
+        }
         tracing::error!(
             target: "sluice::plugin",
             plugin = %name,
