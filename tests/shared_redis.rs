@@ -195,6 +195,21 @@ fn compare_and_swap_holds_in_redis_across_stores() {
     );
     assert_eq!(n, 1000, "increments were lost");
     assert_eq!(cas, 1001, "one version per write");
+    // The script went to Redis once (EVAL after the first NOSCRIPT); every other write named
+    // it by its SHA1, which the store computes itself.
+    let Reply::Bulk(Some(stats)) = redis.command(&[b"INFO", b"commandstats"]).unwrap() else {
+        panic!("INFO commandstats")
+    };
+    let stats = String::from_utf8_lossy(&stats);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("eval"), 1, "{stats}");
+    assert!(calls("evalsha") >= 1000, "{stats}");
 }
 
 fn proxy_config(

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, IntCounter};
 use sluice_abi::Status;
 
 use super::resp::{read_reply, write_command, Reply};
@@ -40,6 +41,18 @@ return n
 /// How often a down Redis is tried again.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
+/// The SHA1 of [`SET_SCRIPT`], the name `EVALSHA` calls it by.
+fn script_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| {
+        let d = ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            SET_SCRIPT.as_bytes(),
+        );
+        crate::wasm::engine::hex(d.as_ref())
+    })
+}
+
 /// Why a call did not reach a result.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("shared data in Redis at {at}: {message}")]
@@ -55,17 +68,49 @@ struct Conn {
     w: BufWriter<TcpStream>,
 }
 
+/// The two operations, for metric labels.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Set,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+        }
+    }
+}
+
+/// Metric handles of one operation, resolved once.
+struct OpMetrics {
+    duration: Histogram,
+    errors: IntCounter,
+}
+
+impl OpMetrics {
+    fn new(op: Op) -> OpMetrics {
+        let m = crate::metrics::metrics();
+        OpMetrics {
+            duration: m.shared_data_duration.with_label_values(&[op.as_str()]),
+            errors: m.shared_data_errors.with_label_values(&[op.as_str()]),
+        }
+    }
+}
+
 /// A Redis server holding shared data, with its connections and state.
 pub struct RedisStore {
     settings: RedisSettings,
     idle: Mutex<Vec<Conn>>,
     up: AtomicBool,
     probing: AtomicBool,
-    /// The SHA1 of [`SET_SCRIPT`] as Redis knows it (from `SCRIPT LOAD`).
-    script: Mutex<Option<String>>,
     /// The host's addresses as last resolved. Name resolution has no timeout of its own, so
     /// calls only resolve while nothing is known yet; the probe resolves again each time.
     addrs: Mutex<Vec<SocketAddr>>,
+    /// Indexed by [`Op`].
+    metrics: [OpMetrics; 2],
 }
 
 /// Every store of the process (a config reload reuses the store of unchanged settings).
@@ -85,8 +130,8 @@ pub fn store(settings: &RedisSettings) -> Arc<RedisStore> {
         idle: Mutex::new(Vec::new()),
         up: AtomicBool::new(true),
         probing: AtomicBool::new(false),
-        script: Mutex::new(None),
         addrs: Mutex::new(Vec::new()),
+        metrics: [OpMetrics::new(Op::Get), OpMetrics::new(Op::Set)],
     });
     let m = crate::metrics::metrics();
     m.shared_data_redis_up.set(1);
@@ -120,59 +165,48 @@ impl From<io::Error> for Failure {
 }
 
 impl RedisStore {
-    /// The settings it was made with.
-    pub fn settings(&self) -> &RedisSettings {
-        &self.settings
-    }
-
-    /// Whether the last call reached Redis.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    /// The Redis key of `key` in namespace `vm_id`.
-    pub fn redis_key(&self, vm_id: &str, key: &[u8]) -> Vec<u8> {
-        let p = &self.settings.key_prefix;
-        let mut k = Vec::with_capacity(p.len() + vm_id.len() + 1 + key.len());
-        k.extend_from_slice(p.as_bytes());
-        k.extend_from_slice(vm_id.as_bytes());
-        k.push(b':');
-        k.extend_from_slice(key);
-        k
-    }
-
     /// The value of `key` and its version, or `None`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
-        let reply = self.call("get", |c, _| {
+    pub fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
+        let reply = self.call(Op::Get, |c| {
             write_command(&mut c.w, &[b"HMGET", key, b"v", b"c"])?;
             Ok(read_reply(&mut c.r)?)
         })?;
-        match reply {
-            Reply::Array(Some(items)) if items.len() == 2 => match (&items[0], &items[1]) {
-                (Reply::Bulk(Some(v)), Reply::Bulk(Some(c))) => {
-                    let cas = std::str::from_utf8(c)
-                        .ok()
-                        .and_then(|c| c.parse::<u32>().ok())
-                        .ok_or_else(|| self.refused("get", "a key's version is not a number"))?;
-                    Ok(Some((v.clone(), cas)))
-                }
-                (Reply::Bulk(None), _) | (_, Reply::Bulk(None)) => Ok(None),
-                _ => Err(self.refused("get", "an unexpected HMGET reply")),
-            },
-            Reply::Error(e) => Err(self.refused("get", &e)),
-            _ => Err(self.refused("get", "an unexpected HMGET reply")),
+        let unexpected = || self.refused(Op::Get, "an unexpected HMGET reply");
+        let Reply::Array(Some(items)) = reply else {
+            return Err(match reply {
+                Reply::Error(e) => self.refused(Op::Get, &e),
+                _ => unexpected(),
+            });
+        };
+        let Ok::<[Reply; 2], _>([v, c]) = items.try_into() else {
+            return Err(unexpected());
+        };
+        match (v, c) {
+            (Reply::Bulk(Some(v)), Reply::Bulk(Some(c))) => {
+                let cas = std::str::from_utf8(&c)
+                    .ok()
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .ok_or_else(|| self.refused(Op::Get, "a key's version is not a number"))?;
+                Ok(Some((v, cas)))
+            }
+            (Reply::Bulk(None), _) | (_, Reply::Bulk(None)) => Ok(None),
+            _ => Err(unexpected()),
         }
     }
 
     /// Sets `key` if `cas` is 0 or its current version (a missing key is always created).
-    pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable> {
+    pub fn set(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: &[u8],
+        cas: u32,
+    ) -> Result<Status, Unavailable> {
         let cas = cas.to_string();
         let ttl = self.settings.ttl.map_or(0, |t| t.as_millis()).to_string();
-        let reply = self.call("set", |c, store| {
-            let sha = store.script_sha(c)?;
-            let args: [&[u8]; 7] = [
+        let reply = self.call(Op::Set, |c| {
+            let mut args: [&[u8]; 7] = [
                 b"EVALSHA",
-                sha.as_bytes(),
+                script_sha().as_bytes(),
                 b"1",
                 key,
                 value,
@@ -181,12 +215,10 @@ impl RedisStore {
             ];
             write_command(&mut c.w, &args)?;
             match read_reply(&mut c.r)? {
-                // Redis restarted or flushed its scripts: load it again, once.
+                // Redis restarted or flushed its scripts: EVAL sends the script (and caches it).
                 Reply::Error(e) if e.starts_with("NOSCRIPT") => {
-                    *store.script.lock().expect("not poisoned") = None;
-                    let sha = store.script_sha(c)?;
-                    let mut args = args;
-                    args[1] = sha.as_bytes();
+                    args[0] = b"EVAL";
+                    args[1] = SET_SCRIPT.as_bytes();
                     write_command(&mut c.w, &args)?;
                     Ok(read_reply(&mut c.r)?)
                 }
@@ -196,63 +228,45 @@ impl RedisStore {
         match reply {
             Reply::Int(0) => Ok(Status::CasMismatch),
             Reply::Int(_) => Ok(Status::Ok),
-            Reply::Error(e) => Err(self.refused("set", &e)),
-            _ => Err(self.refused("set", "an unexpected script reply")),
+            Reply::Error(e) => Err(self.refused(Op::Set, &e)),
+            _ => Err(self.refused(Op::Set, "an unexpected script reply")),
         }
     }
 
-    fn script_sha(&self, c: &mut Conn) -> Result<String, Failure> {
-        if let Some(s) = self.script.lock().expect("not poisoned").clone() {
-            return Ok(s);
-        }
-        write_command(&mut c.w, &[b"SCRIPT", b"LOAD", SET_SCRIPT.as_bytes()])?;
-        match read_reply(&mut c.r)? {
-            Reply::Bulk(Some(sha)) => {
-                let sha = String::from_utf8_lossy(&sha).into_owned();
-                *self.script.lock().expect("not poisoned") = Some(sha.clone());
-                Ok(sha)
-            }
-            Reply::Error(e) => Err(Failure::Refused(format!("SCRIPT LOAD: {e}"))),
-            _ => Err(Failure::Refused("an unexpected SCRIPT LOAD reply".into())),
-        }
+    /// A reply that is not the expected one: counted, and reported as Redis refusing `op`.
+    fn refused(&self, op: Op, message: &str) -> Unavailable {
+        self.metrics[op as usize].errors.inc();
+        self.unavailable(format!("Redis refused the {}: {message}", op.as_str()))
     }
 
-    fn refused(&self, op: &str, message: &str) -> Unavailable {
-        crate::metrics::metrics()
-            .shared_data_errors
-            .with_label_values(&[op])
-            .inc();
+    fn unavailable(&self, message: String) -> Unavailable {
         Unavailable {
             at: self.settings.display.clone(),
-            message: format!("Redis refused the {op}: {message}"),
+            message,
         }
     }
 
     /// Runs `f` on a pooled connection within the timeout, keeping the connection if all went
     /// well and marking Redis down if it could not be reached.
     fn call(
-        &self,
-        op: &str,
-        f: impl Fn(&mut Conn, &RedisStore) -> Result<Reply, Failure>,
+        self: &Arc<Self>,
+        op: Op,
+        f: impl Fn(&mut Conn) -> Result<Reply, Failure>,
     ) -> Result<Reply, Unavailable> {
-        let m = crate::metrics::metrics();
-        if !self.is_up() {
-            m.shared_data_errors.with_label_values(&[op]).inc();
-            return Err(Unavailable {
-                at: self.settings.display.clone(),
-                message: "Redis is unreachable (retried every 250 ms in the background)".into(),
-            });
+        let m = &self.metrics[op as usize];
+        if !self.up.load(Ordering::Acquire) {
+            m.errors.inc();
+            return Err(self.unavailable(
+                "Redis is unreachable (retried every 250 ms in the background)".into(),
+            ));
         }
         let started = Instant::now();
-        let deadline = started + self.settings.timeout;
         // The calling worker thread waits (at most the timeout). Handing the worker's other
         // tasks to another thread first (`tokio::task::block_in_place`) was measured: it
         // halved throughput and doubled CPU per request at a Redis round trip of ~0.1 ms, so
         // the wait is kept short instead (`timeout_ms`, and no wait at all while Redis is down).
-        let result = self.attempt(deadline, f);
-        m.shared_data_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
+        let result = self.attempt(started + self.settings.timeout, f);
+        m.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok((c, reply)) => {
                 let mut idle = self.idle.lock().expect("not poisoned");
@@ -262,19 +276,13 @@ impl RedisStore {
                 Ok(reply)
             }
             Err(Failure::Refused(message)) => {
-                m.shared_data_errors.with_label_values(&[op]).inc();
-                Err(Unavailable {
-                    at: self.settings.display.clone(),
-                    message,
-                })
+                m.errors.inc();
+                Err(self.unavailable(message))
             }
             Err(Failure::Down(message) | Failure::Closed(message)) => {
-                m.shared_data_errors.with_label_values(&[op]).inc();
+                m.errors.inc();
                 self.mark_down(&message);
-                Err(Unavailable {
-                    at: self.settings.display.clone(),
-                    message,
-                })
+                Err(self.unavailable(message))
             }
         }
     }
@@ -286,35 +294,20 @@ impl RedisStore {
     fn attempt(
         &self,
         deadline: Instant,
-        f: impl Fn(&mut Conn, &RedisStore) -> Result<Reply, Failure>,
+        f: impl Fn(&mut Conn) -> Result<Reply, Failure>,
     ) -> Result<(Conn, Reply), Failure> {
         if let Some(mut c) = self.idle.lock().expect("not poisoned").pop() {
-            match self.run(&mut c, deadline, &f) {
+            match run(&mut c, deadline, &f) {
                 Ok(reply) => return Ok((c, reply)),
                 Err(Failure::Closed(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         let mut c = self.connect(deadline, false)?;
-        let reply = self.run(&mut c, deadline, &f)?;
+        let reply = run(&mut c, deadline, &f)?;
         Ok((c, reply))
     }
 
-    fn run(
-        &self,
-        c: &mut Conn,
-        deadline: Instant,
-        f: &impl Fn(&mut Conn, &RedisStore) -> Result<Reply, Failure>,
-    ) -> Result<Reply, Failure> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Failure::Down("no answer in time".into()));
-        }
-        set_timeouts(c, left)?;
-        f(c, self)
-    }
-
-    /// A new connection, to the cached addresses unless `resolve` (or none are cached yet).
     fn connect(&self, deadline: Instant, resolve: bool) -> Result<Conn, Failure> {
         let s = &self.settings;
         let cached = self.addrs.lock().expect("not poisoned").clone();
@@ -374,7 +367,7 @@ impl RedisStore {
         Ok(())
     }
 
-    fn mark_down(&self, why: &str) {
+    fn mark_down(self: &Arc<Self>, why: &str) {
         self.idle.lock().expect("not poisoned").clear();
         if self.up.swap(false, Ordering::AcqRel) {
             crate::metrics::metrics().shared_data_redis_up.set(0);
@@ -389,14 +382,11 @@ impl RedisStore {
     }
 
     /// Pings Redis from a background thread until it answers, then marks it up.
-    fn probe(&self) {
+    fn probe(self: &Arc<Self>) {
         if self.probing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(me) = self.me() else {
-            self.probing.store(false, Ordering::Release);
-            return;
-        };
+        let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("sluice-redis-probe".into())
             .spawn(move || loop {
@@ -423,12 +413,20 @@ impl RedisStore {
             tracing::error!(error = %e, "cannot start the Redis probe");
         }
     }
+}
 
-    /// This store's `Arc` (stores live for the whole process in [`store`]'s list).
-    fn me(&self) -> Option<Arc<RedisStore>> {
-        let all = STORES.get()?.lock().ok()?;
-        all.iter().find(|s| std::ptr::eq(&***s, self)).cloned()
+/// `f` on `c` with what is left of the deadline as its socket timeouts.
+fn run(
+    c: &mut Conn,
+    deadline: Instant,
+    f: &impl Fn(&mut Conn) -> Result<Reply, Failure>,
+) -> Result<Reply, Failure> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Failure::Down("no answer in time".into()));
     }
+    set_timeouts(c, left)?;
+    f(c)
 }
 
 fn set_timeouts(c: &Conn, left: Duration) -> Result<(), Failure> {

@@ -32,8 +32,8 @@ pub enum Namespace {
     Memory(Memory),
     /// In Redis, under the namespace's prefix.
     Redis {
-        /// The namespace (`vm_id`).
-        vm_id: String,
+        /// `{key_prefix}{vm_id}:`, put before each key.
+        prefix: Vec<u8>,
         /// The store.
         store: Arc<RedisStore>,
     },
@@ -50,7 +50,7 @@ impl Namespace {
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
         match self {
             Namespace::Memory(m) => Ok(m.get(key)),
-            Namespace::Redis { vm_id, store } => store.get(&store.redis_key(vm_id, key)),
+            Namespace::Redis { prefix, store } => store.get(&[prefix, key].concat()),
         }
     }
 
@@ -60,9 +60,7 @@ impl Namespace {
     pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable> {
         match self {
             Namespace::Memory(m) => Ok(m.set(key, value, cas)),
-            Namespace::Redis { vm_id, store } => {
-                store.set(&store.redis_key(vm_id, key), value, cas)
-            }
+            Namespace::Redis { prefix, store } => store.set(&[prefix, key].concat(), value, cas),
         }
     }
 }
@@ -105,7 +103,7 @@ impl Memory {
 pub fn namespace(vm_id: &str, backend: &SharedData) -> Arc<Namespace> {
     if let SharedData::Redis(settings) = backend {
         return Arc::new(Namespace::Redis {
-            vm_id: vm_id.to_string(),
+            prefix: format!("{}{vm_id}:", settings.key_prefix).into_bytes(),
             store: crate::redis::store(settings),
         });
     }
