@@ -69,37 +69,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-/// Closed-loop load for `secs`; returns every request's latency. Fails on any error.
-async fn load(proxy: &Sluice, clients: usize, secs: u64) -> Vec<Duration> {
-    let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (c, url) = (client(), proxy.url("/load"));
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    let r = c.get(&url).send().await.expect("request failed");
-                    assert_eq!(r.status(), 200);
-                    r.bytes().await.expect("body failed");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort();
-    all
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
 fn main() {
     let rounds = env_num("ROUNDS", 5).max(1);
     let load_secs = env_num("LOAD_SECONDS", 5).max(1);
@@ -201,7 +170,7 @@ fn main() {
         // Compile both binaries once, so that the swaps below are warm.
         swap(&proxy, &dir, &config(up, s.config, 1), 1).await;
         swap(&proxy, &dir, &config(up, s.config, 2), 2).await;
-        let quiet = load(&proxy, clients, load_secs).await;
+        let quiet = closed_loop(proxy.url("/load"), clients, load_secs).await;
         let warm = with_swaps(&proxy, &dir, up, s.config, &module, false, clients, load_secs).await;
         let cold = with_swaps(&proxy, &dir, up, s.config, &module, true, clients, load_secs).await;
         println!("| traffic | requests | p50 | p99 | max |");
@@ -214,8 +183,8 @@ fn main() {
             println!(
                 "| {label} | {} | {} | {} | {} |",
                 l.len(),
-                ms(pct(l, 0.5)),
-                ms(pct(l, 0.99)),
+                ms(percentile(l, 0.5)),
+                ms(percentile(l, 0.99)),
                 ms(*l.last().unwrap())
             );
         }
@@ -266,7 +235,7 @@ async fn with_swaps(
         }
         n as usize
     });
-    let lat = load(proxy, clients, secs).await;
+    let lat = closed_loop(proxy.url("/load"), clients, secs).await;
     (lat, swapper.await.unwrap())
 }
 

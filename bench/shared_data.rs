@@ -10,7 +10,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -52,40 +51,18 @@ struct Run {
     cpu_us: f64,
 }
 
-/// Closed-loop load on `path` for `secs`; fails on any non-200.
+/// Closed-loop load on `path` for `secs`, with the proxy's CPU time over it.
 async fn load(proxy: &Sluice, path: &str, clients: usize, secs: u64) -> Run {
     let cpu_before = cpu(proxy.pid());
     let started = Instant::now();
-    let until = started + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (c, url) = (client(), proxy.url(path));
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    let r = c.get(&url).send().await.expect("request failed");
-                    assert_eq!(r.status(), 200, "{url}");
-                    r.bytes().await.expect("body failed");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
+    let all = closed_loop(proxy.url(path), clients, secs).await;
     let secs = started.elapsed().as_secs_f64();
     let cpu_used = cpu(proxy.pid()).saturating_sub(cpu_before);
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Run {
         requests: all.len(),
         secs,
-        p50: pct(0.5),
-        p99: pct(0.99),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
         cpu_us: cpu_used.as_secs_f64() * 1e6 / all.len() as f64,
     }
 }
@@ -98,23 +75,13 @@ fn main() {
     let secs = env_num("LOAD_SECONDS", 5).max(1);
     let clients = env_num("CLIENTS", 8).max(1) as usize;
     let rounds = env_num("ROUNDS", 3).max(1) as usize;
-    let port = free_port();
-    let redis_dir = temp_dir("bench-redis");
-    let mut redis = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&redis_dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server (make test-deps installs it)");
+    let redis = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let up = upstream("backend").await;
         let wasm = target_dir().join("wasm32-wasip1/plugin/sluice_plugin_rate_limit.wasm");
         let start = |shared: String| {
@@ -125,7 +92,8 @@ fn main() {
         };
         let memory = start(String::new()).await;
         let redis_proxy = start(format!(
-            "shared_data: {{ backend: redis, url: 'redis://127.0.0.1:{port}/0', timeout_ms: 100 }}\n"
+            "shared_data: {{ backend: redis, url: '{}', timeout_ms: 100 }}\n",
+            redis.url()
         ))
         .await;
         let cases: [(&str, &Sluice, &str); 3] = [
@@ -143,28 +111,20 @@ fn main() {
                 runs[i].push(load(p, path, clients, secs).await);
             }
         }
-        let text = client()
-            .get(redis_proxy.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let wait = |op: &str| {
-            let sum = metric_value(
-                &text,
-                &format!("sluice_shared_data_duration_seconds_sum{{op=\"{op}\"}}"),
-            );
-            let count = metric_value(
-                &text,
-                &format!("sluice_shared_data_duration_seconds_count{{op=\"{op}\"}}"),
-            );
-            match (sum, count) {
-                (Some(s), Some(c)) if c > 0.0 => format!("{:.0} µs over {c:.0} calls", s / c * 1e6),
-                _ => "no calls".into(),
-            }
-        };
+        let mut waits = Vec::new();
+        for op in ["get", "set"] {
+            let series = |part: &str| {
+                format!("sluice_shared_data_duration_seconds_{part}{{op=\"{op}\"}}")
+            };
+            let sum = redis_proxy.metric(&series("sum")).await;
+            let count = redis_proxy.metric(&series("count")).await;
+            waits.push(match (sum, count) {
+                (Some(s), Some(c)) if c > 0.0 => {
+                    format!("{op} {:.0} µs over {c:.0} calls", s / c * 1e6)
+                }
+                _ => format!("{op}: no calls"),
+            });
+        }
         println!(
             "\n{clients} closed-loop clients, {rounds} rounds of {secs} s each, median round per case (by req/s)\n"
         );
@@ -190,11 +150,9 @@ fn main() {
             );
         }
         println!(
-            "\nRedis wait per shared-data call (sluice_shared_data_duration_seconds): get {}, set {}",
-            wait("get"),
-            wait("set")
+            "\nRedis wait per shared-data call (sluice_shared_data_duration_seconds): {}",
+            waits.join(", ")
         );
     });
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }

@@ -29,6 +29,19 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8], wait: Duration) -> (St
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// `n` connections that each sent half a request head to `path` (and nothing more).
+async fn half_heads(addr: std::net::SocketAddr, path: &str, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n").as_bytes())
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    conns
+}
+
 fn status_of(response: &str) -> u16 {
     response
         .split_whitespace()
@@ -37,31 +50,9 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn config(upstream: std::net::SocketAddr, listener_extra: &str) -> String {
-    format!(
-        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
-         listeners: [{{ name: public, address: '{{LISTEN}}'{listener_extra} }}]\n\
-         admin: {{ address: '{{ADMIN}}' }}\n\
-         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
-         routes:\n  - {{ name: all, upstream: backend, plugins: [tag] }}\n\
-         plugins:\n  tag: {{ path: tag.wasm, config: {{ rules: [{{ response: {{ set: {{ x-tag: yes }} }} }}] }} }}\n"
-    )
-}
-
-async fn start(listener_extra: &str) -> Sluice {
-    let up = upstream("backend").await;
-    let dir = temp_dir("clients");
-    std::fs::copy(
-        target_dir().join("wasm32-wasip1/plugin/sluice_plugin_headers.wasm"),
-        dir.join("tag.wasm"),
-    )
-    .expect("build the plugins with `make wasm` first");
-    Sluice::start_in(&config(up, listener_extra), dir).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_refused_or_resolved_never_forwarded_twice() {
-    let proxy = start(", max_request_header_bytes: 8192, max_request_body_bytes: 100").await;
+    let proxy = start_tagged(", max_request_header_bytes: 8192, max_request_body_bytes: 100").await;
     let w = Duration::from_secs(5);
     // (what, request, expected status)
     let refused: &[(&str, &[u8], u16)] = &[
@@ -179,17 +170,10 @@ async fn ambiguous_framing_is_refused_or_resolved_never_forwarded_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_trickling_connections_do_not_starve_others() {
-    let proxy = start("").await;
+    let proxy = start_tagged("").await;
     // 300 connections that send half a request header and then nothing, and 20 that send
     // one byte every 100 ms.
-    let mut idle = Vec::new();
-    for _ in 0..300 {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /idle HTTP/1.1\r\nhost: t\r\n")
-            .await
-            .unwrap();
-        idle.push(s);
-    }
+    let idle = half_heads(proxy.addr, "/idle", 300).await;
     let trickle: Vec<_> = (0..20)
         .map(|_| {
             let addr = proxy.addr;
@@ -227,7 +211,7 @@ async fn idle_and_trickling_connections_do_not_starve_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
-    let proxy = start("").await;
+    let proxy = start_tagged("").await;
     let contexts = "sluice_plugin_contexts{plugin=\"tag\"}";
     // Before the header is complete: no context was ever made.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
@@ -284,7 +268,7 @@ async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_rapid_reset_flood_does_not_stop_other_clients() {
-    let proxy = start("").await;
+    let proxy = start_tagged("").await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn_task = tokio::spawn(conn);
@@ -349,15 +333,8 @@ async fn an_http2_rapid_reset_flood_does_not_stop_other_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_the_extra_ones_on_arrival() {
-    let proxy = start(", max_connections: 5").await;
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /held HTTP/1.1\r\nhost: t\r\n")
-            .await
-            .unwrap();
-        held.push(s);
-    }
+    let proxy = start_tagged(", max_connections: 5").await;
+    let mut held = half_heads(proxy.addr, "/held", 5).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A sixth is closed before anything is read from it.
     let (resp, closed) = exchange(
@@ -414,7 +391,7 @@ async fn read_while_dripping(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_must_arrive_within_the_listener_deadline() {
-    let proxy = start(", request_header_timeout_ms: 1000").await;
+    let proxy = start_tagged(", request_header_timeout_ms: 1000").await;
     let timeouts = "sluice_client_errors_total{kind=\"header_timeout\",listener=\"public\"}";
 
     // A head trickled one header line every 200 ms: each read comes well within pingora's own
@@ -498,7 +475,7 @@ async fn a_request_head_must_arrive_within_the_listener_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_http_get_400_at_once() {
     // The default head deadline is 10 s: every answer here must come well before it.
-    let proxy = start("").await;
+    let proxy = start_tagged("").await;
     let cases: [&[u8]; 5] = [
         b"HELLO\r\n\r\n",
         // The start of a TLS ClientHello, sent to a plain listener.

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -627,177 +626,30 @@ fn mapped_env(docker: &Dockerfile, dir: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// A `sluice` process started as a container would start it; killed when dropped.
-struct Process {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(args: &[String], env: &[(String, PathBuf)], dir: &Path) -> Process {
-        let log = dir.join("sluice.log");
-        let child = spawn_logged(
-            Command::new(sluice_bin())
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .current_dir(dir),
-            &log,
-        );
-        Process {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until GET `url` answers 200 (20 s at most).
-    async fn wait_ok(&mut self, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = client();
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "sluice exited ({status}) before {url} answered 200:\n{}",
-                    self.logs()
-                );
-            }
-            if let Ok(r) = client.get(url).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{url} did not answer 200 within 20 s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        // SAFETY: kill(2) on our own child; no memory is involved.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Whether this sluice knows `shared_data` (it is new); prints why a check is skipped if not.
-fn shared_data_supported(dir: &Path) -> bool {
-    let probe = dir.join("shared-data-probe.yaml");
-    std::fs::write(
-        &probe,
-        "listeners: [{ name: p, address: '127.0.0.1:1' }]\n\
-         upstreams: { b: { endpoints: ['127.0.0.1:2'] } }\n\
-         routes: [{ name: r, upstream: b }]\n\
-         shared_data: { backend: memory }\n",
+/// A `sluice` started as a container would start it (its args and the image's ENV, in
+/// `dir`), serving on `listen` and `admin`; killed when dropped.
+fn start_as_container(
+    args: &[String],
+    env: &[(String, PathBuf)],
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Sluice {
+    Sluice::spawn(
+        Command::new(sluice_bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir),
+        listen,
+        admin,
+        dir.to_path_buf(),
     )
-    .unwrap();
-    let out = run(Command::new(sluice_bin())
-        .args(["check", "--config"])
-        .arg(&probe));
-    let said = text(&out);
-    if said.contains("unknown field `shared_data`") {
-        eprintln!(
-            "\n*** SKIPPED: this sluice does not know `shared_data` yet ({}); the Redis variant \
-             (components/redis, overlays/production) is not checked against the binary ***\n",
-            said.lines().nth(1).unwrap_or_default().trim()
-        );
-        return false;
-    }
-    assert!(out.status.success(), "{said}");
-    true
-}
-
-/// `redis-server` on a free loopback port, killed when dropped.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect(
-                "redis-server is missing: `make test-deps` installs it (Debian's redis-server)",
-            );
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = spawn_logged(
-            Command::new(bin).args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &addr.port().to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]),
-            &dir.join("redis.log"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, addr }
-    }
-
-    /// `KEYS pattern`, over RESP: the number of keys.
-    fn count_keys(&self, pattern: &str) -> usize {
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        write!(s, "*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len()).unwrap();
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).unwrap();
-        let reply = String::from_utf8_lossy(&buf[..n]);
-        reply
-            .strip_prefix('*')
-            .and_then(|r| r.split("\r\n").next())
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("KEYS: {reply:?}"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs `d`'s config with the container's args and checks what the manifests promise: the
 /// probes' and the scrape annotation's paths answer, the plugins run on the listener, the
 /// admin token is required, and SIGTERM drains a request in flight and exits in time.
-async fn run_as_deployed(d: &Deployed, redis: Option<&Redis>) {
+async fn run_as_deployed(d: &Deployed, redis: Option<&RedisServer>) {
     let docker = Dockerfile::load();
     let dir = temp_dir("deployed");
     let upstream = upstream("app").await;
@@ -806,17 +658,18 @@ async fn run_as_deployed(d: &Deployed, redis: Option<&Redis>) {
         &Rewrites {
             upstream,
             dir: &dir,
-            redis: redis.map(|r| r.addr),
+            redis: redis.map(|r| r.addr()),
         },
     );
     let local = dir.join("sluice.yaml");
     std::fs::write(&local, &config).unwrap();
     let args = mapped_args(&d.args, &d.config_path, &local);
     let env = mapped_env(&docker, &dir);
-    let mut p = Process::start(&args, &env, &dir);
+    let mut p = start_as_container(&args, &env, &dir, listen, admin);
 
-    let ready = format!("http://{admin}{}", d.probe_path("readinessProbe"));
-    p.wait_ok(&ready).await;
+    let readiness = d.probe_path("readinessProbe");
+    let ready = p.admin_url(&readiness);
+    p.wait_ok(&readiness).await;
     let c = client();
     let live = c
         .get(format!("http://{admin}{}", d.probe_path("livenessProbe")))
@@ -881,7 +734,7 @@ async fn run_as_deployed(d: &Deployed, redis: Option<&Redis>) {
     assert_eq!(echo["upstream"], "app", "{echo}");
     if let Some(redis) = redis {
         assert!(
-            redis.count_keys("sluice:*") > 0,
+            !redis.keys("sluice:*").is_empty(),
             "the rate-limit buckets must be in Redis under the key prefix sluice:"
         );
     }
@@ -913,15 +766,10 @@ async fn run_as_deployed(d: &Deployed, redis: Option<&Redis>) {
     // Signal once the request is in flight (counted by the proxy).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let body = c
-            .get(format!("http://{admin}{metrics_path}"))
-            .send()
+        if p.metric("sluice_requests_in_flight")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric_value(&body, "sluice_requests_in_flight").is_some_and(|n| n >= 1.0) {
+            .is_some_and(|n| n >= 1.0)
+        {
             break;
         }
         assert!(
@@ -953,7 +801,6 @@ async fn run_as_deployed(d: &Deployed, redis: Option<&Redis>) {
         .await
         .unwrap_or_else(|| panic!("still running after the grace period:\n{}", p.logs()));
     assert!(status.success(), "{status}:\n{}", p.logs());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `sluice check` on `config` (rewritten by `runnable`); panics with its output on failure.
@@ -1161,14 +1008,9 @@ async fn the_base_runs_as_its_manifests_say() {
 /// (b) for production, with a real Redis (once the binary knows `shared_data`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_runs_with_shared_data_in_redis() {
-    let dir = temp_dir("production");
-    if !shared_data_supported(&dir) {
-        return;
-    }
-    let redis = Redis::start(&dir);
+    let redis = RedisServer::start();
     let d = Deployed::of(&render(PRODUCTION));
     run_as_deployed(&d, Some(&redis)).await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// (c): `sluice check` accepts the config of every rendered variant: the base, production
@@ -1187,19 +1029,17 @@ async fn sluice_check_accepts_every_variant() {
     };
     check(BASE, &Deployed::of(&render(BASE)).config, &rw, &env);
 
-    if shared_data_supported(&dir) {
-        let redis = Redis::start(&dir);
-        let rw = Rewrites {
-            redis: Some(redis.addr),
-            ..rw
-        };
-        check(
-            PRODUCTION,
-            &Deployed::of(&render(PRODUCTION)).config,
-            &rw,
-            &env,
-        );
-    }
+    let redis = RedisServer::start();
+    let rw = Rewrites {
+        redis: Some(redis.addr()),
+        ..rw
+    };
+    check(
+        PRODUCTION,
+        &Deployed::of(&render(PRODUCTION)).config,
+        &rw,
+        &env,
+    );
 
     // The oci: variant: its plugins pushed to a local registry under the repositories and
     // tags its config names (a pinned digest is replaced by the one of this push).
@@ -1372,7 +1212,7 @@ async fn the_image_agrees_with_the_workspace_and_its_healthcheck_works() {
     );
     let dir = temp_dir("image");
     let upstream = upstream("app").await;
-    let (config, _, admin) = runnable(
+    let (config, listen, admin) = runnable(
         &default,
         &Rewrites {
             upstream,
@@ -1382,12 +1222,14 @@ async fn the_image_agrees_with_the_workspace_and_its_healthcheck_works() {
     );
     let local = dir.join("sluice.yaml");
     std::fs::write(&local, config).unwrap();
-    let mut p = Process::start(
+    let mut p = start_as_container(
         &mapped_args(&cmd, &default_path, &local),
         &mapped_env(&docker, &dir),
         &dir,
+        listen,
+        admin,
     );
-    p.wait_ok(&format!("http://{admin}/ready")).await;
+    p.wait_ready().await;
     let healthcheck = |args: &[String]| {
         let mapped: Vec<String> = args[1..]
             .iter()
@@ -1436,8 +1278,6 @@ async fn the_image_agrees_with_the_workspace_and_its_healthcheck_works() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
         "the probe's timeout is 2 s; it took {took:?} (HEALTHCHECK --timeout must exceed it)"
     );
-    drop(p);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// hadolint passes on the Dockerfile (also run by `make lint-deploy`).

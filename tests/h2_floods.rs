@@ -65,35 +65,17 @@ const SLOWEST_ANSWER: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------------------------
 // The proxy under test.
 
-fn config(upstream: std::net::SocketAddr, listener_extra: &str) -> String {
-    format!(
-        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
-         listeners: [{{ name: public, address: '{{LISTEN}}', h2c: true{listener_extra} }}]\n\
-         admin: {{ address: '{{ADMIN}}' }}\n\
-         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
-         routes:\n  - {{ name: all, upstream: backend, plugins: [tag] }}\n\
-         plugins:\n  tag: {{ path: tag.wasm, config: {{ rules: [{{ response: {{ set: {{ x-tag: yes }} }} }}] }} }}\n"
-    )
-}
-
-/// A sluice with one plain listener accepting h2c (HTTP/2 with prior knowledge) and a plugin on its route, warmed up
-/// with 20 requests so that the memory measured before a flood includes what serving costs.
-async fn start() -> Sluice {
-    start_with("").await
-}
-
-/// As [`start`], with `listener_extra` added to the listener's settings.
+/// A sluice (see `start_tagged`) with h2c on its listener and `listener_extra`, warmed up with
+/// 20 requests so that the memory measured before a flood includes what serving costs.
 async fn start_with(listener_extra: &str) -> Sluice {
-    let up = upstream("backend").await;
-    let dir = temp_dir("h2-floods");
-    std::fs::copy(
-        target_dir().join("wasm32-wasip1/plugin/sluice_plugin_headers.wasm"),
-        dir.join("tag.wasm"),
-    )
-    .expect("build the plugins with `make wasm` first");
-    let proxy = Sluice::start_in(&config(up, listener_extra), dir).await;
+    let proxy = start_tagged(&format!(", h2c: true{listener_extra}")).await;
     serve_twenty(&proxy, "/warm-up").await;
     proxy
+}
+
+/// [`start_with`] the listener's defaults.
+async fn start() -> Sluice {
+    start_with("").await
 }
 
 /// 20 requests from an ordinary client, each answered 200 by the upstream through the plugin.
@@ -638,6 +620,18 @@ fn report(what: &str, f: &Flood) {
     );
 }
 
+/// The connection was ended with GOAWAY ENHANCE_YOUR_CALM, reason `debug`, accepting streams up
+/// to `last_stream`, and nothing sent after it got through.
+fn assert_calmed(what: &str, g: &GoAway, f: &Flood, debug: &str, last_stream: u32) {
+    assert_eq!(g.code, ENHANCE_YOUR_CALM, "{what}: {g:?}");
+    assert_eq!(g.debug, debug, "{what}: {g:?}");
+    assert_eq!(g.last_stream, last_stream, "{what}: {g:?}");
+    assert!(
+        matches!(f.end, End::Ended(_)) && f.frames == 0,
+        "{what}: {f:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The floods.
 
@@ -780,13 +774,7 @@ async fn continuation_floods_end_the_connection_or_are_refused_per_stream() {
     eprintln!("{what}: 5 CONTINUATION frames were taken, the 6th ended it with {g}");
     report(&format!("{what} after the GOAWAY"), &f);
     cost.check(what);
-    assert_eq!(g.code, ENHANCE_YOUR_CALM, "{what}: {g:?}");
-    assert_eq!(g.debug, "too_many_continuations", "{what}: {g:?}");
-    assert_eq!(g.last_stream, 0, "{what}: the stream never opened");
-    assert!(
-        matches!(f.end, End::Ended(_)) && f.frames == 0,
-        "{what}: {f:?}"
-    );
+    assert_calmed(what, &g, &f, "too_many_continuations", 0);
 
     // 2. A header block that keeps growing: one header whose value is declared 1 MiB long,
     //    sent in full-size CONTINUATION frames; h2 buffers the undecodable rest.
@@ -816,13 +804,7 @@ async fn continuation_floods_end_the_connection_or_are_refused_per_stream() {
     );
     report(&format!("{what} after the GOAWAY"), &f);
     cost.check(what);
-    assert_eq!(g.code, ENHANCE_YOUR_CALM, "{what}: {g:?}");
-    assert_eq!(g.debug, "too_many_continuations", "{what}: {g:?}");
-    assert_eq!(g.last_stream, 0, "{what}: the stream never opened");
-    assert!(
-        matches!(f.end, End::Ended(_)) && f.frames == 0,
-        "{what}: {f:?}"
-    );
+    assert_calmed(what, &g, &f, "too_many_continuations", 0);
 
     // 3. HPACK amplification: a 4000-byte header put in the dynamic table by the HEADERS
     //    frame, then referenced with one byte each, 16384 times per CONTINUATION frame (64 MiB
@@ -845,13 +827,7 @@ async fn continuation_floods_end_the_connection_or_are_refused_per_stream() {
     eprintln!("{what}: the 1st CONTINUATION ended it with {g}");
     report(&format!("{what} after the GOAWAY"), &f);
     cost.check(what);
-    assert_eq!(g.code, ENHANCE_YOUR_CALM, "{what}: {g:?}");
-    assert_eq!(g.debug, "header_list_way_too_large", "{what}: {g:?}");
-    assert_eq!(g.last_stream, 0, "{what}: the stream never opened");
-    assert!(
-        matches!(f.end, End::Ended(_)) && f.frames == 0,
-        "{what}: {f:?}"
-    );
+    assert_calmed(what, &g, &f, "header_list_way_too_large", 0);
 
     // 4. Complete header blocks over the 64 KiB limit (HEADERS + 5 full CONTINUATION frames,
     //    about 93 KiB decoded), one per new stream, as fast as possible.
@@ -951,13 +927,7 @@ async fn an_empty_data_frame_flood_ends_the_connection_after_100_frames() {
     eprintln!("{what}: 100 empty DATA frames were taken, the 101st ended it with {g}");
     report(&format!("{what} after the GOAWAY"), &f);
     cost.check(what);
-    assert_eq!(g.code, ENHANCE_YOUR_CALM, "{what}: {g:?}");
-    assert_eq!(g.debug, "too_many_data_frames", "{what}: {g:?}");
-    assert_eq!(g.last_stream, 1, "{what}: the POST was accepted");
-    assert!(
-        matches!(f.end, End::Ended(_)) && f.frames == 0,
-        "{what}: {f:?}"
-    );
+    assert_calmed(what, &g, &f, "too_many_data_frames", 1);
     served_after(&proxy).await;
 }
 

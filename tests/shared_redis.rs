@@ -5,117 +5,21 @@
 
 mod support;
 
-use std::io::{BufReader, BufWriter};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::config::shared_data::RedisSettings;
 use sluice::config::SharedData;
-use sluice::redis::resp::{read_reply, write_command, Reply};
+use sluice::redis::resp::Reply;
 use sluice_abi::Status;
 use support::*;
 
-/// A `redis-server` on a port of 127.0.0.1, without persistence, killed when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_on(free_port(), temp_dir("redis"))
-    }
-
-    fn start_on(port: u16, dir: std::path::PathBuf) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "start redis-server (Debian's redis-server package; `make test-deps` installs it)",
-            );
-        let r = Redis {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.command(&[b"PING"]).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Runs one command on a new connection.
-    fn command(&self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut w = BufWriter::new(tcp.try_clone()?);
-        let mut r = BufReader::new(tcp);
-        write_command(&mut w, args)?;
-        read_reply(&mut r)
-    }
-
-    /// The keys matching `pattern`.
-    fn keys(&self, pattern: &str) -> Vec<String> {
-        match self.command(&[b"KEYS", pattern.as_bytes()]).unwrap() {
-            Reply::Array(Some(items)) => items
-                .into_iter()
-                .map(|i| match i {
-                    Reply::Bulk(Some(k)) => String::from_utf8_lossy(&k).into_owned(),
-                    other => panic!("a key {other:?}"),
-                })
-                .collect(),
-            other => panic!("KEYS answered {other:?}"),
-        }
-    }
-
-    /// Kills the server at once (no shutdown: as a crash or a lost node would).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port (empty: nothing was persisted).
-    fn restart(&mut self) {
-        self.kill();
-        let again = Redis::start_on(self.port, self.dir.clone());
-        self.child = again.child_handoff();
-    }
-
-    fn child_handoff(mut self) -> Option<Child> {
-        self.child.take()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn settings(redis: &Redis, prefix: &str) -> RedisSettings {
+fn settings(redis: &RedisServer, prefix: &str) -> RedisSettings {
     RedisSettings {
         host: "127.0.0.1".into(),
-        port: redis.port,
+        port: redis.addr().port(),
         db: 0,
         username: None,
         password: None,
@@ -129,7 +33,7 @@ fn settings(redis: &Redis, prefix: &str) -> RedisSettings {
 
 #[test]
 fn compare_and_swap_holds_in_redis_across_stores() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let backend = SharedData::Redis(settings(&redis, "cas-test:"));
     let ns = sluice::wasm::shared::namespace("counter", &backend);
     // The rules of the in-process store.
@@ -243,7 +147,7 @@ fn copy_rate_limit(dir: &Path) {
 /// 16 concurrent clients, 100 pass (tolerance: see docs/config.md, `shared_data`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_admit_one_limit_between_them() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let up = upstream("backend").await;
     let config = proxy_config(
         &redis.url(),
@@ -347,7 +251,7 @@ async fn while_redis_is_down_the_plugins_policy_answers_and_sluice_reconnects() 
     proxy.wait_metric("sluice_shared_data_redis_up", 0.0).await;
 
     // Redis comes up: the probe notices it and the limits count (3 each, then 429).
-    let mut redis = Redis::start_on(port, redis_dir);
+    let mut redis = RedisServer::start_on(port, redis_dir);
     proxy.wait_metric("sluice_shared_data_redis_up", 1.0).await;
     for path in ["/open", "/closed"] {
         let got: Vec<u16> = futures_statuses(&status, path, 4).await;
@@ -433,7 +337,7 @@ where
 /// A plugin whose deadline cannot hold two Redis waits is named when the config is loaded.
 #[test]
 fn a_plugin_deadline_too_short_for_redis_waits_is_warned_about() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let dir = temp_dir("warn");
     copy_rate_limit(&dir);
     let check = |plugin_timeout: u64| {

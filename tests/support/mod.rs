@@ -2,11 +2,14 @@
 //! echo upstream) on ephemeral 127.0.0.1 ports, and an HTTP client.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufReader, BufWriter};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use sluice::redis::resp::{read_reply, write_command, Reply};
 
 /// The `sluice` binary under test.
 /// Cargo's target directory (where `make wasm` puts the plugins).
@@ -107,33 +110,47 @@ impl Sluice {
         let (text, addr, admin) = with_ports(template);
         let config = dir.join("sluice.yaml");
         std::fs::write(&config, text).unwrap();
-        let child = spawn_logged(
+        let mut s = Sluice::spawn(
             Command::new(sluice_bin())
                 .arg("run")
                 .arg("--config")
                 .arg(&config)
                 .args(["--log-level", "info"]),
-            &dir.join("sluice.log"),
-        );
-        let mut s = Sluice {
-            child: Some(child),
             addr,
             admin,
             dir,
-        };
+        );
         s.wait_ready().await;
         s
     }
 
+    /// Runs `cmd` (a sluice command line: any arguments, environment, directory) as a sluice
+    /// serving on `addr` with its admin API on `admin`, logging to `dir/sluice.log`; does not
+    /// wait for it.
+    pub fn spawn(cmd: &mut Command, addr: SocketAddr, admin: SocketAddr, dir: PathBuf) -> Sluice {
+        let child = spawn_logged(cmd, &dir.join("sluice.log"));
+        Sluice {
+            child: Some(child),
+            addr,
+            admin,
+            dir,
+        }
+    }
+
     /// Waits for `/ready` to answer 200 (20 s at most).
     pub async fn wait_ready(&mut self) {
+        self.wait_ok("/ready").await
+    }
+
+    /// Waits for GET `path` on the admin API to answer 200 (20 s at most).
+    pub async fn wait_ok(&mut self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = format!("http://{}/ready", self.admin);
+        let url = self.admin_url(path);
         let client = client();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "sluice exited ({status}) before it was ready:\n{}",
+                    "sluice exited ({status}) before {url} answered 200:\n{}",
                     self.logs()
                 );
             }
@@ -144,7 +161,7 @@ impl Sluice {
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice not ready after 20 s:\n{}",
+                "{url} did not answer 200 within 20 s:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -345,4 +362,157 @@ pub fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A sluice with one plain listener (`listener_extra` added to its settings, e.g.
+/// `", max_connections: 5"`) whose one route runs the headers plugin as `tag` (it sets
+/// `x-tag: yes` on responses) in front of a demo upstream. Needs `make wasm`.
+pub async fn start_tagged(listener_extra: &str) -> Sluice {
+    let up = upstream("backend").await;
+    let dir = temp_dir("tagged");
+    std::fs::copy(
+        target_dir().join("wasm32-wasip1/plugin/sluice_plugin_headers.wasm"),
+        dir.join("tag.wasm"),
+    )
+    .expect("build the plugins with `make wasm` first");
+    let config = format!(
+        "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}'{listener_extra} }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
+         routes:\n  - {{ name: all, upstream: backend, plugins: [tag] }}\n\
+         plugins:\n  tag: {{ path: tag.wasm, config: {{ rules: [{{ response: {{ set: {{ x-tag: yes }} }} }}] }} }}\n"
+    );
+    Sluice::start_in(&config, dir).await
+}
+
+/// Closed-loop load: `clients` clients each sending `GET url` one after another for `secs`.
+/// Returns every request's latency, sorted; fails on an error or a status other than 200.
+pub async fn closed_loop(url: String, clients: usize, secs: u64) -> Vec<Duration> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (c, url) = (client(), url.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let r = c.get(&url).send().await.expect("request failed");
+                    assert_eq!(r.status(), 200, "{url}");
+                    r.bytes().await.expect("body failed");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all
+}
+
+/// The `p` quantile (0..=1) of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// A `redis-server` on a port of 127.0.0.1, without persistence, killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// On a free port, in a new temp dir.
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port(), temp_dir("redis"))
+    }
+
+    /// On `port`, with `dir` as its working directory; waits until it answers PING.
+    pub fn start_on(port: u16, dir: PathBuf) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "start redis-server (Debian's redis-server package; `make test-deps` installs it)",
+            );
+        let r = RedisServer {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.command(&[b"PING"]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs one command on a new connection.
+    pub fn command(&self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut w = BufWriter::new(tcp.try_clone()?);
+        let mut r = BufReader::new(tcp);
+        write_command(&mut w, args)?;
+        read_reply(&mut r)
+    }
+
+    /// The keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        match self.command(&[b"KEYS", pattern.as_bytes()]).unwrap() {
+            Reply::Array(Some(items)) => items
+                .into_iter()
+                .map(|i| match i {
+                    Reply::Bulk(Some(k)) => String::from_utf8_lossy(&k).into_owned(),
+                    other => panic!("a key {other:?}"),
+                })
+                .collect(),
+            other => panic!("KEYS answered {other:?}"),
+        }
+    }
+
+    /// Kills the server at once (no shutdown: as a crash or a lost node would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing was persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut again = RedisServer::start_on(self.port, self.dir.clone());
+        self.child = again.child.take();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
