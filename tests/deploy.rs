@@ -79,16 +79,7 @@ fn text(out: &Output) -> String {
 
 /// `v` at a dotted path (`spec.template.spec`, numbers index sequences); panics naming the path.
 fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
-    let mut cur = v;
-    for part in path.split('.') {
-        let next = match (cur, part.parse::<usize>()) {
-            (Value::Sequence(s), Ok(i)) => s.get(i),
-            (Value::Mapping(m), _) => m.get(part),
-            _ => None,
-        };
-        cur = next.unwrap_or_else(|| panic!("no {path} (at {part}) in:\n{}", yaml(v)));
-    }
-    cur
+    opt(v, path).unwrap_or_else(|| panic!("no {path} in:\n{}", yaml(v)))
 }
 
 fn opt<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
