@@ -25,7 +25,7 @@ use crate::wasm::callout::{CalloutDone, CalloutSink};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::settings::FailurePolicy;
 use crate::wasm::stream::{list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
-use crate::wasm::vm::{StreamCall, Vm};
+use crate::wasm::vm::{Parked, StreamCall, Vm};
 
 /// A response the proxy must send instead of going on: a plugin's local response, or the
 /// answer to a plugin failure.
@@ -39,6 +39,9 @@ pub struct Reply {
     pub body: Bytes,
     /// The plugin it came from.
     pub plugin: String,
+    /// Reset the stream instead of answering (`proxy_close_stream`): HTTP/2 `RST_STREAM`,
+    /// HTTP/1 a closed connection; status, headers and body are unused.
+    pub reset: bool,
 }
 
 impl Reply {
@@ -57,6 +60,18 @@ impl Reply {
             )],
             body: Bytes::from(body),
             plugin: plugin.to_string(),
+            reset: false,
+        }
+    }
+
+    /// A stream reset asked for by `plugin`.
+    pub fn reset(plugin: &str) -> Reply {
+        Reply {
+            status: 0,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            plugin: plugin.to_string(),
+            reset: true,
         }
     }
 
@@ -74,6 +89,7 @@ impl Reply {
             headers: r.headers,
             body: r.body,
             plugin: plugin.to_string(),
+            reset: false,
         }
     }
 }
@@ -144,6 +160,9 @@ pub struct Chain {
     response_length: BodyLength,
     /// The whole request body was read before forwarding.
     body_read: bool,
+    /// Where the request's state waits while a plugin pauses (see [`Chain::wait_resume`]);
+    /// set only while a wait is under way, or when one was abandoned (the client left).
+    parked: Option<(Arc<Vm>, Arc<Parked>)>,
 }
 
 fn policy_skip(m: &mut Member) -> Result<(), Reply> {
@@ -154,6 +173,15 @@ fn policy_skip(m: &mut Member) -> Result<(), Reply> {
             Ok(())
         }
         FailurePolicy::FailClosed => Err(Reply::failed(&m.plugin.settings.name)),
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        // An abandoned wait leaves the request reachable from its VM: end that.
+        if let Some((vm, parked)) = self.parked.take() {
+            vm.unpark(&parked);
+        }
     }
 }
 
@@ -196,18 +224,45 @@ impl Chain {
             request_length: BodyLength::default(),
             response_length: BodyLength::default(),
             body_read: false,
+            parked: None,
         })
     }
 
     /// The request's state.
     pub fn stream(&mut self) -> &mut Stream {
+        self.recover();
         self.stream
             .as_deref_mut()
             .expect("the stream is back after every call")
     }
 
+    /// Takes the request's state back from a wait that was abandoned (its future dropped
+    /// while the state was parked). A root callback holds the state for one guest call at
+    /// most (bounded by the plugin's deadline), so waiting for it here is short.
+    fn recover(&mut self) {
+        let Some((vm, parked)) = self.parked.take() else {
+            return;
+        };
+        vm.unpark(&parked);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(s) = parked.try_take() {
+                self.stream = Some(s);
+                return;
+            }
+            if std::time::Instant::now() > give_up {
+                // Cannot happen while root callbacks give the state back when they end.
+                tracing::error!("a paused request's state was not given back; its plugins see an empty request from now on");
+                self.stream = Some(Box::default());
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Runs one callback of member `i`. `Ok(None)`: the member is skipped.
     fn invoke(&mut self, i: usize, call: StreamCall) -> Result<Option<Step>, Reply> {
+        self.recover();
         let m = &mut self.members[i];
         let Some(ctx) = &m.ctx else {
             return Ok(None);
@@ -233,11 +288,7 @@ impl Chain {
             return Err(Reply::local(&name, local));
         }
         if s.effects.close {
-            return Err(Reply::text(
-                503,
-                &name,
-                format!("503 Service Unavailable: plugin \"{name}\" closed the stream\n"),
-            ));
+            return Err(Reply::reset(&name));
         }
         Ok(Some(if action == 1 {
             Step::Pause
@@ -247,13 +298,22 @@ impl Chain {
     }
 
     /// Waits until the request (or response) is resumed, delivering callout results to the
-    /// plugins that made them; fails after member `i`'s `pause_timeout`.
+    /// plugins that made them; fails after member `i`'s `pause_timeout`. While it waits, the
+    /// request's state is parked in member `i`'s VM, where that plugin's root callbacks
+    /// (`on_tick`, …) may switch to it and resume it, answer it or reset it.
     async fn wait_resume(&mut self, i: usize, request: bool) -> Result<(), Reply> {
         let limits = self.members[i].plugin.settings.limits;
         let deadline = tokio::time::Instant::now() + limits.pause_timeout;
         loop {
             {
-                let s = self.stream();
+                let name = &self.members[i].plugin.settings.name;
+                let s = self.stream.as_deref_mut().expect("stream present");
+                if let Some(local) = s.effects.local_response.take() {
+                    return Err(Reply::local(name, local));
+                }
+                if std::mem::take(&mut s.effects.close) {
+                    return Err(Reply::reset(name));
+                }
                 let resumed = if request {
                     &mut s.effects.resume_request
                 } else {
@@ -263,13 +323,33 @@ impl Chain {
                     return Ok(());
                 }
             }
-            if self.members[i].ctx.is_none() {
+            let Some(ctx) = &self.members[i].ctx else {
                 // Failed open while paused: go on without it.
                 return Ok(());
+            };
+            if ctx.vm.is_failed() {
+                // Its VM failed in a root callback while the request waited.
+                policy_skip(&mut self.members[i])?;
+                return Ok(());
             }
-            let done = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(d)) => d,
-                Ok(None) | Err(_) => {
+            let vm = ctx.vm.clone();
+            let parked = Parked::new(ctx.id, self.stream.take());
+            vm.park(parked.clone());
+            // Should this future be dropped while parked (the client left), the next use of
+            // the chain takes the state back (see `recover`).
+            self.parked = Some((vm.clone(), parked.clone()));
+            let event = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.rx.recv()) => Some(r),
+                _ = parked.notify.notified() => None,
+            };
+            vm.unpark(&parked);
+            self.stream = parked.take_back().await;
+            self.parked = None;
+            match event {
+                // A root callback had the request's state: look at what it asked for.
+                None => {}
+                Some(Ok(Some(done))) => self.deliver(done)?,
+                Some(Ok(None) | Err(_)) => {
                     let name = self.members[i].plugin.settings.name.clone();
                     tracing::warn!(plugin = %name, "plugin did not resume the request in time");
                     return Err(Reply::text(
@@ -281,8 +361,7 @@ impl Chain {
                         ),
                     ));
                 }
-            };
-            self.deliver(done)?;
+            }
         }
     }
 
@@ -457,19 +536,21 @@ impl Chain {
                 None | Some(Step::Continue) => data = Some(body),
                 Some(Step::Pause) if !end => {
                     self.members[i].held = body;
-                    *chunk = None;
+                    *chunk = nothing(kind);
                     return Ok(None);
                 }
                 Some(Step::Pause) => {
                     // Paused at the end: the body stays with it until it resumes.
                     self.members[i].held = body;
-                    *chunk = None;
+                    *chunk = nothing(kind);
                     return Ok(Some(i));
                 }
             }
         }
-        // An empty chunk says nothing; pingora would try to write it.
-        *chunk = data.filter(|d| !d.is_empty()).map(Bytes::from);
+        *chunk = match data.filter(|d| !d.is_empty()) {
+            Some(d) => Some(Bytes::from(d)),
+            None => nothing(kind),
+        };
         Ok(None)
     }
 
@@ -630,12 +711,72 @@ impl Chain {
         self.check_length(BodyKind::Response, chunk, end)
     }
 
+    /// Runs the response callbacks over a reply made while the request was still going up
+    /// (a plugin's local response, or the host's answer to a failure), as the reference host
+    /// does: `on_response_headers` and, when it has a body, one `on_response_body` with all of
+    /// it, in reverse order, for the plugins whose request-headers callback ran. They may change
+    /// the status, headers and body (`content-length` is set to the final body). A local
+    /// response or failure in these callbacks is returned; the caller sends the reply as it is
+    /// then (a stream reset it honours).
+    pub async fn response_over_reply(
+        &mut self,
+        resp: &mut ResponseHeader,
+        body: &mut Bytes,
+    ) -> Result<(), Reply> {
+        let from = self.headers_done.min(self.members.len());
+        let unseen: Vec<Option<Ctx>> = self.members[from..]
+            .iter_mut()
+            .map(|m| m.ctx.take())
+            .collect();
+        let r = self.response_phases_over(resp, body).await;
+        for (m, ctx) in self.members[from..].iter_mut().zip(unseen) {
+            m.ctx = ctx;
+        }
+        r
+    }
+
+    async fn response_phases_over(
+        &mut self,
+        resp: &mut ResponseHeader,
+        body: &mut Bytes,
+    ) -> Result<(), Reply> {
+        self.load_response(resp);
+        let end = body.is_empty();
+        self.response_headers(end).await?;
+        self.apply_response(resp)
+            .map_err(|e| Reply::internal(&e.to_string()))?;
+        if !end {
+            self.set_declared_length(BodyKind::Response, None);
+            let mut chunk = Some(body.clone());
+            self.response_body(&mut chunk, true)?;
+            *body = chunk.unwrap_or_default();
+        }
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())
+            .map_err(|e| Reply::internal(&e.to_string()))?;
+        Ok(())
+    }
+
     /// `on_log` of every plugin (failures are counted; the response is already sent).
     pub fn log(&mut self, status: u16) {
-        self.stream().info.response_code = Some(status).filter(|s| *s > 0);
+        let s = self.stream();
+        s.info.response_code = Some(status).filter(|s| *s > 0);
+        s.log_phase = true;
+        s.request_headers_writable = false;
+        s.response_headers_writable = false;
         for i in 0..self.members.len() {
             let _ = self.invoke(i, StreamCall::Log);
         }
+    }
+}
+
+/// What a body hook passes on when the plugins hold everything back. pingora reads `None` from
+/// a request body hook as the end of the body (over HTTP/1 it would end the upstream request
+/// there and send what is held later, outside it), and skips an empty chunk: hold requests
+/// with an empty chunk. An empty response chunk would be written; `None` writes nothing.
+fn nothing(kind: BodyKind) -> Option<Bytes> {
+    match kind {
+        BodyKind::Request => Some(Bytes::new()),
+        BodyKind::Response => None,
     }
 }
 
@@ -759,6 +900,7 @@ fn changed_names(
 impl Chain {
     /// Writes what plugins changed in the request headers back into pingora's header.
     pub fn apply_request(&mut self, req: &mut RequestHeader) -> pingora::Result<()> {
+        self.recover();
         let s = self.stream.as_deref_mut().expect("stream present");
         if !s.request_changed.any() {
             return Ok(());
@@ -797,6 +939,7 @@ impl Chain {
 
     /// Writes what plugins changed in the response headers back into pingora's header.
     pub fn apply_response(&mut self, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        self.recover();
         let s = self.stream.as_deref_mut().expect("stream present");
         if !s.response_changed.any() {
             return Ok(());

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod exchange;
 pub mod hash;
 pub mod logging;
 pub mod metrics;

@@ -21,13 +21,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::chain::{Chain, HeadersDone, Reply};
+use crate::chain::Reply;
 use crate::config::{Balancing, HashKey, HostHeader};
+use crate::exchange::{reply_parts, Answer, Exchange, Head, PREREAD_MAX};
 use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
 use crate::router::{request_host, RouteEntry};
 use crate::runtime::{InFlight, Runtime, State};
 use crate::upstream::{Endpoint, Tried};
-use crate::wasm::stream::{BodyKind, RequestInfo};
+use crate::wasm::stream::RequestInfo;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -105,11 +106,11 @@ impl SluiceProxy {
 }
 
 impl SluiceProxy {
-    /// Runs the route's plugins on the request before anything goes upstream: adds the
-    /// forwarding headers first (so plugins see them, as behind Envoy), then
+    /// Runs the route's plugins on the request before anything goes upstream: loads the
+    /// request head with the forwarding headers (plugins see them, as behind Envoy), runs
     /// `on_request_headers` in order; if a plugin waits for the body, reads the whole body
-    /// (up to 64 KiB, what pingora can replay) and runs `on_request_body`; then writes the
-    /// plugins' changes back into the request. `Some(reply)`: answer with it instead.
+    /// (up to [`PREREAD_MAX`], what pingora can replay) and runs `on_request_body`; then writes
+    /// the plugins' changes back into the request. `Some(reply)`: answer with it instead.
     async fn run_request_plugins(
         &self,
         session: &mut Session,
@@ -124,84 +125,87 @@ impl SluiceProxy {
         let plugins = route.plugins.clone();
         let route_name = route.name.clone();
         let ip = client_ip(session);
-        // Plugins see the forwarding headers (as behind Envoy); they go on the request only
-        // if a plugin changed one, else on the upstream copy as for routes without plugins.
         let forwarding = Forwarding::new(session.req_header(), ctx.new_id.as_ref(), ip, self.tls);
         let id = ctx.request_id(session).unwrap_or("").to_string();
         let info = request_info(session, &route_name, &id, self.tls);
-        let mut chain = match Chain::new(&plugins, info) {
-            Ok(c) => c,
+        let mut ex = match Exchange::start(&plugins, info) {
+            Ok(e) => e,
             Err(reply) => return Ok(Some(reply)),
         };
-        chain.load_request(
+        ex.load_request(
             session.req_header(),
             if self.tls { "https" } else { "http" },
-            forwarding.headers(),
+            &forwarding,
         );
         let no_body = session.is_body_empty();
-        let outcome = match while_client_waits(session, chain.request_headers(no_body)).await {
-            Ok(o) => o,
-            Err(gone) => {
-                // on_log, on_done and on_delete still run, when the request ends.
-                ctx.chain = Some(chain);
-                return Err(gone);
-            }
-        };
-        let reply = match outcome {
+        let head = while_client_waits(session, ex.request_headers(no_body)).await;
+        // From here on, on_log, on_done and on_delete run when the request ends, whatever
+        // happens.
+        let ex = ctx.exchange.insert(ex);
+        let reply = match head? {
             Err(reply) => Some(reply),
-            Ok(HeadersDone::Continue) => None,
-            Ok(HeadersDone::NeedBody) => {
-                match self.read_body_for_plugins(session, &mut chain).await? {
-                    Ok(body) => {
-                        ctx.prebody = Some(Bytes::from(body));
-                        None
+            Ok(Head::Forward) => None,
+            Ok(Head::NeedBody) => {
+                session.as_mut().enable_retry_buffering();
+                let mut body = Vec::new();
+                // Past PREREAD_MAX the exchange answers 413.
+                while let Some(chunk) = session.read_request_body().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > PREREAD_MAX {
+                        break;
                     }
-                    Err(reply) => Some(reply),
                 }
+                while_client_waits(session, ex.whole_request_body(body))
+                    .await?
+                    .err()
             }
         };
         if reply.is_none() {
-            if [X_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO]
-                .iter()
-                .any(|n| chain.request_header_changed(n.as_bytes()))
-            {
-                forwarding.apply(session.req_header_mut())?;
-                ctx.forwarded_early = true;
-            }
-            chain.apply_request(session.req_header_mut())?;
-            if let Some(pre) = &ctx.prebody {
-                let req = session.req_header_mut();
-                req.remove_header(&http::header::TRANSFER_ENCODING);
-                req.insert_header(http::header::CONTENT_LENGTH, pre.len())?;
-            }
+            ex.apply_request(session.req_header_mut(), &forwarding)?;
         }
-        ctx.chain = Some(chain);
         Ok(reply)
     }
 
-    /// Reads the whole request body for a plugin that holds the request until it has it.
-    async fn read_body_for_plugins(
+    /// Sends what `reply` becomes (see [`Exchange::answer`]): a response, or a stream reset.
+    /// `keepalive`: the connection may serve another request after it (a reply before the
+    /// request went upstream). Returns the status sent (0: reset).
+    async fn answer(
         &self,
         session: &mut Session,
-        chain: &mut Chain,
-    ) -> Result<std::result::Result<Vec<u8>, Reply>> {
-        session.as_mut().enable_retry_buffering();
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() > PREREAD_MAX {
-                return Ok(Err(Reply {
-                    status: 413,
-                    headers: vec![(b"content-type".to_vec(), b"text/plain; charset=utf-8".to_vec())],
-                    body: Bytes::from(format!(
-                        "413 Content Too Large: a plugin inspects this request's body before forwarding it, which is limited to {} KiB\n",
-                        PREREAD_MAX / 1024
-                    )),
-                    plugin: String::new(),
-                }));
+        ctx: &mut RequestCtx,
+        reply: Reply,
+        keepalive: bool,
+    ) -> u16 {
+        let id = ctx.request_id(session).map(str::to_string);
+        let answer = match ctx.exchange.as_mut() {
+            Some(ex) => ex.answer(reply, id.as_deref()).await,
+            None => match reply_parts(&reply, id.as_deref()) {
+                Ok((resp, body)) => Answer::Send(Box::new(resp), body),
+                Err(_) => Answer::Reset,
+            },
+        };
+        match answer {
+            Answer::Send(resp, body) => {
+                let status = resp.status.as_u16();
+                let sent = if keepalive {
+                    match session.write_response_header(resp, false).await {
+                        Ok(()) => session.write_response_body(Some(body), true).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    session.write_error_response(*resp, body).await
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "could not send the plugin's reply");
+                }
+                status
+            }
+            Answer::Reset => {
+                session.set_keepalive(None);
+                session.downstream_session.shutdown().await;
+                0
             }
         }
-        while_client_waits(session, chain.request_body_complete(body)).await
     }
 }
 
@@ -246,16 +250,14 @@ pub struct RequestCtx {
     attempt_open: bool,
     /// The id Sluice made for this request, when the client sent no valid one.
     new_id: Option<RequestId>,
-    /// The route's plugins for this request (routes with plugins only).
-    chain: Option<Chain>,
+    /// The request's exchange with the route's plugins (routes with plugins only).
+    exchange: Option<Exchange>,
     /// A reply a plugin phase decided on, sent by `fail_to_proxy`.
     reply: Option<Reply>,
-    /// The request body, read and processed before forwarding (a plugin held it).
-    prebody: Option<Bytes>,
+    /// The reply went out already (or the stream was reset).
+    replied: bool,
     /// Request body bytes seen so far (for the listener's body limit).
     body_bytes: u64,
-    /// The forwarding headers are on the client's request already (a plugin changed one).
-    forwarded_early: bool,
     start: Instant,
     _in_flight: InFlight,
 }
@@ -310,10 +312,17 @@ fn valid_request_id(v: &[u8]) -> bool {
 
 /// A request id made by Sluice: 32 random hex digits, kept inline (no allocation).
 #[derive(Clone, Copy)]
-pub(crate) struct RequestId([u8; 32]);
+pub struct RequestId([u8; 32]);
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
 
 impl RequestId {
-    pub(crate) fn new() -> Self {
+    /// A new random id.
+    pub fn new() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let r = fastrand::u128(..);
         let mut out = [0u8; 32];
@@ -323,13 +332,14 @@ impl RequestId {
         RequestId(out)
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
 /// The forwarding headers Sluice sets on the upstream request.
-pub(crate) struct Forwarding {
+pub struct Forwarding {
     /// `x-request-id`, when Sluice made the id.
     request_id: Option<RequestId>,
     /// `x-forwarded-for`: what the client sent, with its address appended.
@@ -339,7 +349,8 @@ pub(crate) struct Forwarding {
 }
 
 impl Forwarding {
-    pub(crate) fn new(
+    /// The headers for `req` from `client` (`new_id`: the id Sluice made, if any).
+    pub fn new(
         req: &RequestHeader,
         new_id: Option<&RequestId>,
         client: Option<IpAddr>,
@@ -369,7 +380,7 @@ impl Forwarding {
     }
 
     /// `(name, value)` of each header to set.
-    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         [
             self.request_id
                 .as_ref()
@@ -383,7 +394,8 @@ impl Forwarding {
         .flatten()
     }
 
-    pub(crate) fn apply(&self, req: &mut RequestHeader) -> Result<()> {
+    /// Sets them on `req`.
+    pub fn apply(&self, req: &mut RequestHeader) -> Result<()> {
         for (name, value) in self.headers() {
             req.insert_header(name, value)?;
         }
@@ -400,27 +412,6 @@ fn add_forwarding(
     tls: bool,
 ) -> Result<()> {
     Forwarding::new(req, new_id, client, tls).apply(req)
-}
-
-/// Writes a plugin's reply (local response or failure answer).
-async fn send_reply(session: &mut Session, id: Option<&str>, reply: &Reply) -> Result<()> {
-    let resp = reply_header(id, reply)?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(reply.body.clone()), true)
-        .await
-}
-
-fn reply_header(id: Option<&str>, reply: &Reply) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
-    for (k, v) in &reply.headers {
-        resp.append_header(String::from_utf8_lossy(k).into_owned(), v.as_slice())?;
-    }
-    resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
-    if let Some(id) = id {
-        resp.insert_header(X_REQUEST_ID, id.to_string())?;
-    }
-    Ok(resp)
 }
 
 /// The error that makes pingora call `fail_to_proxy`, which sends `ctx.reply`.
@@ -474,9 +465,6 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .parse()
         .ok()
 }
-
-/// Most request body bytes held before forwarding: what pingora can replay to the upstream.
-const PREREAD_MAX: usize = 64 * 1024;
 
 /// Writes a small local text response.
 async fn respond(session: &mut Session, ctx: &RequestCtx, code: u16, body: String) -> Result<()> {
@@ -589,11 +577,10 @@ impl ProxyHttp for SluiceProxy {
             tried: Tried::default(),
             attempt_open: false,
             new_id: None,
-            chain: None,
+            exchange: None,
             reply: None,
-            prebody: None,
+            replied: false,
             body_bytes: 0,
-            forwarded_early: false,
             start: Instant::now(),
             _in_flight: self.state.enter(),
         }
@@ -650,9 +637,9 @@ impl ProxyHttp for SluiceProxy {
         }
         match self.run_request_plugins(session, ctx).await? {
             Some(reply) => {
-                let id = ctx.request_id(session).map(str::to_string);
-                send_reply(session, id.as_deref(), &reply).await?;
+                self.answer(session, ctx, reply.clone(), true).await;
                 ctx.reply = Some(reply);
+                ctx.replied = true;
                 Ok(true)
             }
             None => Ok(false),
@@ -675,16 +662,10 @@ impl ProxyHttp for SluiceProxy {
                 return Err(reply_error(ctx, Reply::text(413, "", why)));
             }
         }
-        if let Some(pre) = &ctx.prebody {
-            // The body was read and processed before forwarding; pingora replays what it
-            // read, which is replaced by the processed body.
-            *body = end_of_stream.then(|| pre.clone());
-            return Ok(());
-        }
-        let Some(chain) = ctx.chain.as_mut() else {
+        let Some(ex) = ctx.exchange.as_mut() else {
             return Ok(());
         };
-        if let Err(reply) = chain.request_body(body, end_of_stream).await {
+        if let Err(reply) = ex.request_body(body, end_of_stream).await {
             return Err(reply_error(ctx, reply));
         }
         Ok(())
@@ -700,33 +681,13 @@ impl ProxyHttp for SluiceProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(chain) = ctx.chain.as_mut() else {
+        let Some(ex) = ctx.exchange.as_mut() else {
             return Ok(());
         };
-        let code = upstream_response.status.as_u16();
-        let no_body = session.req_header().method == http::Method::HEAD
-            || code == 204
-            || code == 304
-            || (100..200).contains(&code)
-            || content_length(&upstream_response.headers) == Some(0);
-        chain.load_response(upstream_response);
-        if let Err(reply) = chain.response_headers(no_body).await {
+        let head = session.req_header().method == http::Method::HEAD;
+        let h2 = session.req_header().version == http::Version::HTTP_2;
+        if let Err(reply) = ex.response_head(upstream_response, head, h2).await {
             return Err(reply_error(ctx, reply));
-        }
-        chain.apply_response(upstream_response)?;
-        if !no_body {
-            // As for requests: a plugin that changes the body's length has removed
-            // content-length; a kept one is checked as the body flows.
-            let declared = content_length(&upstream_response.headers);
-            if declared.is_none()
-                && !upstream_response
-                    .headers
-                    .contains_key(http::header::TRANSFER_ENCODING)
-                && session.req_header().version != http::Version::HTTP_2
-            {
-                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            }
-            chain.set_declared_length(BodyKind::Response, declared);
         }
         Ok(())
     }
@@ -741,8 +702,8 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(chain) = ctx.chain.as_mut() {
-            if let Err(reply) = chain.response_body(body, end_of_stream) {
+        if let Some(ex) = ctx.exchange.as_mut() {
+            if let Err(reply) = ex.response_body(body, end_of_stream) {
                 // Sent by fail_to_proxy if the header has not gone out yet; else the response
                 // is cut.
                 tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed during the response body");
@@ -793,8 +754,8 @@ impl ProxyHttp for SluiceProxy {
         ctx.tried.insert(idx);
         ctx.endpoint = Some(idx);
         ctx.attempt_open = true;
-        if let Some(chain) = ctx.chain.as_mut() {
-            chain.stream().info.upstream_address = Some(pool.endpoints[idx].addr.to_string());
+        if let Some(ex) = ctx.exchange.as_mut() {
+            ex.stream().info.upstream_address = Some(pool.endpoints[idx].addr.to_string());
         }
         Ok(pool.endpoints[idx].peer())
     }
@@ -832,7 +793,7 @@ impl ProxyHttp for SluiceProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !ctx.forwarded_early {
+        if !ctx.exchange.as_ref().is_some_and(Exchange::forwarded_early) {
             add_forwarding(
                 upstream_request,
                 ctx.new_id.as_ref(),
@@ -840,21 +801,8 @@ impl ProxyHttp for SluiceProxy {
                 self.tls,
             )?;
         }
-        if let Some(chain) = ctx.chain.as_mut() {
-            if ctx.prebody.is_none() && !session.is_body_empty() {
-                // A plugin that changes the body's length removes content-length first (as on
-                // Envoy); the body then goes chunked. A kept one is checked as the body flows.
-                let declared = content_length(&upstream_request.headers);
-                if declared.is_none()
-                    && !upstream_request
-                        .headers
-                        .contains_key(http::header::TRANSFER_ENCODING)
-                    && upstream_request.version != http::Version::HTTP_2
-                {
-                    upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-                }
-                chain.set_declared_length(BodyKind::Request, declared);
-            }
+        if let Some(ex) = ctx.exchange.as_mut() {
+            ex.upstream_request(upstream_request, !session.is_body_empty())?;
         }
         if let Some(route) = ctx.route() {
             match &route.pool.host_header {
@@ -892,16 +840,19 @@ impl ProxyHttp for SluiceProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(reply) = &ctx.reply {
-            let sent = match reply_header(ctx.request_id(session), reply) {
-                Ok(resp) => session.write_error_response(resp, reply.body.clone()).await,
-                Err(e) => Err(e),
+        if let Some(reply) = ctx.reply.clone() {
+            let error_code = if ctx.replied {
+                reply.status
+            } else if session.response_written().is_some() {
+                // The head went out: the response can only be cut.
+                session.downstream_session.shutdown().await;
+                0
+            } else {
+                ctx.replied = true;
+                self.answer(session, ctx, reply, false).await
             };
-            if let Err(err) = sent {
-                tracing::debug!(error = %err, "could not send the plugin's reply");
-            }
             return FailToProxy {
-                error_code: reply.status,
+                error_code,
                 can_reuse_downstream: false,
             };
         }
@@ -934,8 +885,8 @@ impl ProxyHttp for SluiceProxy {
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if let Some(chain) = ctx.chain.as_mut() {
-            chain.log(status);
+        if let Some(ex) = ctx.exchange.as_mut() {
+            ex.log(status);
         }
         let elapsed = ctx.start.elapsed();
         let route = ctx.route();

@@ -27,14 +27,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::chain::{Chain, HeadersDone, Reply};
+use crate::chain::Reply;
 use crate::config::{Balancing, HostHeader, Upstream};
-use crate::proxy::{content_length, Forwarding, RequestId};
+use crate::exchange::{reply_parts, response_has_body, Answer, Exchange, Head};
+use crate::proxy::{Forwarding, RequestId};
 use crate::upstream::Pool;
 use crate::wasm::plugin::{Plugin, PluginError};
 use crate::wasm::sanitize::Sanitizer;
 use crate::wasm::settings::{FailurePolicy, Limits, PluginSettings};
-use crate::wasm::stream::{BodyKind, RequestInfo};
+use crate::wasm::stream::RequestInfo;
 
 pub use capture::LogLine;
 
@@ -282,6 +283,9 @@ pub struct Outcome {
     pub local: bool,
     /// The response was cut after its header went out (a failure in the body phase).
     pub cut: bool,
+    /// A plugin reset the stream (`proxy_close_stream`): the client got no response (HTTP/2
+    /// `RST_STREAM`, HTTP/1 a closed connection); `response` is empty.
+    pub reset: bool,
 }
 
 /// A loaded plugin, ready to run requests.
@@ -447,6 +451,7 @@ impl Kit {
             .sum()
     }
 
+    /// One request, driven hook by hook through the same [`Exchange`] the proxy drives.
     async fn run_async(&self, t: &TestRequest, upstream: &TestResponse) -> Outcome {
         let mut req = request_header(t);
         let new_id = (!req.headers.contains_key("x-request-id")).then(RequestId::new);
@@ -469,54 +474,48 @@ impl Kit {
             response_code: None,
         };
         let forwarding = Forwarding::new(&req, new_id.as_ref(), Some(t.client.ip()), false);
-        let mut chain = match Chain::new(std::slice::from_ref(&self.plugin), info) {
-            Ok(c) => c,
-            Err(reply) => return local(&reply, &id),
+        let mut ex = match Exchange::start(std::slice::from_ref(&self.plugin), info) {
+            Ok(e) => e,
+            Err(reply) => {
+                return match reply_parts(&reply, Some(&id)) {
+                    Ok((resp, body)) => local(Answer::Send(Box::new(resp), body), None),
+                    Err(_) => local(Answer::Reset, None),
+                }
+            }
         };
-        chain.load_request(&req, "http", forwarding.headers());
-        let no_body = t.body.is_empty();
-        let mut prebody = None;
-        match chain.request_headers(no_body).await {
-            Err(reply) => return finish_local(chain, &reply, &id),
-            Ok(HeadersDone::Continue) => {}
-            Ok(HeadersDone::NeedBody) => match chain.request_body_complete(t.body.clone()).await {
-                Ok(body) => prebody = Some(body),
-                Err(reply) => return finish_local(chain, &reply, &id),
-            },
+        ex.load_request(&req, "http", &forwarding);
+        let has_body = !t.body.is_empty();
+        let head = match ex.request_headers(!has_body).await {
+            Ok(h) => h,
+            Err(reply) => return finish(ex, reply, &id, None).await,
+        };
+        if head == Head::NeedBody {
+            if let Err(reply) = ex.whole_request_body(t.body.clone()).await {
+                return finish(ex, reply, &id, None).await;
+            }
         }
-        let forwarded_early = ["x-request-id", "x-forwarded-for", "x-forwarded-proto"]
-            .iter()
-            .any(|n| chain.request_header_changed(n.as_bytes()));
-        if forwarded_early {
-            let _ = forwarding.apply(&mut req);
-        }
-        if let Err(e) = chain.apply_request(&mut req) {
-            return finish_local(chain, &Reply::internal(&e.to_string()), &id);
+        if let Err(e) = ex.apply_request(&mut req, &forwarding) {
+            return finish(ex, Reply::internal(&e.to_string()), &id, None).await;
         }
         let mut upstream_req = req.clone();
-        if !forwarded_early {
+        if !ex.forwarded_early() {
             let _ = forwarding.apply(&mut upstream_req);
         }
-        let body = match prebody {
-            Some(b) => {
-                let _ = upstream_req.insert_header("content-length", b.len());
-                upstream_req.remove_header("transfer-encoding");
-                b
-            }
-            None if !no_body => {
-                chain.set_declared_length(BodyKind::Request, content_length(&upstream_req.headers));
-                let mut out = Vec::new();
-                for (chunk, end) in parts(&t.body, t.chunk) {
-                    let mut c = Some(Bytes::copy_from_slice(chunk));
-                    if let Err(reply) = chain.request_body(&mut c, end).await {
-                        return finish_local(chain, &reply, &id);
-                    }
-                    out.extend_from_slice(c.as_deref().unwrap_or_default());
+        if let Err(e) = ex.upstream_request(&mut upstream_req, has_body) {
+            return finish(ex, Reply::internal(&e.to_string()), &id, None).await;
+        }
+        let mut body = Vec::new();
+        if has_body {
+            // After a whole-body read, pingora replays it as one part.
+            let size = if head == Head::NeedBody { 0 } else { t.chunk };
+            for (chunk, end) in parts(&t.body, size) {
+                let mut c = Some(Bytes::copy_from_slice(chunk));
+                if let Err(reply) = ex.request_body(&mut c, end).await {
+                    return finish(ex, reply, &id, None).await;
                 }
-                out
+                body.extend_from_slice(c.as_deref().unwrap_or_default());
             }
-            None => Vec::new(),
-        };
+        }
         let forwarded = Some(Message {
             status: 0,
             method: upstream_req.method.as_str().to_string(),
@@ -527,35 +526,22 @@ impl Kit {
             headers: header_list(&upstream_req.headers),
             body,
         });
-        chain.stream().info.upstream_address = Some("127.0.0.1:1".into());
+        ex.stream().info.upstream_address = Some("127.0.0.1:1".into());
 
         let mut resp = response_header(upstream);
-        let no_body = upstream.body.is_empty() && !upstream.chunked
-            || t.method.eq_ignore_ascii_case("HEAD")
-            || matches!(upstream.status, 204 | 304);
-        chain.load_response(&resp);
-        if let Err(reply) = chain.response_headers(no_body).await {
-            let mut o = finish_local(chain, &reply, &id);
-            o.forwarded = forwarded;
-            return o;
-        }
-        if let Err(e) = chain.apply_response(&mut resp) {
-            let mut o = finish_local(chain, &Reply::internal(&e.to_string()), &id);
-            o.forwarded = forwarded;
-            return o;
+        let head_request = t.method.eq_ignore_ascii_case("HEAD");
+        if let Err(reply) = ex.response_head(&mut resp, head_request, false).await {
+            return finish(ex, reply, &id, forwarded).await;
         }
         let mut body = Vec::new();
         let mut cut = false;
-        if !no_body {
-            chain.set_declared_length(BodyKind::Response, content_length(&resp.headers));
+        if response_has_body(head_request, &resp) {
             for (chunk, end) in parts(&upstream.body, upstream.chunk) {
                 let mut c = Some(Bytes::copy_from_slice(chunk));
-                if let Err(reply) = chain.response_body(&mut c, end) {
+                if let Err(reply) = ex.response_body(&mut c, end) {
                     // The header is out once the first part is: the proxy can only cut.
                     if body.is_empty() {
-                        let mut o = finish_local(chain, &reply, &id);
-                        o.forwarded = forwarded;
-                        return o;
+                        return finish(ex, reply, &id, forwarded).await;
                     }
                     cut = true;
                     break;
@@ -564,8 +550,8 @@ impl Kit {
             }
         }
         let status = resp.status.as_u16();
-        chain.log(status);
-        drop(chain);
+        ex.log(status);
+        drop(ex);
         Outcome {
             forwarded,
             response: Message {
@@ -576,6 +562,7 @@ impl Kit {
             },
             local: false,
             cut,
+            reset: false,
         }
     }
 }
@@ -652,37 +639,41 @@ fn header_list(h: &http::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The client's response for a plugin's reply, as the proxy sends it.
-fn local(reply: &Reply, id: &str) -> Outcome {
-    let mut headers: Vec<(String, String)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(k).to_ascii_lowercase(),
-                String::from_utf8_lossy(v).into_owned(),
-            )
-        })
-        .collect();
-    headers.push(("content-length".into(), reply.body.len().to_string()));
-    headers.push(("x-request-id".into(), id.to_string()));
-    Outcome {
-        forwarded: None,
-        response: Message {
-            status: reply.status,
-            headers,
-            body: reply.body.to_vec(),
-            ..Message::default()
+/// The client's side of a reply: a response, or a reset stream.
+fn local(answer: Answer, forwarded: Option<Message>) -> Outcome {
+    match answer {
+        Answer::Send(resp, body) => Outcome {
+            forwarded,
+            response: Message {
+                status: resp.status.as_u16(),
+                headers: header_list(&resp.headers),
+                body: body.to_vec(),
+                ..Message::default()
+            },
+            local: true,
+            cut: false,
+            reset: false,
         },
-        local: true,
-        cut: false,
+        Answer::Reset => Outcome {
+            forwarded,
+            response: Message::default(),
+            local: true,
+            cut: false,
+            reset: true,
+        },
     }
 }
 
-fn finish_local(mut chain: Chain, reply: &Reply, id: &str) -> Outcome {
-    chain.log(reply.status);
-    drop(chain);
-    local(reply, id)
+/// Sends `reply` as the proxy does (see [`Exchange::answer`]), then ends the request.
+async fn finish(mut ex: Exchange, reply: Reply, id: &str, forwarded: Option<Message>) -> Outcome {
+    let answer = ex.answer(reply, Some(id)).await;
+    let status = match &answer {
+        Answer::Send(resp, _) => resp.status.as_u16(),
+        Answer::Reset => 0,
+    };
+    ex.log(status);
+    drop(ex);
+    local(answer, forwarded)
 }
 
 /// Builds the `.wasm` of the plugin crate at `manifest_dir` (`cargo build --release --target

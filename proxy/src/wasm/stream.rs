@@ -115,6 +115,9 @@ pub struct Stream {
     pub pending_callouts: u32,
     /// Callouts this request made (capped per plugin by `limits.max_callouts`).
     pub callouts_made: u32,
+    /// `on_log` is running: a value that does not exist (the client left before any response)
+    /// is `NOT_FOUND`, as on the reference host.
+    pub log_phase: bool,
 }
 
 /// Header names plugins changed, so that only those are written back to pingora's header.

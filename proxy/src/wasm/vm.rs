@@ -197,6 +197,11 @@ pub struct VmState {
     pub context: u32,
     /// The request being served by the current callback, if any.
     pub stream: Option<Box<Stream>>,
+    /// The context id `stream` belongs to in this VM (valid while `stream` is `Some`).
+    pub stream_context: u32,
+    /// A paused request a root callback switched to (`proxy_set_effective_context`): its
+    /// stream is in `stream` until it is given back when the call ends.
+    pub borrowed: Option<Arc<Parked>>,
     /// The HTTP-call response visible during `on_http_call_response`.
     pub callout_response: Option<CalloutResponse>,
     /// Where callouts made during the current callback report.
@@ -238,6 +243,8 @@ impl VmState {
             root_id: 1,
             context: 1,
             stream: None,
+            stream_context: 0,
+            borrowed: None,
             callout_response: None,
             callout_sink: None,
             member: 0,
@@ -251,6 +258,16 @@ impl VmState {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store
+    }
+}
+
+impl VmState {
+    /// Gives a paused request's state back to its chain (see [`Parked`]).
+    pub fn give_back(&mut self) {
+        if let Some(p) = self.borrowed.take() {
+            p.give_back(self.stream.take());
+            self.context = self.root_id;
+        }
     }
 }
 
@@ -335,6 +352,56 @@ pub enum RootEvent {
     QueueReady(u32),
 }
 
+/// A request paused by a plugin of this VM, its state left where root-context callbacks
+/// (`on_tick`, `on_queue_ready`, a root callout's response) can reach it: after
+/// `proxy_set_effective_context(id)` they read and change it and may resume it, as on the
+/// reference host. The request's chain waits on `notify` and takes its state back when it
+/// wakes.
+pub struct Parked {
+    /// The stream context id in this VM.
+    pub id: u32,
+    /// The request's state; `None` while a root callback has it.
+    stream: Mutex<Option<Box<Stream>>>,
+    /// Signalled when a root callback gives the state back.
+    pub notify: tokio::sync::Notify,
+}
+
+impl Parked {
+    /// Parks `stream` for context `id`.
+    pub fn new(id: u32, stream: Option<Box<Stream>>) -> Arc<Parked> {
+        Arc::new(Parked {
+            id,
+            stream: Mutex::new(stream),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Box<Stream>>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the state back once no root callback holds it (after [`Vm::unpark`], no new one
+    /// can take it).
+    pub async fn take_back(&self) -> Option<Box<Stream>> {
+        loop {
+            if let Some(s) = self.slot().take() {
+                return Some(s);
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Takes the state back now, if no root callback holds it.
+    pub fn try_take(&self) -> Option<Box<Stream>> {
+        self.slot().take()
+    }
+
+    fn give_back(&self, stream: Option<Box<Stream>>) {
+        *self.slot() = stream;
+        self.notify.notify_one();
+    }
+}
+
 /// A stream callback.
 #[derive(Debug, Clone, Copy)]
 pub enum StreamCall {
@@ -377,6 +444,8 @@ pub struct Vm {
     failed: AtomicBool,
     tick_ms: AtomicU32,
     root_events: Mutex<Vec<RootEvent>>,
+    /// Requests paused in this VM, reachable from root callbacks.
+    parked: Mutex<Vec<Arc<Parked>>>,
     contexts: AtomicUsize,
     memory_bytes: Arc<AtomicUsize>,
     plugin: Weak<Plugin>,
@@ -451,6 +520,7 @@ impl Vm {
                 failed: AtomicBool::new(false),
                 tick_ms: AtomicU32::new(0),
                 root_events: Mutex::new(Vec::new()),
+                parked: Mutex::new(Vec::new()),
                 contexts: AtomicUsize::new(0),
                 memory_bytes,
                 plugin,
@@ -534,6 +604,30 @@ impl Vm {
         }
     }
 
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Parked>>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a paused request reachable from this VM's root callbacks.
+    pub fn park(&self, p: Arc<Parked>) {
+        self.parked().push(p);
+    }
+
+    /// Ends [`Vm::park`]: no root callback can take the state after this returns (one that
+    /// holds it gives it back when its call ends).
+    pub fn unpark(&self, p: &Arc<Parked>) {
+        self.parked().retain(|q| !Arc::ptr_eq(q, p));
+    }
+
+    /// The state of paused context `id`, taken for a root callback (`None`: no request of
+    /// this VM is paused under that id).
+    pub fn borrow_parked(&self, id: u32) -> Option<(Arc<Parked>, Box<Stream>)> {
+        let parked = self.parked();
+        let p = parked.iter().find(|p| p.id == id)?;
+        let s = p.slot().take()?;
+        Some((p.clone(), s))
+    }
+
     /// Creates a stream context; returns its id.
     pub fn create_context(self: &Arc<Self>) -> Result<u32, GuestError> {
         if self.is_failed() {
@@ -584,9 +678,16 @@ impl Vm {
             return Ok(0);
         }
         let mut inner = self.lock();
+        let root = inner.store.data().root_id;
         {
             let data = inner.store.data_mut();
-            data.context = id;
+            // ABI v0.2.1 delivers a callout's response to the root context (the SDKs find
+            // the request by its token and switch to it with proxy_set_effective_context).
+            data.context = match call {
+                StreamCall::HttpCallResponse(..) => root,
+                _ => id,
+            };
+            data.stream_context = id;
             data.stream = stream.take();
             data.callout_sink = Some(sink.clone());
             data.member = member;
@@ -629,7 +730,7 @@ impl Vm {
                     http_call_response: Some(f),
                     ..
                 },
-            ) => guest_call(i, m, phase, f, (id, token, nh, len, nt)).map(|()| 0),
+            ) => guest_call(i, m, phase, f, (root, token, nh, len, nt)).map(|()| 0),
             (StreamCall::Log, Exports { log: Some(f), .. }) => {
                 guest_call(i, m, phase, f, id).map(|()| 0)
             }
@@ -786,6 +887,7 @@ impl Vm {
             let data = inner.store.data_mut();
             data.callout_sink = None;
             data.callout_response = None;
+            data.give_back();
             data.tick_period_ms
         };
         drop(inner);

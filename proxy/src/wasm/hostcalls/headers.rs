@@ -62,6 +62,22 @@ struct View<'a> {
     changes: Option<&'a mut Changes>,
 }
 
+/// What [`view`] answers for a map that does not exist in the current state (no request in a
+/// root callback; no response yet). Each call turns it into the reference host's status: an
+/// empty map for `get_header_map_pairs`; `NOT_FOUND` from `get_header_map_value` in `on_log`
+/// (a value that does not exist: the client may have left before any response),
+/// `BAD_ARGUMENT` anywhere else.
+const UNAVAILABLE: Status = Status::Empty;
+
+/// `BAD_ARGUMENT` for a map that is not available (see [`UNAVAILABLE`]).
+fn unavailable_is_bad(s: Status) -> Status {
+    if s == UNAVAILABLE {
+        Status::BadArgument
+    } else {
+        s
+    }
+}
+
 fn view(state: &mut VmState, map: u32) -> Result<View<'_>, Status> {
     let map = MapType::try_from(map).map_err(|_| Status::BadArgument)?;
     match map {
@@ -81,7 +97,7 @@ fn view(state: &mut VmState, map: u32) -> Result<View<'_>, Status> {
         }
         MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => Err(Status::BadArgument),
         _ => {
-            let s = state.stream.as_deref_mut().ok_or(Status::BadArgument)?;
+            let s = state.stream.as_deref_mut().ok_or(UNAVAILABLE)?;
             Ok(match map {
                 MapType::RequestHeaders => View {
                     list: &mut s.request_headers,
@@ -99,7 +115,7 @@ fn view(state: &mut VmState, map: u32) -> Result<View<'_>, Status> {
                 },
                 MapType::ResponseHeaders => {
                     if s.response_headers.is_empty() {
-                        return Err(Status::BadArgument);
+                        return Err(UNAVAILABLE);
                     }
                     View {
                         list: &mut s.response_headers,
@@ -136,6 +152,8 @@ fn encode_visible(state: &mut VmState, map: u32) -> Result<Vec<u8>, Status> {
 fn get_pairs(mut c: C<'_>, map: u32, ret_ptr: u32, ret_len: u32) -> HostResult {
     match encode_visible(c.data_mut(), map) {
         Ok(bytes) => give_status(&mut c, &bytes, ret_ptr, ret_len),
+        // A map that does not exist (yet) reads as empty.
+        Err(UNAVAILABLE) => give_status(&mut c, &[0, 0, 0, 0], ret_ptr, ret_len),
         Err(s) => Ok(st(s)),
     }
 }
@@ -143,7 +161,7 @@ fn get_pairs(mut c: C<'_>, map: u32, ret_ptr: u32, ret_len: u32) -> HostResult {
 fn get_size(mut c: C<'_>, map: u32, ret: u32) -> HostResult {
     match encode_visible(c.data_mut(), map) {
         Ok(bytes) => done(put_u32(&mut c, ret, bytes.len() as u32)),
-        Err(s) => Ok(st(s)),
+        Err(s) => Ok(st(unavailable_is_bad(s))),
     }
 }
 
@@ -154,6 +172,7 @@ fn get_value(mut c: C<'_>, map: u32, kp: u32, kl: u32, ret_ptr: u32, ret_len: u3
     };
     let state = c.data_mut();
     let settings = state.settings.clone();
+    let log_phase = state.stream.as_deref().is_some_and(|s| s.log_phase);
     let value = match view(state, map) {
         Ok(v) => {
             if v.sanitized && settings.sanitizer.hides(&key) {
@@ -162,7 +181,8 @@ fn get_value(mut c: C<'_>, map: u32, kp: u32, kl: u32, ret_ptr: u32, ret_len: u3
                 list_get(v.list, &key).map(<[u8]>::to_vec)
             }
         }
-        Err(s) => return Ok(st(s)),
+        Err(UNAVAILABLE) if log_phase => None,
+        Err(s) => return Ok(st(unavailable_is_bad(s))),
     };
     match value {
         Some(v) => give_status(&mut c, &v, ret_ptr, ret_len),
@@ -247,7 +267,7 @@ fn write_value(
     let hidden = {
         let v = match view(state, map) {
             Ok(v) => v,
-            Err(s) => return Ok(st(s)),
+            Err(s) => return Ok(st(unavailable_is_bad(s))),
         };
         if v.read_only {
             return Ok(st(Status::BadArgument));
@@ -259,7 +279,7 @@ fn write_value(
     }
     let v = match view(c.data_mut(), map) {
         Ok(v) => v,
-        Err(s) => return Ok(st(s)),
+        Err(s) => return Ok(st(unavailable_is_bad(s))),
     };
     if !v.writable {
         // The headers already went out (or the map is not forwarded): nothing to change.
@@ -319,7 +339,7 @@ fn set_pairs(mut c: C<'_>, map: u32, ptr: u32, len: u32) -> HostResult {
     }
     let v = match view(state, map) {
         Ok(v) => v,
-        Err(s) => return Ok(st(s)),
+        Err(s) => return Ok(st(unavailable_is_bad(s))),
     };
     if v.read_only {
         return Ok(st(Status::BadArgument));

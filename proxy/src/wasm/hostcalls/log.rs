@@ -52,17 +52,7 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         ENV,
         "proxy_set_effective_context",
-        |mut c: C<'_>, ctx: u32| -> HostResult {
-            // The SDKs switch to the context a callout belongs to before touching its request.
-            // Only the root context and the contexts of the request being served are valid.
-            let data = c.data_mut();
-            if ctx == data.root_id || ctx == data.context || data.stream.is_some() {
-                data.context = ctx;
-                Ok(st(Status::Ok))
-            } else {
-                Ok(st(Status::BadArgument))
-            }
-        },
+        |mut c: C<'_>, ctx: u32| -> HostResult { Ok(st(set_effective_context(c.data_mut(), ctx))) },
     )?;
     Ok(())
 }
@@ -109,4 +99,40 @@ fn proxy_log(mut c: C<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
         }
     }
     Ok(st(Status::Ok))
+}
+
+/// `proxy_set_effective_context`. The SDKs switch to the context a callout belongs to before
+/// touching its request, and root callbacks (`on_tick`, …) switch to a request they paused to
+/// resume it. Valid: the root context; during a stream callback, the request being served;
+/// during a root callback, any request paused by this VM (its state is taken from where the
+/// request waits, and given back when the callback returns or switches again).
+fn set_effective_context(data: &mut VmState, ctx: u32) -> Status {
+    if ctx == data.root_id {
+        data.give_back();
+        data.context = ctx;
+        return Status::Ok;
+    }
+    if data.stream.is_some() && ctx == data.stream_context {
+        data.context = ctx;
+        return Status::Ok;
+    }
+    if data.stream.is_some() && data.borrowed.is_none() {
+        // A stream callback of another request: the reference host would switch, but that
+        // request's state is not reachable from here.
+        return Status::BadArgument;
+    }
+    let Some(vm) = data.vm.upgrade() else {
+        return Status::BadArgument;
+    };
+    data.give_back();
+    match vm.borrow_parked(ctx) {
+        Some((parked, stream)) => {
+            data.stream = Some(stream);
+            data.stream_context = ctx;
+            data.borrowed = Some(parked);
+            data.context = ctx;
+            Status::Ok
+        }
+        None => Status::BadArgument,
+    }
 }
