@@ -435,6 +435,18 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
         conn = crate::hash::fnv1a64_update(conn, &ip);
         conn = crate::hash::fnv1a64_update(conn, &a.port().to_be_bytes());
     }
+    // The TLS version is in the connection's digest (HTTP/1 and HTTP/2). The SNI is on the TLS
+    // stream, which pingora exposes for HTTP/1 sessions only; over HTTP/2 it is known if the
+    // listener's handshake callback kept it (as a `String`) in the digest's extension.
+    let downstream = session.as_downstream();
+    let ssl = downstream.digest().and_then(|d| d.ssl_digest.as_deref());
+    let requested_server_name = downstream
+        .stream()
+        .and_then(|s| s.get_ssl())
+        .and_then(|t| t.server_name())
+        .or_else(|| ssl.and_then(|d| d.extension.get::<String>().map(String::as_str)))
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
     RequestInfo {
         protocol: match req.version {
             http::Version::HTTP_2 => "HTTP/2",
@@ -452,6 +464,10 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
         route_name: route.to_string(),
         upstream_address: None,
         response_code: None,
+        start: Some(Instant::now()),
+        requested_server_name,
+        tls_version: ssl.and_then(|d| RequestInfo::tls_version_name(&d.version)),
+        ..RequestInfo::default()
     }
 }
 

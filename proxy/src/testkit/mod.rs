@@ -472,6 +472,8 @@ impl Kit {
             route_name: self.route.clone(),
             upstream_address: None,
             response_code: None,
+            start: Some(std::time::Instant::now()),
+            ..RequestInfo::default()
         };
         let forwarding = Forwarding::new(&req, new_id.as_ref(), Some(t.client.ip()), false);
         let mut ex = match Exchange::start(std::slice::from_ref(&self.plugin), info) {

@@ -6,6 +6,7 @@
 //! store and moved back afterwards, so host calls work on it without borrowing request data.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -41,6 +42,92 @@ pub struct RequestInfo {
     pub upstream_address: Option<String>,
     /// The response status, once known.
     pub response_code: Option<u16>,
+    /// Monotonic start of the request, the origin of `request.duration`.
+    pub start: Option<Instant>,
+    /// How long the request took, once it is complete ([`RequestInfo::complete`]).
+    pub duration: Option<Duration>,
+    /// Request body bytes received from the client so far, before plugins change them.
+    pub request_body_bytes: u64,
+    /// Response body bytes sent to the client so far, as sent.
+    pub response_body_bytes: u64,
+    /// Why the response has its status: `via_upstream`, a plugin's local-response details, ….
+    pub response_code_details: Option<String>,
+    /// Envoy's response flags (`RequestInfo::FLAG_*`), or-ed together.
+    pub response_flags: u64,
+    /// The server name the client asked for in its TLS handshake (SNI).
+    pub requested_server_name: Option<String>,
+    /// The client connection's TLS version as OpenSSL names it (`TLSv1.3`); `None` without TLS.
+    pub tls_version: Option<String>,
+    /// The upstream connection's TLS version (`TLSv1.3`); `None` without TLS or upstream.
+    pub upstream_tls_version: Option<String>,
+}
+
+impl RequestInfo {
+    /// `response.flags`: no healthy endpoint to send the request to (Envoy's `UH`).
+    pub const FLAG_NO_HEALTHY_UPSTREAM: u64 = 0x2;
+    /// The upstream did not answer in time (`UT`).
+    pub const FLAG_UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+    /// The proxy reset the stream itself (`LR`).
+    pub const FLAG_LOCAL_RESET: u64 = 0x8;
+    /// The upstream reset the stream (`UR`).
+    pub const FLAG_UPSTREAM_REMOTE_RESET: u64 = 0x10;
+    /// Connecting to the upstream failed (`UF`).
+    pub const FLAG_UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+    /// The upstream connection ended before the response did (`UC`).
+    pub const FLAG_UPSTREAM_CONNECTION_TERMINATION: u64 = 0x40;
+    /// No route matched (`NR`).
+    pub const FLAG_NO_ROUTE_FOUND: u64 = 0x100;
+    /// The client connection ended before the response did (`DC`).
+    pub const FLAG_DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+    /// Every endpoint was tried (`URX`).
+    pub const FLAG_UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
+    /// The client's request was malformed (`DPE`).
+    pub const FLAG_DOWNSTREAM_PROTOCOL_ERROR: u64 = 0x40000;
+    /// The upstream's response was malformed (`UPE`).
+    pub const FLAG_UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
+
+    /// Counts `n` request body bytes received from the client.
+    pub fn add_request_body(&mut self, n: usize) {
+        self.request_body_bytes = self.request_body_bytes.saturating_add(n as u64);
+    }
+
+    /// Counts `n` response body bytes sent to the client.
+    pub fn add_response_body(&mut self, n: usize) {
+        self.response_body_bytes = self.response_body_bytes.saturating_add(n as u64);
+    }
+
+    /// Adds one of the `FLAG_*` bits to `response.flags`.
+    pub fn add_response_flag(&mut self, flag: u64) {
+        self.response_flags |= flag;
+    }
+
+    /// Sets `response.code_details` (the last call wins, as on Envoy).
+    pub fn set_code_details(&mut self, details: impl Into<String>) {
+        self.response_code_details = Some(details.into());
+    }
+
+    /// Marks the request complete: `request.duration` becomes the time since `start`. Only
+    /// the first call counts.
+    pub fn complete(&mut self) {
+        if self.duration.is_none() {
+            self.duration = self.start.map(|s| s.elapsed());
+        }
+    }
+
+    /// Sets `upstream.tls_version` from the name rustls gives the version (`TLSv1_3`).
+    pub fn set_upstream_tls_version(&mut self, rustls_name: &str) {
+        self.upstream_tls_version = Self::tls_version_name(rustls_name);
+    }
+
+    /// A TLS version as OpenSSL and Envoy name it (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`)
+    /// from the name rustls gives it (`TLSv1_0` … `TLSv1_3`); `None` for an empty name.
+    pub fn tls_version_name(rustls_name: &str) -> Option<String> {
+        match rustls_name {
+            "" => None,
+            "TLSv1_0" => Some("TLSv1".into()),
+            other => Some(other.replace('_', ".")),
+        }
+    }
 }
 
 /// A response a plugin asked the host to send instead of going on.

@@ -2097,3 +2097,671 @@ fn sanitizing_holds_for_random_requests_and_grants() {
         t.assert_healthy();
     }
 }
+
+// =============================================================================================
+// Envoy's further properties (issue 13, item 7): request sizes, duration, referer and user
+// agent; response details, flags, gRPC status, trailers and sizes; SNI and TLS versions;
+// upstream port and TLS; node and listener direction. Values are asserted byte for byte.
+// =============================================================================================
+
+/// Adds a `get_property` case for each path; their case numbers, in order.
+fn property_cases(w: &mut Wat, paths: &[&[&str]]) -> Vec<u32> {
+    paths
+        .iter()
+        .map(|p| {
+            let (pp, pl) = w.bytes(&path(p));
+            w.case(c("get_property", &[pp, pl, RP, RL]))
+        })
+        .collect()
+}
+
+impl T {
+    /// Runs a `get_property` case: the value, or the status when it is not OK.
+    fn prop(&mut self, case: u32) -> Result<Vec<u8>, u32> {
+        match self.case(case) {
+            OK => Ok(self.returned()),
+            status => Err(status),
+        }
+    }
+}
+
+fn add_header(list: &mut Vec<(Vec<u8>, Vec<u8>)>, k: &str, v: &str) {
+    list.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+}
+
+/// Names and values of [`VISIBLE`] (pseudo-headers included): 79 bytes.
+const VISIBLE_BYTES: u64 = 79;
+
+#[test]
+fn request_referer_useragent_sizes_and_duration() {
+    let visible: usize = VISIBLE.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert_eq!(visible as u64, VISIBLE_BYTES);
+    let mut w = Wat::new();
+    let [referer, useragent, size, total, duration] = property_cases(
+        &mut w,
+        &[
+            &["request", "referer"],
+            &["request", "useragent"],
+            &["request", "size"],
+            &["request", "total_size"],
+            &["request", "duration"],
+        ],
+    )[..] else {
+        unreachable!()
+    };
+    let mut t = start(&w, settings("hc-props-request"));
+    // Nothing known yet: no such headers, no body, not complete.
+    assert_eq!(t.prop(referer), Err(NOT_FOUND));
+    assert_eq!(t.prop(useragent), Err(NOT_FOUND));
+    assert_eq!(t.prop(size), Ok(0u64.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(total), Ok(VISIBLE_BYTES.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(duration), Err(NOT_FOUND), "the request is not over");
+
+    // From the headers; repeated ones joined by `,` as on Envoy.
+    let h = &mut t.s().request_headers;
+    add_header(h, "Referer", "https://example.org/from");
+    add_header(h, "user-agent", "curl/8.5.0");
+    add_header(h, "User-Agent", "second");
+    assert_eq!(t.prop(referer), Ok(b"https://example.org/from".to_vec()));
+    assert_eq!(t.prop(useragent), Ok(b"curl/8.5.0,second".to_vec()));
+
+    // The body so far, counted chunk by chunk; total = body + visible header bytes.
+    t.s().info.add_request_body(5);
+    t.s().info.add_request_body(7);
+    assert_eq!(t.prop(size), Ok(12u64.to_le_bytes().to_vec()));
+    let added = ("Referer".len()
+        + "https://example.org/from".len()
+        + 2 * "user-agent".len()
+        + "curl/8.5.0".len()
+        + "second".len()) as u64;
+    assert_eq!(
+        t.prop(total),
+        Ok((12 + VISIBLE_BYTES + added).to_le_bytes().to_vec())
+    );
+    // A content-length wins (Envoy's rule); one that is not a number is no size.
+    add_header(&mut t.s().request_headers, "content-length", " 100 ");
+    assert_eq!(t.prop(size), Ok(100u64.to_le_bytes().to_vec()));
+    crate::wasm::stream::list_replace(&mut t.s().request_headers, b"content-length", b"1e3");
+    assert_eq!(t.prop(size), Err(NOT_FOUND));
+    crate::wasm::stream::list_remove(&mut t.s().request_headers, b"content-length");
+    assert_eq!(t.prop(size), Ok(12u64.to_le_bytes().to_vec()));
+
+    // The duration: int64 nanoseconds, once the request is complete; the first end counts.
+    t.s().info.duration = Some(Duration::from_nanos(1_234_567_890));
+    assert_eq!(
+        t.prop(duration),
+        Ok(vec![0xd2, 0x02, 0x96, 0x49, 0, 0, 0, 0]),
+        "1234567890 ns, 8 bytes little-endian"
+    );
+    let info = &mut t.s().info;
+    info.duration = None;
+    info.start = Instant::now().checked_sub(Duration::from_millis(50));
+    info.complete();
+    let took = info.duration.expect("complete() sets the duration");
+    assert!(took >= Duration::from_millis(50), "{took:?}");
+    info.complete();
+    assert_eq!(info.duration, Some(took), "only the first end counts");
+    let want = i64::try_from(took.as_nanos()).unwrap();
+    assert_eq!(t.prop(duration), Ok(want.to_le_bytes().to_vec()));
+    // Without a start there is no duration.
+    let info = &mut t.s().info;
+    info.duration = None;
+    info.start = None;
+    info.complete();
+    assert_eq!(t.prop(duration), Err(NOT_FOUND));
+    t.assert_healthy();
+}
+
+#[test]
+fn response_details_flags_grpc_status_trailers_and_sizes() {
+    let mut w = Wat::new();
+    let [details, flags, grpc, trailers, size, total, code] = property_cases(
+        &mut w,
+        &[
+            &["response", "code_details"],
+            &["response", "flags"],
+            &["response", "grpc_status"],
+            &["response", "trailers"],
+            &["response", "size"],
+            &["response", "total_size"],
+            &["response", "code"],
+        ],
+    )[..] else {
+        unreachable!()
+    };
+    let mut t = start(&w, settings("hc-props-response"));
+    // No response yet: only the flags exist (none set).
+    assert_eq!(t.prop(details), Err(NOT_FOUND));
+    assert_eq!(t.prop(flags), Ok(vec![0; 8]));
+    assert_eq!(t.prop(grpc), Err(NOT_FOUND));
+    assert_eq!(t.prop(trailers), Err(NOT_FOUND));
+    assert_eq!(t.prop(size), Err(NOT_FOUND));
+    assert_eq!(t.prop(total), Err(NOT_FOUND));
+    assert_eq!(t.prop(code), Err(NOT_FOUND));
+
+    let info = &mut t.s().info;
+    info.add_response_flag(RequestInfo::FLAG_UPSTREAM_CONNECTION_FAILURE);
+    info.add_response_flag(RequestInfo::FLAG_NO_HEALTHY_UPSTREAM);
+    info.add_response_flag(RequestInfo::FLAG_UPSTREAM_CONNECTION_FAILURE);
+    info.set_code_details("upstream_reset_before_response_started");
+    info.set_code_details("via_upstream");
+    assert_eq!(t.prop(flags), Ok(vec![0x22, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(
+        t.prop(details),
+        Ok(b"via_upstream".to_vec()),
+        "the last one wins"
+    );
+
+    // The response header phase: no trailers (yet) is an empty map, 4 zero bytes.
+    t.s().response_headers = header_list(&[
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-status", "3"),
+    ]);
+    assert_eq!(t.prop(trailers), Ok(vec![0, 0, 0, 0]));
+    assert_eq!(
+        t.prop(grpc),
+        Ok(3i64.to_le_bytes().to_vec()),
+        "from the headers"
+    );
+    let head = (":status".len() + 3 + "content-type".len() + 16 + "grpc-status".len() + 1) as u64;
+    assert_eq!(t.prop(size), Ok(vec![0; 8]));
+    assert_eq!(t.prop(total), Ok(head.to_le_bytes().to_vec()));
+    t.s().info.add_response_body(1000);
+    t.s().info.add_response_body(24);
+    assert_eq!(t.prop(size), Ok(1024u64.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(total), Ok((1024 + head).to_le_bytes().to_vec()));
+
+    // Trailers: their grpc-status wins over the headers'; they count in the total size.
+    t.s().response_trailers = header_list(&[("grpc-status", "14"), ("grpc-message", "down")]);
+    assert_eq!(t.prop(grpc), Ok(14i64.to_le_bytes().to_vec()));
+    assert_eq!(
+        t.prop(trailers),
+        Ok(encode(&[("grpc-status", "14"), ("grpc-message", "down")]))
+    );
+    let tail = ("grpc-status".len() + 2 + "grpc-message".len() + 4) as u64;
+    assert_eq!(
+        t.prop(total),
+        Ok((1024 + head + tail).to_le_bytes().to_vec())
+    );
+    // What Envoy cannot read as a status is -1 (InvalidCode); an empty value is no status.
+    for (bad, want) in [("17", -1i64), ("x", -1), ("-2", -1), ("16", 16), ("0", 0)] {
+        t.s().response_trailers = header_list(&[("grpc-status", bad)]);
+        assert_eq!(t.prop(grpc), Ok(want.to_le_bytes().to_vec()), "{bad:?}");
+    }
+    assert_eq!((-1i64).to_le_bytes(), [0xff; 8]);
+    t.s().response_trailers = header_list(&[("grpc-status", "")]);
+    assert_eq!(
+        t.prop(grpc),
+        Ok(3i64.to_le_bytes().to_vec()),
+        "falls back to the headers"
+    );
+    t.s().response_headers = header_list(&[(":status", "200")]);
+    assert_eq!(t.prop(grpc), Err(NOT_FOUND), "not a gRPC response");
+
+    // A response known only by its status (a local answer) has sizes but no header bytes.
+    t.s().response_headers.clear();
+    t.s().response_trailers.clear();
+    assert_eq!(t.prop(size), Err(NOT_FOUND));
+    t.s().info.response_code = Some(503);
+    assert_eq!(t.prop(size), Ok(1024u64.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(total), Ok(1024u64.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(trailers), Ok(vec![0, 0, 0, 0]));
+    t.assert_healthy();
+}
+
+#[test]
+fn connection_and_upstream_tls_sni_and_port() {
+    let paths: &[&[&str]] = &[
+        &["connection", "requested_server_name"],
+        &["connection", "tls_version"],
+        &["connection", "mtls"],
+        &["connection", "tls"],
+        &["upstream", "port"],
+        &["upstream", "tls_version"],
+        &["upstream", "address"],
+    ];
+    let mut w = Wat::new();
+    let [sni, tls_version, mtls, tls, port, up_tls, up_addr] = property_cases(&mut w, paths)[..]
+    else {
+        unreachable!()
+    };
+    let mut t = start(&w, settings("hc-props-conn"));
+    // Plain HTTP, no upstream chosen yet.
+    assert_eq!(t.prop(sni), Err(NOT_FOUND));
+    assert_eq!(t.prop(tls_version), Err(NOT_FOUND));
+    assert_eq!(t.prop(mtls), Ok(vec![0]));
+    assert_eq!(t.prop(tls), Ok(vec![0]));
+    assert_eq!(t.prop(port), Err(NOT_FOUND));
+    assert_eq!(t.prop(up_tls), Err(NOT_FOUND));
+
+    let info = &mut t.s().info;
+    info.tls = true;
+    info.requested_server_name = Some("api.example.com".into());
+    info.tls_version = RequestInfo::tls_version_name("TLSv1_3");
+    assert_eq!(t.prop(sni), Ok(b"api.example.com".to_vec()));
+    assert_eq!(t.prop(tls_version), Ok(b"TLSv1.3".to_vec()));
+    assert_eq!(t.prop(tls), Ok(vec![1]));
+    assert_eq!(t.prop(mtls), Ok(vec![0]), "no client certificates yet");
+
+    t.s().info.upstream_address = Some("10.0.0.7:8443".into());
+    assert_eq!(t.prop(port), Ok(8443u64.to_le_bytes().to_vec()));
+    t.s().info.upstream_address = Some("[::1]:9000".into());
+    assert_eq!(t.prop(port), Ok(9000u64.to_le_bytes().to_vec()));
+    assert_eq!(
+        t.prop(up_tls),
+        Err(NOT_FOUND),
+        "a plain upstream connection"
+    );
+    t.s().info.set_upstream_tls_version("TLSv1_2");
+    assert_eq!(t.prop(up_tls), Ok(b"TLSv1.2".to_vec()));
+
+    // rustls' names, as OpenSSL (and so Envoy) spells them.
+    for (rustls, want) in [
+        ("TLSv1_0", Some("TLSv1")),
+        ("TLSv1_1", Some("TLSv1.1")),
+        ("TLSv1_2", Some("TLSv1.2")),
+        ("TLSv1_3", Some("TLSv1.3")),
+        ("", None),
+    ] {
+        assert_eq!(
+            RequestInfo::tls_version_name(rustls).as_deref(),
+            want,
+            "{rustls:?}"
+        );
+    }
+    t.assert_healthy();
+
+    // Without Sluice-only properties every `upstream.*` is absent, like `upstream.address`.
+    let mut s = settings("hc-props-conn-portable");
+    s.sluice_properties = false;
+    let mut p = start(&w, s);
+    let info = &mut p.s().info;
+    info.upstream_address = Some("10.0.0.7:8443".into());
+    info.set_upstream_tls_version("TLSv1_3");
+    for case in [port, up_tls, up_addr] {
+        assert_eq!(p.prop(case), Err(NOT_FOUND), "case {case}");
+    }
+    p.assert_healthy();
+}
+
+/// The host name as `node.id` should give it, read here on its own.
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into())
+}
+
+#[test]
+fn node_and_listener_direction_also_in_the_root_context() {
+    let id = host_name();
+    let version = env!("CARGO_PKG_VERSION");
+    // `node` as Envoy serializes its Node message: id (1), user_agent_name (6),
+    // user_agent_version (7), each tag, length, bytes.
+    let mut node = vec![0x0a, u8::try_from(id.len()).unwrap()];
+    node.extend_from_slice(id.as_bytes());
+    node.extend_from_slice(&[0x32, 6]);
+    node.extend_from_slice(b"sluice");
+    node.extend_from_slice(&[0x3a, u8::try_from(version.len()).unwrap()]);
+    node.extend_from_slice(version.as_bytes());
+
+    let mut w = Wat::new();
+    let paths: &[&[&str]] = &[
+        &["node", "id"],
+        &["node", "user_agent_name"],
+        &["node", "user_agent_version"],
+        &["node"],
+        &["listener_direction"],
+        &["node", "cluster"],
+        &["node", "metadata", "NAME"],
+        &["request", "path"],
+    ];
+    let cases = property_cases(&mut w, paths);
+    // In the root context: `proxy_on_configure` reads every path into a table at 0x200
+    // (status i at 0x200 + 4i, value pointer and length at 0x280 + 8i).
+    let mut body = String::new();
+    for (i, p) in paths.iter().enumerate() {
+        let (pp, pl) = w.bytes(&path(p));
+        let i = u32::try_from(i).unwrap();
+        write!(
+            body,
+            "\n    (i32.store (i32.const {}) {})",
+            0x200 + 4 * i,
+            c("get_property", &[pp, pl, 0x280 + 8 * i, 0x284 + 8 * i])
+        )
+        .unwrap();
+    }
+    w.extra = format!(
+        "  (func (export \"proxy_on_configure\") (param $root i32) (param $len i32) \
+         (result i32){body}\n    (i32.const 1))\n"
+    );
+    let (xp, xl) = w.bytes(&path(&["node", "x"]));
+    let (vp, vl) = w.str("v");
+    let set_node = w.case(c("set_property", &[xp, xl, vp, vl]));
+    let (dp, dl) = w.bytes(&path(&["listener_direction"]));
+    let set_direction = w.case(c("set_property", &[dp, dl, vp, vl]));
+    let mut t = start(&w, settings("hc-props-node"));
+
+    let want: Vec<Result<Vec<u8>, u32>> = vec![
+        Ok(id.clone().into_bytes()),
+        Ok(b"sluice".to_vec()),
+        Ok(version.as_bytes().to_vec()),
+        Ok(node.clone()),
+        Ok(1u64.to_le_bytes().to_vec()),
+        Err(NOT_FOUND),
+        Err(NOT_FOUND),
+    ];
+    for (i, expected) in want.iter().enumerate() {
+        let slot = u32::try_from(i).unwrap();
+        let got = match t.u32_at(0x200 + 4 * slot) {
+            OK => Ok(t.returned_at(0x280 + 8 * slot, 0x284 + 8 * slot)),
+            s => Err(s),
+        };
+        assert_eq!(&got, expected, "root context: {:?}", paths[i]);
+        assert_eq!(
+            &t.prop(cases[i]),
+            expected,
+            "stream context: {:?}",
+            paths[i]
+        );
+    }
+    assert_eq!(
+        t.u32_at(0x200 + 4 * 7),
+        NOT_FOUND,
+        "no request in the root context"
+    );
+    assert_eq!(t.prop(cases[7]), Ok(b"/a/b?x=1".to_vec()));
+    // Outside a request, too.
+    let r = t.vm.call_stream(
+        t.ctx,
+        StreamCall::RequestHeaders(cases[4], false),
+        &mut None,
+        0,
+        &t.sink,
+        None,
+    );
+    assert_eq!(r.unwrap(), OK);
+    // Read-only, like every well-known root.
+    assert_eq!(t.case(set_node), BAD_ARGUMENT);
+    assert_eq!(t.case(set_direction), BAD_ARGUMENT);
+    t.assert_healthy();
+}
+
+/// Every property of this section.
+const NEW_PROPERTIES: &[&[&str]] = &[
+    &["request", "referer"],
+    &["request", "useragent"],
+    &["request", "duration"],
+    &["request", "size"],
+    &["request", "total_size"],
+    &["response", "code_details"],
+    &["response", "flags"],
+    &["response", "grpc_status"],
+    &["response", "trailers"],
+    &["response", "size"],
+    &["response", "total_size"],
+    &["connection", "requested_server_name"],
+    &["connection", "tls_version"],
+    &["connection", "mtls"],
+    &["upstream", "port"],
+    &["upstream", "tls_version"],
+    &["node"],
+    &["node", "id"],
+    &["node", "user_agent_name"],
+    &["node", "user_agent_version"],
+    &["listener_direction"],
+];
+
+#[test]
+fn in_on_log_after_a_client_disconnect_what_is_known_is_readable() {
+    let mut w = Wat::new();
+    // `proxy_on_log` reads every property into a table (as in the root-context test).
+    let mut body = String::new();
+    for (i, p) in NEW_PROPERTIES.iter().enumerate() {
+        let (pp, pl) = w.bytes(&path(p));
+        let i = u32::try_from(i).unwrap();
+        write!(
+            body,
+            "\n    (i32.store (i32.const {}) {})",
+            0x200 + 4 * i,
+            c("get_property", &[pp, pl, 0x280 + 8 * i, 0x284 + 8 * i])
+        )
+        .unwrap();
+    }
+    w.extra = format!("  (func (export \"proxy_on_log\") (param $ctx i32){body})\n");
+    let log = |t: &mut T| -> HashMap<String, Result<Vec<u8>, u32>> {
+        t.vm.call_stream(t.ctx, StreamCall::Log, &mut t.stream, 0, &t.sink, None)
+            .expect("on_log");
+        let mut out = HashMap::new();
+        for (i, p) in NEW_PROPERTIES.iter().enumerate() {
+            let i = u32::try_from(i).unwrap();
+            let v = match t.u32_at(0x200 + 4 * i) {
+                OK => Ok(t.returned_at(0x280 + 8 * i, 0x284 + 8 * i)),
+                s => Err(s),
+            };
+            out.insert(p.join("."), v);
+        }
+        out
+    };
+    let int = |v: u64| -> Result<Vec<u8>, u32> { Ok(v.to_le_bytes().to_vec()) };
+
+    // The client sent its head and 3 body bytes, then left: no response.
+    let mut t = start(&w, settings("hc-props-log"));
+    add_header(&mut t.s().request_headers, "user-agent", "ua");
+    let info = &mut t.s().info;
+    info.start = Some(Instant::now());
+    info.add_request_body(3);
+    info.add_response_flag(RequestInfo::FLAG_DOWNSTREAM_CONNECTION_TERMINATION);
+    info.set_code_details("downstream_remote_disconnect");
+    info.complete();
+    let got = log(&mut t);
+    let duration = t.s().info.duration.unwrap().as_nanos() as u64;
+    let head = VISIBLE_BYTES + ("user-agent".len() + 2) as u64;
+    for (name, want) in [
+        ("request.referer", Err(NOT_FOUND)),
+        ("request.useragent", Ok(b"ua".to_vec())),
+        ("request.duration", int(duration)),
+        ("request.size", int(3)),
+        ("request.total_size", int(3 + head)),
+        (
+            "response.code_details",
+            Ok(b"downstream_remote_disconnect".to_vec()),
+        ),
+        ("response.flags", int(0x4000)),
+        ("response.grpc_status", Err(NOT_FOUND)),
+        ("response.trailers", Err(NOT_FOUND)),
+        ("response.size", Err(NOT_FOUND)),
+        ("response.total_size", Err(NOT_FOUND)),
+        ("connection.requested_server_name", Err(NOT_FOUND)),
+        ("connection.tls_version", Err(NOT_FOUND)),
+        ("connection.mtls", Ok(vec![0])),
+        ("upstream.port", Err(NOT_FOUND)),
+        ("upstream.tls_version", Err(NOT_FOUND)),
+        ("node.user_agent_name", Ok(b"sluice".to_vec())),
+        ("listener_direction", int(1)),
+    ] {
+        assert_eq!(got[name], want, "{name}");
+    }
+    assert_eq!(got.len(), NEW_PROPERTIES.len());
+    t.assert_healthy();
+
+    // A complete exchange over TLS with a TLS upstream: every fact is there in on_log.
+    let mut t = start(&w, settings("hc-props-log-full"));
+    let s = t.s();
+    add_header(&mut s.request_headers, "referer", "r");
+    s.response_headers = header_list(&[(":status", "200"), ("grpc-status", "0")]);
+    s.response_trailers = header_list(&[("x-t", "1")]);
+    let info = &mut s.info;
+    info.start = Some(Instant::now());
+    info.tls = true;
+    info.requested_server_name = Some("sni.test".into());
+    info.tls_version = Some("TLSv1.3".into());
+    info.upstream_address = Some("127.0.0.1:8443".into());
+    info.set_upstream_tls_version("TLSv1_3");
+    info.add_request_body(10);
+    info.response_code = Some(200);
+    info.set_code_details("via_upstream");
+    info.add_response_body(20);
+    info.complete();
+    let got = log(&mut t);
+    let duration = t.s().info.duration.unwrap().as_nanos() as u64;
+    let head = VISIBLE_BYTES + ("referer".len() + 1) as u64;
+    let response_head = (":status".len() + 3 + "grpc-status".len() + 1) as u64;
+    for (name, want) in [
+        ("request.referer", Ok(b"r".to_vec())),
+        ("request.useragent", Err(NOT_FOUND)),
+        ("request.duration", int(duration)),
+        ("request.size", int(10)),
+        ("request.total_size", int(10 + head)),
+        ("response.code_details", Ok(b"via_upstream".to_vec())),
+        ("response.flags", int(0)),
+        ("response.grpc_status", int(0)),
+        ("response.trailers", Ok(encode(&[("x-t", "1")]))),
+        ("response.size", int(20)),
+        ("response.total_size", int(20 + response_head + 4)),
+        ("connection.requested_server_name", Ok(b"sni.test".to_vec())),
+        ("connection.tls_version", Ok(b"TLSv1.3".to_vec())),
+        ("upstream.port", int(8443)),
+        ("upstream.tls_version", Ok(b"TLSv1.3".to_vec())),
+    ] {
+        assert_eq!(got[name], want, "{name}");
+    }
+    t.assert_healthy();
+}
+
+#[test]
+fn new_properties_answer_ok_or_not_found_and_keep_hidden_things_hidden() {
+    let mut w = Wat::new();
+    let cases = property_cases(&mut w, NEW_PROPERTIES);
+    let [ua, referer, grpc, trailers, req_total, resp_total, headers, resp_headers, address, port] =
+        property_cases(
+            &mut w,
+            &[
+                &["request", "useragent"],
+                &["request", "referer"],
+                &["response", "grpc_status"],
+                &["response", "trailers"],
+                &["request", "total_size"],
+                &["response", "total_size"],
+                &["request", "headers"],
+                &["response", "headers"],
+                &["source", "address"],
+                &["source", "port"],
+            ],
+        )[..]
+    else {
+        unreachable!()
+    };
+    let fill = |t: &mut T| {
+        let s = t.s();
+        add_header(&mut s.request_headers, "user-agent", "ua");
+        add_header(&mut s.request_headers, "referer", "r");
+        s.response_headers = header_list(&[
+            (":status", "200"),
+            ("set-cookie", "sid=1"),
+            ("grpc-status", "5"),
+        ]);
+        s.response_trailers = header_list(&[("grpc-status", "7"), ("set-cookie", "sid=2")]);
+        s.info.response_code = Some(200);
+    };
+
+    // A bare request, and no request at all: never BAD_ARGUMENT.
+    let mut t = start(&w, settings("hc-props-status"));
+    for (p, &case) in NEW_PROPERTIES.iter().zip(&cases) {
+        let status = t.case(case);
+        assert!(status == OK || status == NOT_FOUND, "{p:?}: {status}");
+        let outside = t.vm.call_stream(
+            t.ctx,
+            StreamCall::RequestHeaders(case, false),
+            &mut None,
+            0,
+            &t.sink,
+            None,
+        );
+        let outside = outside.unwrap();
+        let process_wide = p[0] == "node" || p[0] == "listener_direction";
+        assert_eq!(
+            outside,
+            if process_wide { OK } else { NOT_FOUND },
+            "{p:?} outside a request"
+        );
+    }
+
+    // The default view: credentials in maps stay hidden, and their bytes do not count.
+    fill(&mut t);
+    assert_eq!(t.prop(trailers), Ok(encode(&[("grpc-status", "7")])));
+    assert_eq!(
+        decode(&t.prop(resp_headers).unwrap()),
+        owned(&[("grpc-status", "5")])
+    );
+    let req_head = VISIBLE_BYTES + ("user-agent".len() + 2 + "referer".len() + 1) as u64;
+    assert_eq!(t.prop(req_total), Ok(req_head.to_le_bytes().to_vec()));
+    let resp_head = (":status".len() + 3 + 2 * ("grpc-status".len() + 1)) as u64;
+    assert_eq!(t.prop(resp_total), Ok(resp_head.to_le_bytes().to_vec()));
+    assert_eq!(t.prop(address), Err(NOT_FOUND), "no client_address grant");
+    assert_eq!(t.prop(port), Err(NOT_FOUND), "no client_address grant");
+    let seen = decode(&t.prop(headers).unwrap());
+    assert!(
+        !seen
+            .iter()
+            .any(|(k, _)| k == "authorization" || k == "x-forwarded-for"),
+        "{seen:?}"
+    );
+    t.assert_healthy();
+
+    // Operator-hidden names hide the properties made of them.
+    let mut s = settings("hc-props-hidden");
+    s.sanitizer = Sanitizer::new(
+        &[],
+        &["user_agent".into(), "referer".into(), "grpc-status".into()],
+    );
+    let mut h = start(&w, s);
+    fill(&mut h);
+    assert_eq!(h.prop(ua), Err(NOT_FOUND));
+    assert_eq!(h.prop(referer), Err(NOT_FOUND));
+    assert_eq!(h.prop(grpc), Err(NOT_FOUND));
+    assert_eq!(
+        h.prop(trailers),
+        Ok(encode(&[])),
+        "an empty map, nothing hidden shown"
+    );
+    assert_eq!(h.prop(req_total), Ok(VISIBLE_BYTES.to_le_bytes().to_vec()));
+    h.assert_healthy();
+
+    // With the grants, the same properties show everything, in the client's order.
+    let mut s = settings("hc-props-granted");
+    s.sanitizer = Sanitizer::new(
+        &[
+            "client_address".into(),
+            "authorization".into(),
+            "set-cookie".into(),
+        ],
+        &[],
+    );
+    let mut g = start(&w, s);
+    fill(&mut g);
+    assert_eq!(
+        g.prop(trailers),
+        Ok(encode(&[("grpc-status", "7"), ("set-cookie", "sid=2")]))
+    );
+    let all: u64 = REQUEST
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    assert_eq!(all, VISIBLE_BYTES + 26 + 23);
+    assert_eq!(
+        g.prop(req_total),
+        Ok(
+            (all + ("user-agent".len() + 2 + "referer".len() + 1) as u64)
+                .to_le_bytes()
+                .to_vec()
+        )
+    );
+    assert_eq!(g.prop(address), Ok(b"10.1.2.3:4567".to_vec()));
+    assert_eq!(g.prop(port), Ok(4567u64.to_le_bytes().to_vec()));
+    g.assert_healthy();
+}
