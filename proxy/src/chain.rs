@@ -39,6 +39,8 @@ pub struct Reply {
     pub body: Bytes,
     /// The plugin it came from.
     pub plugin: String,
+    /// Why, for `response.code_details` (a plugin's `details`, or the host's own label).
+    pub details: String,
     /// Reset the stream instead of answering (`proxy_close_stream`): HTTP/2 `RST_STREAM`,
     /// HTTP/1 a closed connection; status, headers and body are unused.
     pub reset: bool,
@@ -60,6 +62,7 @@ impl Reply {
             )],
             body: Bytes::from(body),
             plugin: plugin.to_string(),
+            details: String::new(),
             reset: false,
         }
     }
@@ -71,16 +74,19 @@ impl Reply {
             headers: Vec::new(),
             body: Bytes::new(),
             plugin: plugin.to_string(),
+            details: "wasm_reset_stream".into(),
             reset: true,
         }
     }
 
     fn failed(plugin: &str) -> Reply {
-        Reply::text(
+        let mut r = Reply::text(
             503,
             plugin,
             format!("503 Service Unavailable: plugin \"{plugin}\" failed\n"),
-        )
+        );
+        r.details = "wasm_fail_stream".into();
+        r
     }
 
     fn local(plugin: &str, r: LocalResponse) -> Reply {
@@ -89,6 +95,7 @@ impl Reply {
             headers: r.headers,
             body: r.body,
             plugin: plugin.to_string(),
+            details: r.details,
             reset: false,
         }
     }

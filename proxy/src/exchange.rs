@@ -111,6 +111,7 @@ impl Exchange {
                 ),
             ));
         }
+        self.chain.stream().info.add_request_body(body.len());
         let out = self.chain.request_body_complete(body).await?;
         self.prebody = Some(Bytes::from(out));
         Ok(())
@@ -178,9 +179,12 @@ impl Exchange {
         end: bool,
     ) -> Result<(), Reply> {
         if let Some(pre) = &self.prebody {
+            // Counted when it was read.
             *chunk = Some(if end { pre.clone() } else { Bytes::new() });
             return Ok(());
         }
+        let n = chunk.as_ref().map_or(0, Bytes::len);
+        self.chain.stream().info.add_request_body(n);
         self.chain.request_body(chunk, end).await
     }
 
@@ -194,6 +198,7 @@ impl Exchange {
         h2_downstream: bool,
     ) -> Result<(), Reply> {
         self.response_started = true;
+        self.chain.stream().info.set_code_details("via_upstream");
         let no_body = !response_has_body(head_request, resp);
         self.chain.load_response(resp);
         self.chain.response_headers(no_body).await?;
@@ -219,7 +224,10 @@ impl Exchange {
     /// One part of the response body on its way to the client (synchronous, as pingora's hook
     /// is). A failure after the head went out can only cut the response.
     pub fn response_body(&mut self, chunk: &mut Option<Bytes>, end: bool) -> Result<(), Reply> {
-        self.chain.response_body(chunk, end)
+        self.chain.response_body(chunk, end)?;
+        let n = chunk.as_ref().map_or(0, Bytes::len);
+        self.chain.stream().info.add_response_body(n);
+        Ok(())
     }
 
     /// What to send for `reply`. A reply made while the request was still going up passes
@@ -227,8 +235,17 @@ impl Exchange {
     /// headers, read `:status`, rewrite the body), as on the reference host; one made in a
     /// response phase is sent as it is.
     pub async fn answer(&mut self, reply: Reply, request_id: Option<&str>) -> Answer {
-        if reply.reset {
-            return Answer::Reset;
+        {
+            let info = &mut self.chain.stream().info;
+            info.set_code_details(if reply.details.is_empty() {
+                "sluice_local_reply"
+            } else {
+                reply.details.as_str()
+            });
+            if reply.reset {
+                info.add_response_flag(RequestInfo::FLAG_LOCAL_RESET);
+                return Answer::Reset;
+            }
         }
         let (mut resp, mut body) = match reply_parts(&reply, request_id) {
             Ok(p) => p,
@@ -238,6 +255,7 @@ impl Exchange {
             }
         };
         if std::mem::replace(&mut self.response_started, true) {
+            self.chain.stream().info.add_response_body(body.len());
             return Answer::Send(Box::new(resp), body);
         }
         match self.chain.response_over_reply(&mut resp, &mut body).await {
@@ -248,11 +266,14 @@ impl Exchange {
                 tracing::debug!(plugin = %r.plugin, status = r.status, "a reply during the response callbacks of a reply was ignored");
             }
         }
+        self.chain.stream().info.add_response_body(body.len());
         Answer::Send(Box::new(resp), body)
     }
 
-    /// `on_log` of every plugin, with the status the client got (0: none).
+    /// `on_log` of every plugin, with the status the client got (0: none). The request's
+    /// duration ends here.
     pub fn log(&mut self, status: u16) {
+        self.chain.stream().info.complete();
         self.chain.log(status);
     }
 }

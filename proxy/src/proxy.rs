@@ -902,6 +902,25 @@ impl ProxyHttp for SluiceProxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(ex) = ctx.exchange.as_mut() {
+            if let Some(e) = e {
+                let info = &mut ex.stream().info;
+                let flag = match (e.esource(), e.etype()) {
+                    (ErrorSource::Downstream, _) => {
+                        RequestInfo::FLAG_DOWNSTREAM_CONNECTION_TERMINATION
+                    }
+                    (ErrorSource::Upstream, t) if is_timeout(t) => {
+                        RequestInfo::FLAG_UPSTREAM_REQUEST_TIMEOUT
+                    }
+                    (ErrorSource::Upstream, t) if is_connect_error(t) => {
+                        RequestInfo::FLAG_UPSTREAM_CONNECTION_FAILURE
+                    }
+                    (ErrorSource::Upstream, _) => RequestInfo::FLAG_UPSTREAM_CONNECTION_TERMINATION,
+                    _ => 0,
+                };
+                if flag != 0 {
+                    info.add_response_flag(flag);
+                }
+            }
             ex.log(status);
         }
         let elapsed = ctx.start.elapsed();
