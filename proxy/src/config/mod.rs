@@ -283,7 +283,7 @@ impl ConfigFile {
             if let Some(spec) = p.validate(
                 name,
                 base_dir,
-                &upstream_names,
+                &self.upstreams,
                 &self.sanitize.extra_headers,
                 &mut errors,
             ) {

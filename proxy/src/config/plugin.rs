@@ -3,15 +3,18 @@
 //!
 //! Validation checks what can be checked without running the plugin or touching the network:
 //! exactly one source (`path:` exists, `url:` is HTTP(S) and has its `sha256`, `oci:` is a
-//! well-formed reference), digest format, the signature's public key, grants, upstream names,
-//! limits. Fetching the binary (see [`crate::source`]), its sha256 and signature, and its
-//! `on_vm_start`/`on_configure` happen when the runtime is built (also by `sluice check`).
+//! well-formed reference), digest format, the signature's public key, grants, upstream names
+//! (and that a callout upstream is plain HTTP), limits. Fetching the binary (see
+//! [`crate::source`]), its sha256 and signature, and its `on_vm_start`/`on_configure` happen
+//! when the runtime is built (also by `sluice check`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::listener::{check_name, existing_file};
+use super::upstream::UpstreamFile;
 use super::ConfigError;
 use crate::source::{OciReference, PluginSource, SignatureCheck};
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
@@ -171,7 +174,7 @@ impl PluginFile {
         &self,
         name: &str,
         base: &Path,
-        upstreams: &[&str],
+        upstreams: &BTreeMap<String, UpstreamFile>,
         extra_hidden: &[String],
         errors: &mut Vec<ConfigError>,
     ) -> Option<PluginSpec> {
@@ -207,11 +210,20 @@ impl PluginFile {
             expose.push(n);
         }
         for (i, u) in self.allowed_upstreams.iter().enumerate() {
-            if !upstreams.contains(&u.as_str()) {
-                errors.push(ConfigError::invalid(
+            match upstreams.get(u) {
+                None => errors.push(ConfigError::invalid(
                     format!("{field}.allowed_upstreams[{i}]"),
                     format!("no upstream named {u:?}"),
-                ));
+                )),
+                // Callouts are plain HTTP/1.1 (see `crate::wasm::callout`): refused here rather
+                // than sent in clear text to a pool that expects TLS.
+                Some(up) if up.tls.is_some() => errors.push(ConfigError::invalid(
+                    format!("{field}.allowed_upstreams[{i}]"),
+                    format!(
+                        "upstream {u:?} uses TLS; plugin callouts over TLS are not supported yet"
+                    ),
+                )),
+                Some(_) => {}
             }
         }
         let on_error = match self.on_error.as_deref() {

@@ -416,3 +416,27 @@ fn admin_off_loopback_needs_a_token_or_allow_insecure() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Callouts are plain HTTP/1.1: a plugin may not list an upstream with `tls:` in
+/// `allowed_upstreams` (a plain one beside it is fine).
+#[test]
+fn callouts_to_tls_upstreams_are_refused() {
+    let yaml = OK.replace(
+        "routes:\n",
+        "  idp:\n    endpoints: [\"127.0.0.1:8443\"]\n    tls: { sni: idp.internal }\nroutes:\n",
+    )
+        + "plugins:\n  auth:\n    path: auth.wasm\n    allowed_upstreams: [backend, idp]\n";
+    let errs = errors(&yaml);
+    let tls = "plugins.auth.allowed_upstreams[1]: upstream \"idp\" uses TLS; \
+               plugin callouts over TLS are not supported yet";
+    assert!(
+        errs.iter().any(|e| e == tls),
+        "no error is {tls:?}; got:\n{}",
+        errs.join("\n")
+    );
+    assert!(
+        !errs.iter().any(|e| e.contains("allowed_upstreams[0]")),
+        "the plain upstream was refused:\n{}",
+        errs.join("\n")
+    );
+}

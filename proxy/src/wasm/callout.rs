@@ -3,9 +3,21 @@
 //! `proxy_on_http_call_response` on the context that made it.
 //!
 //! Callouts run on a small runtime of their own, so they work from any thread (pingora's
-//! workers, the ticker). HTTP/1.1 over plain TCP to the pool's endpoints; a pool with TLS is
-//! refused when the call is made.
+//! workers, the ticker). HTTP/1.1 over plain TCP to one of the pool's endpoints. A pool with
+//! TLS is never sent to: config validation refuses it in `allowed_upstreams`, `proxy_http_call`
+//! answers `INTERNAL_FAILURE` for it ([`plaintext`]), and the exchange checks the endpoint
+//! it picked once more.
+//!
+//! Deadlines: the plugin's timeout, if any, bounds the whole exchange; the upstream's
+//! `connect_timeout_ms` bounds the connect and its `read_timeout_ms` each wait for the response
+//! head and for each piece of the body, as they do for proxied requests.
+//!
+//! `Host` is the plugin's `:authority`; an empty one (which `proxy_http_call` accepts, as the
+//! reference host does) is replaced by the chosen endpoint's `host:port` as written in the
+//! config. Envoy copies an empty `:authority` into an empty `Host:`, which RFC 9112 allows
+//! but some servers refuse (nginx answers 400), so Sluice names the server the call goes to.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -92,8 +104,14 @@ pub struct CalloutRequest {
     pub headers: HeaderList,
     /// Body.
     pub body: Vec<u8>,
-    /// Deadline for the whole exchange.
-    pub timeout: Duration,
+    /// Deadline for the whole exchange; `None`: the plugin set none (the upstream's connect
+    /// and read timeouts still apply).
+    pub timeout: Option<Duration>,
+}
+
+/// Whether callouts may be sent to `pool`: they are plain HTTP/1.1, so not if it uses TLS.
+pub fn plaintext(pool: &Pool) -> bool {
+    !pool.endpoints.iter().any(|e| e.peer().is_tls())
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -111,14 +129,16 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// Starts the callout; its result goes to `sink` as `token` of chain member `member`.
 pub fn dispatch(req: CalloutRequest, token: u32, member: usize, sink: CalloutSink) {
     runtime().spawn(async move {
-        let response = match tokio::time::timeout(req.timeout, exchange(&req)).await {
-            Ok(Ok(r)) => Some(r),
-            Ok(Err(e)) => {
+        let outcome = match req.timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange(&req))
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {} ms", limit.as_millis()))),
+            None => exchange(&req).await,
+        };
+        let response = match outcome {
+            Ok(r) => Some(r),
+            Err(e) => {
                 tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, error = %e, "callout failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, "callout timed out");
                 None
             }
         };
@@ -130,15 +150,42 @@ pub fn dispatch(req: CalloutRequest, token: u32, member: usize, sink: CalloutSin
     });
 }
 
+/// `step`, given at most `limit` (`None`: as long as it takes); `what` names it in the error.
+async fn within<T>(
+    limit: Option<Duration>,
+    what: &str,
+    step: impl Future<Output = T>,
+) -> Result<T, String> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, step)
+            .await
+            .map_err(|_| format!("{what}: nothing within {} ms", limit.as_millis())),
+        None => Ok(step.await),
+    }
+}
+
 async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
     let idx = req
         .pool
         .select(None, Tried::default(), None)
         .ok_or("the upstream has no endpoint")?;
     let endpoint = &req.pool.endpoints[idx];
-    let tcp = tokio::net::TcpStream::connect(endpoint.addr)
-        .await
-        .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
+    let peer = endpoint.peer();
+    if peer.is_tls() {
+        return Err(format!(
+            "{} uses TLS; callouts are plain HTTP/1.1 and are not sent to it",
+            endpoint.label
+        ));
+    }
+    let (connect_timeout, read_timeout) =
+        (peer.options.connection_timeout, peer.options.read_timeout);
+    let tcp = within(
+        connect_timeout,
+        "connect",
+        tokio::net::TcpStream::connect(endpoint.addr),
+    )
+    .await?
+    .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -152,21 +199,26 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
         match k.as_slice() {
             b":method" => builder = builder.method(v.as_slice()),
             b":path" => builder = builder.uri(v.as_slice()),
-            b":authority" => authority = Some(v.clone()),
+            b":authority" => authority = Some(v.as_slice()),
             b":scheme" => {}
             _ => builder = builder.header(k.as_slice(), v.as_slice()),
         }
     }
-    if let Some(a) = authority {
-        builder = builder.header(http::header::HOST, a);
-    }
+    let host = match authority {
+        Some(a) if !a.is_empty() => a,
+        _ => endpoint.label.as_bytes(),
+    };
+    builder = builder.header(http::header::HOST, host);
     let request = builder
         .body(Full::new(Bytes::from(req.body.clone())))
         .map_err(|e| format!("bad callout request: {e}"))?;
-    let resp = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = within(
+        read_timeout,
+        "waiting for the response",
+        sender.send_request(request),
+    )
+    .await?
+    .map_err(|e| e.to_string())?;
     let mut headers: HeaderList = Vec::with_capacity(resp.headers().len() + 1);
     headers.push((
         b":status".to_vec(),
@@ -175,12 +227,14 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
     for (k, v) in resp.headers() {
         headers.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the callout response: {e}"))?
-        .to_bytes()
-        .to_vec();
+    let mut stream = Limited::new(resp.into_body(), MAX_RESPONSE_BODY);
+    let mut body = Vec::new();
+    while let Some(frame) = within(read_timeout, "reading the response", stream.frame()).await? {
+        let frame = frame.map_err(|e| format!("reading the callout response: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            body.extend_from_slice(&data);
+        }
+    }
     Ok(CalloutResponse {
         headers,
         body,

@@ -1,5 +1,26 @@
 //! `proxy_http_call`: a request to an upstream the plugin's `allowed_upstreams` lists. The
 //! result arrives later through `proxy_on_http_call_response` on the context that made it.
+//!
+//! The arguments are judged as the reference host judges them (Envoy's `Context::httpCall`,
+//! reached through proxy-wasm-cpp-host's `http_call` export):
+//!
+//! - `timeout_ms` is a u32 in the ABI, but proxy-wasm-cpp-host passes it on as a C `int` and
+//!   Envoy answers `BAD_ARGUMENT` when that is negative. So 2^31 ms (about 24.8 days) or more is
+//!   `BAD_ARGUMENT` here too: refused, never clamped and sent. `0` is accepted and means the
+//!   plugin sets no deadline (Envoy then sends without a timeout); 1 ..= 2^31 - 1 ms is the
+//!   deadline of the whole exchange, as given. Whatever the timeout, the upstream's
+//!   `connect_timeout_ms` bounds the connect and its `read_timeout_ms` each wait for the
+//!   response, as for proxied requests, so no callout waits forever.
+//! - The headers must include `:method`, `:path` and `:authority`, else `BAD_ARGUMENT` (Envoy
+//!   checks that each is present, not that it is non-empty). An empty `:authority` is therefore
+//!   accepted; its `Host` is then the chosen endpoint's `host:port` as written in the config
+//!   (see [`crate::wasm::callout`]).
+//! - An upstream not in `allowed_upstreams` is `BAD_ARGUMENT` (Envoy: an unknown cluster). Not
+//!   `NOT_FOUND`: the Rust SDK accepts only `OK`, `BAD_ARGUMENT` and `INTERNAL_FAILURE` from
+//!   this call and panics on anything else.
+//! - An upstream with TLS is `INTERNAL_FAILURE` ("the host failed to send the requested HTTP
+//!   call", in the v0.2.1 spec's words): callouts are plain HTTP/1.1, config validation already
+//!   refuses such an upstream in `allowed_upstreams`, and this is the second guard.
 
 use std::time::Duration;
 
@@ -10,12 +31,23 @@ use wasmtime::Linker;
 
 use super::headers::{valid_name, valid_value};
 use super::{done, put_u32, read, st, HostResult, C};
-use crate::wasm::callout::{dispatch, CalloutRequest, CalloutSink};
+use crate::wasm::callout::{dispatch, plaintext, CalloutRequest, CalloutSink};
 use crate::wasm::stream::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_PAIRS};
 use crate::wasm::vm::VmState;
 
-/// Longest callout deadline.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest callout deadline a plugin can ask for, in milliseconds: `i32::MAX`, the largest
+/// value that is not negative in the reference host's signed view of the argument.
+pub const MAX_TIMEOUT_MS: u32 = i32::MAX as u32;
+
+/// The deadline `timeout_ms` asks for: `None` for 0 (no deadline of the plugin's own),
+/// `BAD_ARGUMENT` past [`MAX_TIMEOUT_MS`].
+pub fn deadline(timeout_ms: u32) -> Result<Option<Duration>, Status> {
+    match timeout_ms {
+        0 => Ok(None),
+        ms if ms <= MAX_TIMEOUT_MS => Ok(Some(Duration::from_millis(ms.into()))),
+        _ => Err(Status::BadArgument),
+    }
+}
 
 pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(ENV, "proxy_http_call", http_call)?;
@@ -66,19 +98,24 @@ fn http_call(
     };
     let mut headers = Vec::with_capacity(pairs.len());
     for (k, v) in pairs.iter() {
-        if !valid_name(k) || !valid_value(k, v) {
+        // Values are checked as for request-header writes, except that a callout may carry an
+        // empty `:authority` (the reference host sends it; see above).
+        let empty_authority = k == b":authority" && v.is_empty();
+        if !valid_name(k) || !(empty_authority || valid_value(k, v)) {
             return Ok(st(Status::BadArgument));
         }
         headers.push((k.to_ascii_lowercase(), v.to_vec()));
     }
+    // Present, possibly empty (an empty `:authority` is sent as the endpoint's host:port).
     for required in [&b":method"[..], b":path", b":authority"] {
         if !headers.iter().any(|(k, _)| k == required) {
             return Ok(st(Status::BadArgument));
         }
     }
-    if timeout_ms == 0 {
-        return Ok(st(Status::BadArgument));
-    }
+    let timeout = match deadline(timeout_ms) {
+        Ok(t) => t,
+        Err(s) => return Ok(st(s)),
+    };
     let state = c.data_mut();
     let name = String::from_utf8_lossy(&upstream);
     let Some(pool) = state.settings.callout_targets.get(name.as_ref()).cloned() else {
@@ -90,6 +127,15 @@ fn http_call(
         );
         return Ok(st(Status::BadArgument));
     };
+    if !plaintext(&pool) {
+        tracing::warn!(
+            target: "sluice::plugin",
+            plugin = %state.settings.name,
+            upstream = %name,
+            "callout refused: the upstream uses TLS and callouts are plain HTTP/1.1"
+        );
+        return Ok(st(Status::InternalFailure));
+    }
     let Some(sink) = state.callout_sink.clone() else {
         return Ok(st(Status::BadArgument));
     };
@@ -107,7 +153,6 @@ fn http_call(
     state.next_token = state.next_token.wrapping_add(1).max(1);
     let token = state.next_token;
     let member = state.member;
-    let timeout = Duration::from_millis(timeout_ms.into()).min(MAX_TIMEOUT);
     dispatch(
         CalloutRequest {
             pool,

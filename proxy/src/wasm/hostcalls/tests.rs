@@ -2765,3 +2765,371 @@ fn new_properties_answer_ok_or_not_found_and_keep_hidden_things_hidden() {
     assert_eq!(g.prop(port), Ok(4567u64.to_le_bytes().to_vec()));
     g.assert_healthy();
 }
+
+// ---------------------------------------------------------------------------------------------
+// proxy_http_call arguments as the reference host judges them (Envoy's `Context::httpCall`
+// behind proxy-wasm-cpp-host): the timeout, an empty `:authority`, the required pseudo-headers,
+// unknown and TLS upstreams. See the module comment of `http_call.rs`.
+
+const INTERNAL_FAILURE: u32 = 10;
+
+/// A pool named `name` with one endpoint, `label` as written in the config and resolved to
+/// `addr`; with `tls`, a pool that speaks TLS to it.
+fn callout_pool(
+    name: &str,
+    label: &str,
+    addr: std::net::SocketAddr,
+    tls: bool,
+) -> Arc<crate::upstream::Pool> {
+    callout_pool_reading(name, label, addr, tls, Duration::from_secs(2))
+}
+
+/// [`callout_pool`] with the upstream's `read_timeout_ms`.
+fn callout_pool_reading(
+    name: &str,
+    label: &str,
+    addr: std::net::SocketAddr,
+    tls: bool,
+    read_timeout: Duration,
+) -> Arc<crate::upstream::Pool> {
+    Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
+        name: name.into(),
+        endpoints: vec![(label.to_string(), addr)],
+        tls: tls.then_some(crate::config::UpstreamTls {
+            sni: None,
+            verify: false,
+        }),
+        balancing: crate::config::Balancing::RoundRobin,
+        health_check: None,
+        connect_timeout: Duration::from_secs(2),
+        read_timeout,
+        host_header: crate::config::HostHeader::Preserve,
+    }))
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1, on a tokio runtime of the test's own: it answers
+/// every request `200 ok` and reports each request head it read.
+struct HeadServer {
+    addr: std::net::SocketAddr,
+    heads: std::sync::mpsc::Receiver<String>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HeadServer {
+    fn start() -> HeadServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, heads) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        HeadServer {
+            addr,
+            heads,
+            _rt: rt,
+        }
+    }
+
+    /// The head of the next request that reached the server.
+    fn next_head(&self) -> String {
+        self.heads
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no request reached the test server")
+    }
+}
+
+/// The values of the header `name` in a request head, in order.
+fn head_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// The next finished callout of `t`'s request.
+fn callout_result(t: &mut T) -> CalloutDone {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match t.rx.try_recv() {
+            Ok(done) => return done,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("no callout result: {e}"),
+        }
+    }
+}
+
+/// The `:status` of a finished callout (`None`: the call failed).
+fn callout_status(done: &CalloutDone) -> Option<String> {
+    let r = done.response.as_ref()?;
+    crate::wasm::stream::list_get(&r.headers, b":status")
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+#[test]
+fn http_call_deadline_reads_the_timeout_as_the_reference_host_does() {
+    use super::http_call::{deadline, MAX_TIMEOUT_MS};
+    assert_eq!(MAX_TIMEOUT_MS, 0x7FFF_FFFF);
+    assert_eq!(deadline(0), Ok(None), "0: no deadline of the plugin's own");
+    assert_eq!(deadline(1), Ok(Some(Duration::from_millis(1))));
+    assert_eq!(
+        deadline(60_001),
+        Ok(Some(Duration::from_millis(60_001))),
+        "not clamped"
+    );
+    assert_eq!(
+        deadline(0x7FFF_FFFF),
+        Ok(Some(Duration::from_millis(0x7FFF_FFFF)))
+    );
+    for negative in [0x8000_0000, 0xC000_0000, 0xFFFF_FFFF] {
+        assert_eq!(
+            deadline(negative),
+            Err(sluice_abi::Status::BadArgument),
+            "{negative:#x} is negative as an i32"
+        );
+    }
+}
+
+#[test]
+fn http_call_timeouts_zero_huge_and_negative() {
+    let server = HeadServer::start();
+    let mut w = Wat::new();
+    let (up, ul) = w.str("svc");
+    let (hp, hl) = callout_headers(&mut w, true);
+    let call = |timeout: u32| c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, timeout, R3]);
+    let zero = w.case(call(0));
+    let largest = w.case(call(0x7FFF_FFFF));
+    let smallest_negative = w.case(call(0x8000_0000));
+    let all_ones = w.case(call(0xFFFF_FFFF));
+    let mut s = settings("hc-callout-timeouts");
+    let label = server.addr.to_string();
+    s.callout_targets.insert(
+        "svc".into(),
+        callout_pool("svc", &label, server.addr, false),
+    );
+    s.limits.max_callouts = 10;
+    let mut t = start(&w, s);
+
+    // i32-negative timeouts are refused before anything is counted or sent.
+    assert_eq!(t.case(smallest_negative), BAD_ARGUMENT, "0x8000_0000");
+    assert_eq!(t.case(all_ones), BAD_ARGUMENT, "0xFFFF_FFFF");
+    assert_eq!((t.s().callouts_made, t.s().pending_callouts), (0, 0));
+    assert!(t.rx.try_recv().is_err(), "nothing was dispatched");
+
+    // 0 and the largest non-negative value are sent, and answered.
+    for (what, case, made) in [("0", zero, 1), ("0x7FFF_FFFF", largest, 2)] {
+        assert_eq!(t.case(case), OK, "timeout {what}");
+        let token = t.u32_at(R3);
+        assert_ne!(token, 0, "timeout {what}");
+        assert_eq!(t.s().callouts_made, made, "timeout {what}");
+        let head = server.next_head();
+        assert!(head.starts_with("GET /ping HTTP/1.1\r\n"), "{what}: {head}");
+        let done = callout_result(&mut t);
+        assert_eq!(done.token, token, "timeout {what}");
+        assert_eq!(
+            callout_status(&done).as_deref(),
+            Some("200"),
+            "timeout {what}"
+        );
+        assert_eq!(done.response.unwrap().body, b"ok", "timeout {what}");
+    }
+    t.assert_healthy();
+}
+
+/// A timeout of 0 sets no deadline of the plugin's own, but the upstream's read timeout still
+/// ends a call to an endpoint that never answers.
+#[test]
+fn http_call_with_timeout_zero_ends_at_the_upstream_read_timeout() {
+    // Accepts, reads nothing, answers nothing; holds the connection until the test ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+    let mut w = Wat::new();
+    let (up, ul) = w.str("mute");
+    let (hp, hl) = callout_headers(&mut w, true);
+    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 0, R3]));
+    let mut s = settings("hc-callout-mute");
+    let read_timeout = Duration::from_millis(300);
+    s.callout_targets.insert(
+        "mute".into(),
+        callout_pool_reading("mute", &addr.to_string(), addr, false, read_timeout),
+    );
+    let mut t = start(&w, s);
+    let sent = Instant::now();
+    assert_eq!(t.case(call), OK);
+    let done = callout_result(&mut t);
+    assert!(
+        done.response.is_none(),
+        "a response from a server that sent none"
+    );
+    assert!(
+        sent.elapsed() >= read_timeout,
+        "ended after {:?}",
+        sent.elapsed()
+    );
+    drop(holder.join().unwrap());
+    t.assert_healthy();
+}
+
+#[test]
+fn http_call_with_an_empty_authority_sends_the_endpoint_as_host() {
+    let server = HeadServer::start();
+    // The endpoint as written in the config (a name), not the address it resolved to.
+    let label = format!("localhost:{}", server.addr.port());
+    let mut w = Wat::new();
+    let (up, ul) = w.str("svc");
+    let (hp, hl) = w.bytes(&encode(&[
+        (":method", "GET"),
+        (":path", "/who"),
+        (":authority", ""),
+        ("x-call", "1"),
+    ]));
+    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 5000, R3]));
+    let mut s = settings("hc-callout-empty-authority");
+    s.callout_targets.insert(
+        "svc".into(),
+        callout_pool("svc", &label, server.addr, false),
+    );
+    let mut t = start(&w, s);
+    assert_eq!(t.case(call), OK);
+    let head = server.next_head();
+    assert!(head.starts_with("GET /who HTTP/1.1\r\n"), "{head}");
+    assert_eq!(head_values(&head, "host"), vec![label], "{head}");
+    assert_eq!(head_values(&head, "x-call"), vec!["1"], "{head}");
+    let done = callout_result(&mut t);
+    assert_eq!(callout_status(&done).as_deref(), Some("200"));
+    t.assert_healthy();
+}
+
+#[test]
+fn http_call_required_headers_and_unknown_upstreams() {
+    let server = HeadServer::start();
+    let mut w = Wat::new();
+    let (up, ul) = w.str("svc");
+    let (np, nl) = w.str("nope");
+    let mut case_with = |headers: &[(&str, &str)], upstream: (u32, u32)| {
+        let (hp, hl) = w.bytes(&encode(headers));
+        w.case(c(
+            "http_call",
+            &[upstream.0, upstream.1, hp, hl, DATA, 0, 0, 0, 1000, R3],
+        ))
+    };
+    let no_method = case_with(&[(":path", "/x"), (":authority", "svc.local")], (up, ul));
+    let no_path = case_with(&[(":method", "GET"), (":authority", "svc.local")], (up, ul));
+    let no_authority = case_with(&[(":method", "GET"), (":path", "/x")], (up, ul));
+    let complete = [
+        (":method", "GET"),
+        (":path", "/x"),
+        (":authority", "svc.local"),
+    ];
+    let unknown = case_with(&complete, (np, nl));
+    let mut s = settings("hc-callout-required");
+    let label = server.addr.to_string();
+    s.callout_targets.insert(
+        "svc".into(),
+        callout_pool("svc", &label, server.addr, false),
+    );
+    let mut t = start(&w, s);
+    // The upstream is known and the rest is valid: only the missing header is wrong.
+    assert_eq!(t.case(no_method), BAD_ARGUMENT, "no :method");
+    assert_eq!(t.case(no_path), BAD_ARGUMENT, "no :path");
+    assert_eq!(t.case(no_authority), BAD_ARGUMENT, "no :authority");
+    // BAD_ARGUMENT, not NOT_FOUND: the Rust SDK panics on NOT_FOUND from this call.
+    assert_eq!(t.case(unknown), BAD_ARGUMENT, "unknown upstream");
+    assert_eq!((t.s().callouts_made, t.s().pending_callouts), (0, 0));
+    assert!(t.rx.try_recv().is_err(), "nothing was dispatched");
+    t.assert_healthy();
+}
+
+#[test]
+fn http_call_to_a_tls_upstream_is_an_internal_failure() {
+    let server = HeadServer::start();
+    let label = server.addr.to_string();
+    let mut w = Wat::new();
+    let (up, ul) = w.str("secure");
+    let (hp, hl) = callout_headers(&mut w, true);
+    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 1000, R3]));
+    let mut s = settings("hc-callout-tls");
+    s.callout_targets.insert(
+        "secure".into(),
+        callout_pool("secure", &label, server.addr, true),
+    );
+    let mut t = start(&w, s);
+    assert_eq!(t.case(call), INTERNAL_FAILURE);
+    assert_eq!((t.s().callouts_made, t.s().pending_callouts), (0, 0));
+    assert!(t.rx.try_recv().is_err(), "nothing was dispatched");
+    t.assert_healthy();
+}
+
+/// The exchange itself refuses a TLS pool, should a callout to one get past `proxy_http_call`:
+/// the plain-HTTP server would answer 200 to anything sent to it.
+#[test]
+fn a_callout_dispatched_to_a_tls_pool_fails_without_sending() {
+    let server = HeadServer::start();
+    let label = server.addr.to_string();
+    let (tx, mut rx) = unbounded_channel();
+    let request = |pool| crate::wasm::callout::CalloutRequest {
+        pool,
+        headers: header_list(&[(":method", "GET"), (":path", "/tls"), (":authority", "a")]),
+        body: Vec::new(),
+        timeout: Some(Duration::from_secs(5)),
+    };
+    let tls = callout_pool("secure", &label, server.addr, true);
+    assert!(!crate::wasm::callout::plaintext(&tls));
+    crate::wasm::callout::dispatch(request(tls), 7, 0, CalloutSink::Request(tx.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        match rx.try_recv() {
+            Ok(done) => break done,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("no callout result: {e}"),
+        }
+    };
+    assert_eq!(done.token, 7);
+    assert!(
+        done.response.is_none(),
+        "a TLS pool got a plain-HTTP request"
+    );
+    // The same server behind a plain pool is reached: the refusal above was the TLS check.
+    let plain = callout_pool("plain", &label, server.addr, false);
+    assert!(crate::wasm::callout::plaintext(&plain));
+    crate::wasm::callout::dispatch(request(plain), 8, 0, CalloutSink::Request(tx));
+    assert!(server.next_head().starts_with("GET /tls HTTP/1.1\r\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        match rx.try_recv() {
+            Ok(done) => break done,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("no callout result: {e}"),
+        }
+    };
+    assert_eq!(done.token, 8);
+    assert!(done.response.is_some());
+}
