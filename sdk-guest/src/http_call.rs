@@ -92,9 +92,11 @@ impl Call {
         ];
         pairs.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let headers = encode_pairs(pairs)?;
+        // The reference host reads the timeout as a signed 32-bit count (a larger one is
+        // BAD_ARGUMENT): cap it there. 0 would mean no deadline; a call always has one.
         let ms = u32::try_from(self.timeout.as_millis())
             .unwrap_or(u32::MAX)
-            .max(1);
+            .clamp(1, i32::MAX as u32);
         hostcalls::http_call(upstream, &headers, &self.body, ms).during("send an HTTP call")
     }
 }
