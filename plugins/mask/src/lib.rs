@@ -94,6 +94,7 @@ impl Plugin for Mask {
             plugin: plugin.clone(),
             request: State::Pass,
             response: State::Pass,
+            replied: false,
         }
     }
 }
@@ -131,6 +132,9 @@ pub struct MaskFilter {
     plugin: Rc<Mask>,
     request: State,
     response: State,
+    /// This plugin answered the request itself: the response callbacks that the host runs over
+    /// that reply (as Envoy does) leave it alone.
+    replied: bool,
 }
 
 /// What to do with a body after one callback's bytes.
@@ -291,6 +295,7 @@ impl HttpFilter for MaskFilter {
         let h = body_headers(|n| req.header(n))?;
         let headers = as_body_headers(&h);
         if let Some(reply) = self.start(Direction::Request, req.end_of_stream(), &headers) {
+            self.replied = true;
             return Ok(Action::Reply(reply));
         }
         if self.request != State::Buffer {
@@ -319,7 +324,10 @@ impl HttpFilter for MaskFilter {
         let total = match step {
             Step::Forward => return Ok(Action::Continue),
             Step::Wait => return Ok(Action::Pause),
-            Step::Refuse(reply) => return Ok(Action::Reply(reply)),
+            Step::Refuse(reply) => {
+                self.replied = true;
+                return Ok(Action::Reply(reply));
+            }
             Step::Masked(body, total) => {
                 req.set_body(body)?;
                 total
@@ -333,6 +341,9 @@ impl HttpFilter for MaskFilter {
     }
 
     fn on_response_headers(&mut self, resp: &mut Response) -> Result<Action, Error> {
+        if self.replied {
+            return Ok(Action::Continue);
+        }
         let h = body_headers(|n| resp.header(n))?;
         let headers = as_body_headers(&h);
         if let Some(reply) = self.start(Direction::Response, resp.end_of_stream(), &headers) {

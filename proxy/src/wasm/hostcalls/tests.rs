@@ -2104,6 +2104,24 @@ fn sanitizing_holds_for_random_requests_and_grants() {
 // upstream port and TLS; node and listener direction. Values are asserted byte for byte.
 // =============================================================================================
 
+/// WAT instructions that read each path with `get_property` into a table: status i at
+/// 0x200 + 4i, value pointer and length at 0x280 + 8i.
+fn property_table(w: &mut Wat, paths: &[&[&str]]) -> String {
+    let mut body = String::new();
+    for (i, p) in paths.iter().enumerate() {
+        let (pp, pl) = w.bytes(&path(p));
+        let i = u32::try_from(i).unwrap();
+        write!(
+            body,
+            "\n    (i32.store (i32.const {}) {})",
+            0x200 + 4 * i,
+            c("get_property", &[pp, pl, 0x280 + 8 * i, 0x284 + 8 * i])
+        )
+        .unwrap();
+    }
+    body
+}
+
 /// Adds a `get_property` case for each path; their case numbers, in order.
 fn property_cases(w: &mut Wat, paths: &[&[&str]]) -> Vec<u32> {
     paths
@@ -2421,20 +2439,8 @@ fn node_and_listener_direction_also_in_the_root_context() {
         &["request", "path"],
     ];
     let cases = property_cases(&mut w, paths);
-    // In the root context: `proxy_on_configure` reads every path into a table at 0x200
-    // (status i at 0x200 + 4i, value pointer and length at 0x280 + 8i).
-    let mut body = String::new();
-    for (i, p) in paths.iter().enumerate() {
-        let (pp, pl) = w.bytes(&path(p));
-        let i = u32::try_from(i).unwrap();
-        write!(
-            body,
-            "\n    (i32.store (i32.const {}) {})",
-            0x200 + 4 * i,
-            c("get_property", &[pp, pl, 0x280 + 8 * i, 0x284 + 8 * i])
-        )
-        .unwrap();
-    }
+    // In the root context: `proxy_on_configure` reads every path into a table.
+    let body = property_table(&mut w, paths);
     w.extra = format!(
         "  (func (export \"proxy_on_configure\") (param $root i32) (param $len i32) \
          (result i32){body}\n    (i32.const 1))\n"
@@ -2519,19 +2525,8 @@ const NEW_PROPERTIES: &[&[&str]] = &[
 #[test]
 fn in_on_log_after_a_client_disconnect_what_is_known_is_readable() {
     let mut w = Wat::new();
-    // `proxy_on_log` reads every property into a table (as in the root-context test).
-    let mut body = String::new();
-    for (i, p) in NEW_PROPERTIES.iter().enumerate() {
-        let (pp, pl) = w.bytes(&path(p));
-        let i = u32::try_from(i).unwrap();
-        write!(
-            body,
-            "\n    (i32.store (i32.const {}) {})",
-            0x200 + 4 * i,
-            c("get_property", &[pp, pl, 0x280 + 8 * i, 0x284 + 8 * i])
-        )
-        .unwrap();
-    }
+    // `proxy_on_log` reads every property into a table.
+    let body = property_table(&mut w, NEW_PROPERTIES);
     w.extra = format!("  (func (export \"proxy_on_log\") (param $ctx i32){body})\n");
     let log = |t: &mut T| -> HashMap<String, Result<Vec<u8>, u32>> {
         t.vm.call_stream(t.ctx, StreamCall::Log, &mut t.stream, 0, &t.sink, None)
