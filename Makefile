@@ -4,8 +4,9 @@
 WASM_CRATES := -p sluice-abi -p sluice-sdk -p sluice-plugin-hello
 # The plugins users deploy (release builds: what the demo and the benchmark run).
 PLUGIN_CRATES := -p sluice-plugin-auth -p sluice-plugin-rate-limit -p sluice-plugin-headers -p sluice-plugin-mask
-# Test plugins: built with the public Rust Proxy-Wasm SDK, and with sluice-sdk (every SDK call).
-TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust
+# Test plugins: built with the public Rust Proxy-Wasm SDK (and the conformance plugins, one of
+# them without any SDK), and with sluice-sdk (every SDK call).
+TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-rust -p sluice-test-plugin-conformance -p sluice-test-plugin-conformance-raw
 SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
