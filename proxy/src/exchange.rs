@@ -255,6 +255,9 @@ impl Exchange {
             }
         };
         if std::mem::replace(&mut self.response_started, true) {
+            // What the client gets is what `on_log` reads (`:status`, response headers).
+            self.chain.load_response(&resp);
+            self.chain.stream().response_headers_writable = false;
             self.chain.stream().info.add_response_body(body.len());
             return Answer::Send(Box::new(resp), body);
         }
