@@ -40,7 +40,7 @@ pub struct Reply {
     /// The plugin it came from.
     pub plugin: String,
     /// Why, for `response.code_details` (a plugin's `details`, or the host's own label).
-    pub details: String,
+    pub details: std::borrow::Cow<'static, str>,
     /// Reset the stream instead of answering (`proxy_close_stream`): HTTP/2 `RST_STREAM`,
     /// HTTP/1 a closed connection; status, headers and body are unused.
     pub reset: bool,
@@ -62,7 +62,7 @@ impl Reply {
             )],
             body: Bytes::from(body),
             plugin: plugin.to_string(),
-            details: String::new(),
+            details: "".into(),
             reset: false,
         }
     }
@@ -95,7 +95,7 @@ impl Reply {
             headers: r.headers,
             body: r.body,
             plugin: plugin.to_string(),
-            details: r.details,
+            details: r.details.into(),
             reset: false,
         }
     }

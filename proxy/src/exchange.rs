@@ -234,14 +234,15 @@ impl Exchange {
     /// through the response callbacks of the plugins that saw the request (they may add
     /// headers, read `:status`, rewrite the body), as on the reference host; one made in a
     /// response phase is sent as it is.
-    pub async fn answer(&mut self, reply: Reply, request_id: Option<&str>) -> Answer {
+    pub async fn answer(&mut self, mut reply: Reply, request_id: Option<&str>) -> Answer {
         {
             let info = &mut self.chain.stream().info;
-            info.set_code_details(if reply.details.is_empty() {
-                "sluice_local_reply"
+            let details = std::mem::take(&mut reply.details);
+            if details.is_empty() {
+                info.set_code_details("sluice_local_reply");
             } else {
-                reply.details.as_str()
-            });
+                info.set_code_details(details);
+            }
             if reply.reset {
                 info.add_response_flag(RequestInfo::FLAG_LOCAL_RESET);
                 return Answer::Reset;

@@ -127,7 +127,7 @@ impl SluiceProxy {
         let ip = client_ip(session);
         let forwarding = Forwarding::new(session.req_header(), ctx.new_id.as_ref(), ip, self.tls);
         let id = ctx.request_id(session).unwrap_or("").to_string();
-        let info = request_info(session, &route_name, &id, self.tls);
+        let info = request_info(session, &route_name, &id, self.tls, ctx.start);
         let mut ex = match Exchange::start(&plugins, info) {
             Ok(e) => e,
             Err(reply) => return Ok(Some(reply)),
@@ -422,7 +422,13 @@ fn reply_error(ctx: &mut RequestCtx, reply: Reply) -> Box<Error> {
 }
 
 /// Facts about the request that plugins read as properties.
-fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestInfo {
+fn request_info(
+    session: &Session,
+    route: &str,
+    id: &str,
+    tls: bool,
+    start: Instant,
+) -> RequestInfo {
     let req = session.req_header();
     let source = session.client_addr().and_then(|a| a.as_inet()).copied();
     let destination = session.server_addr().and_then(|a| a.as_inet()).copied();
@@ -464,7 +470,7 @@ fn request_info(session: &Session, route: &str, id: &str, tls: bool) -> RequestI
         route_name: route.to_string(),
         upstream_address: None,
         response_code: None,
-        start: Some(Instant::now()),
+        start: Some(start),
         requested_server_name,
         tls_version: ssl.and_then(|d| RequestInfo::tls_version_name(&d.version)),
         ..RequestInfo::default()
@@ -829,6 +835,30 @@ impl ProxyHttp for SluiceProxy {
                         upstream_request.insert_header(http::header::HOST, ep.label.as_str())?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs once a connection to the chosen endpoint is ready (new or reused), before the
+    /// request goes out on it. For routes with plugins, records the connection's TLS version
+    /// (the `upstream.tls_version` property); nothing otherwise.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(ex) = ctx.exchange.as_mut() {
+            let info = &mut ex.stream().info;
+            match digest.and_then(|d| d.ssl_digest.as_deref()) {
+                Some(tls) => info.set_upstream_tls_version(&tls.version),
+                // A retry may land on a plain endpoint.
+                None => info.upstream_tls_version = None,
             }
         }
         Ok(())

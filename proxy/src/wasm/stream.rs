@@ -5,6 +5,7 @@
 //! The request owns one boxed [`Stream`]; before each guest call it is moved into the VM's
 //! store and moved back afterwards, so host calls work on it without borrowing request data.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -51,15 +52,15 @@ pub struct RequestInfo {
     /// Response body bytes sent to the client so far, as sent.
     pub response_body_bytes: u64,
     /// Why the response has its status: `via_upstream`, a plugin's local-response details, ….
-    pub response_code_details: Option<String>,
+    pub response_code_details: Option<Cow<'static, str>>,
     /// Envoy's response flags (`RequestInfo::FLAG_*`), or-ed together.
     pub response_flags: u64,
     /// The server name the client asked for in its TLS handshake (SNI).
     pub requested_server_name: Option<String>,
     /// The client connection's TLS version as OpenSSL names it (`TLSv1.3`); `None` without TLS.
-    pub tls_version: Option<String>,
+    pub tls_version: Option<&'static str>,
     /// The upstream connection's TLS version (`TLSv1.3`); `None` without TLS or upstream.
-    pub upstream_tls_version: Option<String>,
+    pub upstream_tls_version: Option<&'static str>,
 }
 
 impl RequestInfo {
@@ -102,7 +103,7 @@ impl RequestInfo {
     }
 
     /// Sets `response.code_details` (the last call wins, as on Envoy).
-    pub fn set_code_details(&mut self, details: impl Into<String>) {
+    pub fn set_code_details(&mut self, details: impl Into<Cow<'static, str>>) {
         self.response_code_details = Some(details.into());
     }
 
@@ -120,12 +121,15 @@ impl RequestInfo {
     }
 
     /// A TLS version as OpenSSL and Envoy name it (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`)
-    /// from the name rustls gives it (`TLSv1_0` … `TLSv1_3`); `None` for an empty name.
-    pub fn tls_version_name(rustls_name: &str) -> Option<String> {
+    /// from the name rustls gives it (`TLSv1_0` … `TLSv1_3`); `None` for an empty or unknown
+    /// name. Static names: nothing is allocated per request.
+    pub fn tls_version_name(rustls_name: &str) -> Option<&'static str> {
         match rustls_name {
-            "" => None,
-            "TLSv1_0" => Some("TLSv1".into()),
-            other => Some(other.replace('_', ".")),
+            "TLSv1_0" => Some("TLSv1"),
+            "TLSv1_1" => Some("TLSv1.1"),
+            "TLSv1_2" => Some("TLSv1.2"),
+            "TLSv1_3" => Some("TLSv1.3"),
+            _ => None,
         }
     }
 }

@@ -216,7 +216,7 @@ fn well_known(state: &VmState, segs: &[&[u8]]) -> Option<Vec<u8>> {
             let a: SocketAddr = info.upstream_address.as_deref()?.parse().ok()?;
             int(u64::from(a.port()))
         }
-        [b"upstream", b"tls_version"] => info.upstream_tls_version.clone().map(String::into_bytes),
+        [b"upstream", b"tls_version"] => info.upstream_tls_version.map(|v| v.as_bytes().to_vec()),
         [b"request", b"path"] => pseudo(b":path"),
         [b"request", b"url_path"] => {
             let p = pseudo(b":path")?;
@@ -248,9 +248,10 @@ fn well_known(state: &VmState, segs: &[&[u8]]) -> Option<Vec<u8>> {
             .request_body_bytes
             .saturating_add(visible_bytes(state, req))),
         [b"response", b"code"] => int(u64::from(info.response_code?)),
-        [b"response", b"code_details"] => {
-            info.response_code_details.clone().map(String::into_bytes)
-        }
+        [b"response", b"code_details"] => info
+            .response_code_details
+            .as_ref()
+            .map(|d| d.as_bytes().to_vec()),
         [b"response", b"flags"] => int(info.response_flags),
         [b"response", b"grpc_status"] => int64(grpc_status(state, s)?),
         [b"response", b"headers"] if !s.response_headers.is_empty() => {
@@ -278,7 +279,7 @@ fn well_known(state: &VmState, segs: &[&[u8]]) -> Option<Vec<u8>> {
         [b"connection", b"requested_server_name"] => {
             info.requested_server_name.clone().map(String::into_bytes)
         }
-        [b"connection", b"tls_version"] => info.tls_version.clone().map(String::into_bytes),
+        [b"connection", b"tls_version"] => info.tls_version.map(|v| v.as_bytes().to_vec()),
         _ => None,
     }
 }

@@ -1594,7 +1594,6 @@ fn http_call_refusals() {
         )
     };
     let unknown = w.case(call((up, ul), (hp, hl), 0, 1000, R3));
-    let zero_timeout = w.case(call((up, ul), (hp, hl), 0, 0, R3));
     let no_authority = w.case(call((up, ul), (np, nl), 0, 1000, R3));
     let bad_headers = w.case(call((up, ul), (bp, bl), 0, 1000, R3));
     let upstream_oob = w.case(call((OOB, 0x20), (hp, hl), 0, 1000, R3));
@@ -1608,7 +1607,6 @@ fn http_call_refusals() {
     ));
     let mut t = start(&w, settings("hc-callout-refused"));
     assert_eq!(t.case(unknown), BAD_ARGUMENT, "not in allowed_upstreams");
-    assert_eq!(t.case(zero_timeout), BAD_ARGUMENT);
     assert_eq!(t.case(no_authority), BAD_ARGUMENT);
     assert_eq!(t.case(bad_headers), BAD_ARGUMENT);
     assert_eq!(t.case(upstream_over_cap), BAD_ARGUMENT);
@@ -2381,12 +2379,9 @@ fn connection_and_upstream_tls_sni_and_port() {
         ("TLSv1_2", Some("TLSv1.2")),
         ("TLSv1_3", Some("TLSv1.3")),
         ("", None),
+        ("TLSv9_9", None),
     ] {
-        assert_eq!(
-            RequestInfo::tls_version_name(rustls).as_deref(),
-            want,
-            "{rustls:?}"
-        );
+        assert_eq!(RequestInfo::tls_version_name(rustls), want, "{rustls:?}");
     }
     t.assert_healthy();
 
@@ -2594,7 +2589,7 @@ fn in_on_log_after_a_client_disconnect_what_is_known_is_readable() {
     info.start = Some(Instant::now());
     info.tls = true;
     info.requested_server_name = Some("sni.test".into());
-    info.tls_version = Some("TLSv1.3".into());
+    info.tls_version = Some("TLSv1.3");
     info.upstream_address = Some("127.0.0.1:8443".into());
     info.set_upstream_tls_version("TLSv1_3");
     info.add_request_body(10);
