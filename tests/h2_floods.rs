@@ -349,12 +349,16 @@ impl Attacker {
         };
         if read {
             tokio::spawn(read_frames(r, seen));
+            // The handshake is over once the server sent its SETTINGS and acknowledged ours:
+            // a flood that counts ACKs starts after that one, never racing it.
             let s = a.seen.clone();
             assert!(
-                wait_for(Duration::from_secs(5), || s.count(SETTINGS)
-                    > s.settings_acks.load(Ordering::Relaxed))
+                wait_for(Duration::from_secs(5), || {
+                    let acks = s.settings_acks.load(Ordering::Relaxed);
+                    s.count(SETTINGS) > acks && acks >= 1
+                })
                 .await,
-                "no SETTINGS from the server"
+                "no SETTINGS or no ACK of ours from the server"
             );
         } else {
             a._unread = Some(r);
