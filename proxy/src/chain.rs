@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::wasm::callout::{CalloutDone, CalloutSink};
 use crate::wasm::plugin::Plugin;
@@ -152,9 +152,9 @@ struct BodyLength {
 pub struct Chain {
     members: Vec<Member>,
     stream: Option<Box<Stream>>,
-    /// Where this request's callouts report (the sending end of `rx`).
-    sink: CalloutSink,
-    rx: UnboundedReceiver<CalloutDone>,
+    /// Where this request's callouts report, once a plugin made one (the channel is made by
+    /// the first callout: see [`Stream::callout_sender`]).
+    rx: Option<UnboundedReceiver<CalloutDone>>,
     /// Plugins whose request-headers callback ran.
     headers_done: usize,
     /// Whether the request has a body (its headers did not end the stream).
@@ -196,7 +196,6 @@ impl Chain {
     /// Takes a VM of each plugin and creates the request's context in it. A plugin with no
     /// healthy VM, or whose context creation fails, is handled by its policy.
     pub fn new(plugins: &[Arc<Plugin>], info: RequestInfo) -> Result<Chain, Reply> {
-        let (tx, rx) = unbounded_channel();
         let mut members = Vec::with_capacity(plugins.len());
         for p in plugins {
             let mut m = Member {
@@ -223,8 +222,7 @@ impl Chain {
         Ok(Chain {
             members,
             stream: Some(stream),
-            sink: CalloutSink::Request(tx),
-            rx,
+            rx: None,
             headers_done: 0,
             request_has_body: true,
             response_has_body: true,
@@ -267,6 +265,17 @@ impl Chain {
         }
     }
 
+    /// Keeps the receiver of a callout channel the last call made.
+    fn take_receiver(&mut self) {
+        if let Some(rx) = self
+            .stream
+            .as_deref_mut()
+            .and_then(Stream::take_callout_receiver)
+        {
+            self.rx = Some(rx);
+        }
+    }
+
     /// Runs one callback of member `i`. `Ok(None)`: the member is skipped.
     fn invoke(&mut self, i: usize, call: StreamCall) -> Result<Option<Step>, Reply> {
         self.recover();
@@ -281,7 +290,8 @@ impl Chain {
             s.effects.local_response = None;
             s.effects.close = false;
         }
-        let r = vm.call_stream(id, call, &mut self.stream, i, &self.sink, None);
+        let r = vm.call_stream(id, call, &mut self.stream, i, &CalloutSink::Stream, None);
+        self.take_receiver();
         let action = match r {
             Ok(a) => a,
             Err(_) => {
@@ -345,8 +355,16 @@ impl Chain {
             // Should this future be dropped while parked (the client left), the next use of
             // the chain takes the state back (see `recover`).
             self.parked = Some((vm.clone(), parked.clone()));
+            let rx = &mut self.rx;
+            let callout = async move {
+                match rx {
+                    Some(rx) => rx.recv().await,
+                    // No callout was made: only a root callback or the deadline ends the wait.
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.rx.recv()) => Some(r),
+                r = tokio::time::timeout_at(deadline, callout) => Some(r),
                 _ = parked.notify.notified() => None,
             };
             vm.unpark(&parked);
@@ -394,9 +412,10 @@ impl Chain {
             StreamCall::HttpCallResponse(token, nh, len, nt),
             &mut self.stream,
             j,
-            &self.sink,
+            &CalloutSink::Stream,
             Some(resp.unwrap_or_default()),
         );
+        self.take_receiver();
         if r.is_err() {
             return policy_skip(&mut self.members[j]);
         }
@@ -497,16 +516,21 @@ impl Chain {
         end: bool,
     ) -> Result<Option<usize>, Reply> {
         let n = self.members.len();
-        let mut data: Option<Vec<u8>> = chunk.take().map(|b| b.to_vec());
-        let order: Vec<usize> = match kind {
-            BodyKind::Request => (0..n).collect(),
-            BodyKind::Response => (0..n).rev().collect(),
-        };
-        for i in order {
-            if self.members[i].ctx.is_none() {
+        // The chunk's own buffer when nothing else holds it (no copy), else a copy.
+        let mut data: Option<Vec<u8>> = chunk.take().map(Vec::from);
+        for k in 0..n {
+            let i = match kind {
+                BodyKind::Request => k,
+                BodyKind::Response => n - 1 - k,
+            };
+            let m = &mut self.members[i];
+            let Some(ctx) = &m.ctx else {
+                continue;
+            };
+            // A module without this body callback costs nothing: the chunk passes it by.
+            if m.held.is_empty() && !ctx.vm.exports_body(kind) {
                 continue;
             }
-            let m = &mut self.members[i];
             match data.take() {
                 Some(d) if m.held.is_empty() => m.held = d,
                 Some(d) => m.held.extend_from_slice(&d),
@@ -579,7 +603,7 @@ impl Chain {
             let held = std::mem::take(&mut self.members[i].held);
             let mut rest = Some(Bytes::from(held));
             waiting = self.body_chunk_from(BodyKind::Request, i + 1, &mut rest, end)?;
-            let mut out = chunk.take().map(|b| b.to_vec()).unwrap_or_default();
+            let mut out = chunk.take().map(Vec::from).unwrap_or_default();
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
             *chunk = Some(Bytes::from(out));
         }
@@ -711,7 +735,7 @@ impl Chain {
                 m.ctx = ctx;
             }
             waiting = r?;
-            let mut out = chunk.take().map(|b| b.to_vec()).unwrap_or_default();
+            let mut out = chunk.take().map(Vec::from).unwrap_or_default();
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
             *chunk = Some(Bytes::from(out));
         }
@@ -803,7 +827,8 @@ fn too_large(plugin: &str, status: u16) -> Reply {
 
 /// The request header as plugins see it.
 pub fn request_list(req: &RequestHeader, scheme: &str) -> HeaderList {
-    let mut list = Vec::with_capacity(req.headers.len() + 4);
+    // Room for the pseudo-headers and the forwarding headers set on top.
+    let mut list = Vec::with_capacity(req.headers.len() + 10);
     list.push((b":method".to_vec(), req.method.as_str().as_bytes().to_vec()));
     let path = req
         .uri

@@ -76,6 +76,10 @@ impl CalloutDone {
 pub enum CalloutSink {
     /// To the request that made it (its chain waits for it).
     Request(UnboundedSender<CalloutDone>),
+    /// To the request whose state is in the store: the channel is made by the first callout
+    /// of the request ([`crate::wasm::stream::Stream::callout_sender`]), so a request whose
+    /// plugins make none allocates none.
+    Stream,
     /// To the root context of a VM (delivered by the ticker thread).
     Root(Weak<Vm>),
 }
@@ -92,6 +96,8 @@ impl CalloutSink {
                     vm.push_root_event(RootEvent::Callout(done));
                 }
             }
+            // Resolved to `Request` before dispatch (see `proxy_http_call`).
+            CalloutSink::Stream => {}
         }
     }
 }

@@ -44,6 +44,15 @@ pub enum PluginError {
     },
 }
 
+/// A number for the calling thread: 0, 1, 2, … in the order threads first ask.
+fn thread_number() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static NUMBER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    NUMBER.with(|n| *n)
+}
+
 struct Slot {
     vm: Mutex<Option<Arc<Vm>>>,
     /// Consecutive failures of this slot's VMs (resets when one serves a while).
@@ -61,7 +70,6 @@ pub struct Plugin {
     shared: Arc<Namespace>,
     metrics: Arc<PhaseMetrics>,
     slots: Vec<Slot>,
-    next: AtomicUsize,
 }
 
 impl Plugin {
@@ -125,7 +133,6 @@ impl Plugin {
                 shared: shared.clone(),
                 metrics: metrics.clone(),
                 slots,
-                next: AtomicUsize::new(0),
             }
         });
         if let Some(error) = first_error {
@@ -141,10 +148,13 @@ impl Plugin {
         Ok(p)
     }
 
-    /// A healthy VM for a new request (round robin), or `None` if none is healthy.
+    /// A healthy VM for a new request, or `None` if none is healthy. Each thread has its own
+    /// VM (slot = the thread's number modulo the VM count): a worker's requests do not
+    /// contend for another worker's store and keep its code and memory warm in that CPU's
+    /// caches. A thread whose VM failed uses the next healthy one.
     pub fn pick(&self) -> Option<Arc<Vm>> {
         let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = thread_number();
         for i in 0..n {
             let slot = &self.slots[(start + i) % n];
             let guard = slot.vm.lock().unwrap_or_else(|p| p.into_inner());

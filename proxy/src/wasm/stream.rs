@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::callout::CalloutDone;
 
 /// A header map as plugins see it: ordered `(name, value)` pairs; request maps start with the
 /// pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, response maps with `:status`.
@@ -209,6 +212,36 @@ pub struct Stream {
     /// `on_log` is running: a value that does not exist (the client left before any response)
     /// is `NOT_FOUND`, as on the reference host.
     pub log_phase: bool,
+    /// Where this request's callouts report, made by its first callout.
+    pub callouts: CalloutChannel,
+}
+
+/// The channel a request's callouts report to: made by the request's first callout, so that a
+/// request whose plugins make none allocates none.
+#[derive(Debug, Default)]
+pub struct CalloutChannel {
+    tx: Option<UnboundedSender<CalloutDone>>,
+    /// The receiving end of a channel just made, until the chain takes it.
+    rx: Option<UnboundedReceiver<CalloutDone>>,
+}
+
+impl Stream {
+    /// The sender of this request's callout channel, made on first use.
+    pub fn callout_sender(&mut self) -> UnboundedSender<CalloutDone> {
+        let c = &mut self.callouts;
+        if let Some(tx) = &c.tx {
+            return tx.clone();
+        }
+        let (tx, rx) = unbounded_channel();
+        c.tx = Some(tx.clone());
+        c.rx = Some(rx);
+        tx
+    }
+
+    /// The receiver of a callout channel made since the last call, if one was.
+    pub fn take_callout_receiver(&mut self) -> Option<UnboundedReceiver<CalloutDone>> {
+        self.callouts.rx.take()
+    }
 }
 
 /// Header names plugins changed, so that only those are written back to pingora's header.

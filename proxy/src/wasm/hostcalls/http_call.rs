@@ -139,17 +139,24 @@ fn http_call(
     let Some(sink) = state.callout_sink.clone() else {
         return Ok(st(Status::BadArgument));
     };
-    if let CalloutSink::Request(_) = sink {
-        let max = state.settings.limits.max_callouts;
-        let Some(s) = state.stream.as_deref_mut() else {
-            return Ok(st(Status::BadArgument));
-        };
-        if s.callouts_made >= max {
-            return Ok(st(Status::BadArgument));
+    let sink = match sink {
+        CalloutSink::Request(_) | CalloutSink::Stream => {
+            let max = state.settings.limits.max_callouts;
+            let Some(s) = state.stream.as_deref_mut() else {
+                return Ok(st(Status::BadArgument));
+            };
+            if s.callouts_made >= max {
+                return Ok(st(Status::BadArgument));
+            }
+            s.callouts_made += 1;
+            s.pending_callouts += 1;
+            match sink {
+                CalloutSink::Stream => CalloutSink::Request(s.callout_sender()),
+                other => other,
+            }
         }
-        s.callouts_made += 1;
-        s.pending_callouts += 1;
-    }
+        root => root,
+    };
     state.next_token = state.next_token.wrapping_add(1).max(1);
     let token = state.next_token;
     let member = state.member;
