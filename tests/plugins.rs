@@ -119,6 +119,23 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
             .await,
         Some(0.0)
     );
+    // What each phase cost in fuel: something for the phase that ran, nothing for the other.
+    let fuel = |phase: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(&format!(
+                    "sluice_plugin_fuel_consumed_total{{phase=\"{phase}\",plugin=\"a\"}}"
+                ))
+                .await
+        }
+    };
+    assert!(
+        fuel("request_headers").await.is_some_and(|f| f > 100.0),
+        "{:?}",
+        fuel("request_headers").await
+    );
+    assert_eq!(fuel("request_body").await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub plugin_calls: IntCounterVec,
     /// `sluice_plugin_call_duration_seconds{plugin,phase}`.
     pub plugin_call_duration: HistogramVec,
+    /// `sluice_plugin_fuel_consumed_total{plugin,phase}`.
+    pub plugin_fuel: IntCounterVec,
     /// `sluice_plugin_errors_total{plugin,phase,kind}`.
     pub plugin_errors: IntCounterVec,
     /// `sluice_plugin_vms{plugin}`.
@@ -186,6 +188,14 @@ fn build() -> Metrics {
         &["plugin", "phase"],
     )
     .expect("valid metric");
+    let plugin_fuel = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_fuel_consumed_total",
+            "Fuel (wasm instructions, roughly) plugins consumed, by plugin and phase.",
+        ),
+        &["plugin", "phase"],
+    )
+    .expect("valid metric");
     let plugin_call_duration = HistogramVec::new(
         HistogramOpts::new(
             "sluice_plugin_call_duration_seconds",
@@ -251,6 +261,7 @@ fn build() -> Metrics {
         Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(plugin_calls.clone()),
         Box::new(plugin_call_duration.clone()),
+        Box::new(plugin_fuel.clone()),
         Box::new(plugin_errors.clone()),
         Box::new(plugin_vms.clone()),
         Box::new(plugin_memory.clone()),
@@ -289,6 +300,7 @@ fn build() -> Metrics {
         config_reload_duration,
         plugin_calls,
         plugin_call_duration,
+        plugin_fuel,
         plugin_errors,
         plugin_vms,
         plugin_memory,
