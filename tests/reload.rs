@@ -332,6 +332,11 @@ async fn refused_reloads_name_the_cause_and_keep_the_old_set_serving() {
             vec!["plugins.tag.path", "gone.wasm"],
         ),
         (
+            "engine change",
+            format!("{good}engine: {{ instance_slots: 999 }}\n"),
+            vec!["engine changed", "instance pool", "restart"],
+        ),
+        (
             "listener change",
             good.replace(
                 "listeners: [",

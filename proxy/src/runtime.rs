@@ -205,6 +205,13 @@ impl Runtime {
     /// Fetches the plugins of `config` and builds it, from synchronous code outside any async
     /// runtime (start-up, `sluice check`).
     pub fn build_blocking(config: Config, threads: usize) -> Result<Runtime, BuildError> {
+        // The first build sizes the engine (it is made on first use and fixed from then on).
+        let vms = config
+            .plugins
+            .iter()
+            .map(|p| if p.vms == 0 { threads.max(1) } else { p.vms })
+            .sum();
+        crate::wasm::configure_engine(&config.engine, vms);
         let fetched = crate::source::fetch_all_blocking(&config.plugins)?;
         Runtime::build(config, 1, threads, &fetched, None)
     }
@@ -332,6 +339,12 @@ fn fixed_sections_unchanged(old: &Config, new: &Config) -> Result<(), ReloadErro
                 "admin address {} would become {}",
                 old.admin.address, new.admin.address
             ),
+        });
+    }
+    if json(&old.file.engine) != json(&new.file.engine) {
+        return Err(ReloadError::RestartNeeded {
+            section: "engine",
+            detail: "the wasm engine's instance pool settings differ".into(),
         });
     }
     if old.shared_data != new.shared_data {

@@ -3,6 +3,7 @@
 //! naming the offending field path, so `sluice check` can print them all at once.
 
 mod admin;
+pub mod engine;
 mod listener;
 mod plugin;
 mod reload;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use admin::{read_token_file, Admin, AdminFile, AdminToken};
+pub use engine::{EngineFile, EngineSettings};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
 pub(crate) use plugin::encode_config;
 pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile, SignatureFile};
@@ -61,6 +63,9 @@ pub struct ConfigFile {
     /// Where plugins' shared data lives (in this process, or in Redis for every replica).
     #[serde(default)]
     pub shared_data: SharedDataFile,
+    /// The wasm engine's instance pool (fixed while the process runs).
+    #[serde(default)]
+    pub engine: EngineFile,
 }
 
 /// One configuration problem, naming the field it is about.
@@ -142,6 +147,8 @@ pub struct Config {
     pub reload: ReloadSettings,
     /// Shared-data storage.
     pub shared_data: SharedData,
+    /// The wasm engine's settings.
+    pub engine: EngineSettings,
 }
 
 impl Config {
@@ -215,6 +222,7 @@ impl ConfigFile {
         let server = self.server.validate(&mut errors);
         let reload = self.reload.validate(&mut errors);
         let shared_data = self.shared_data.validate(base_dir, &mut errors);
+        let engine = self.engine.validate(&mut errors);
 
         if self.listeners.is_empty() {
             errors.push(ConfigError::invalid(
@@ -318,6 +326,7 @@ impl ConfigFile {
                 plugins,
                 reload,
                 shared_data,
+                engine,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -32,6 +32,8 @@ pub struct EngineOptions {
     pub cache_dir: Option<PathBuf>,
     /// Instances (and linear memories) the pooling allocator keeps ready: one per VM.
     pub pooled_instances: u32,
+    /// Map memory per instantiation instead of pooling (no slot limit).
+    pub on_demand: bool,
     /// Largest linear memory any plugin may have; per-plugin caps are lower.
     pub max_memory_bytes: u64,
 }
@@ -41,6 +43,7 @@ impl Default for EngineOptions {
         EngineOptions {
             cache_dir: None,
             pooled_instances: 256,
+            on_demand: false,
             max_memory_bytes: 256 << 20,
         }
     }
@@ -108,6 +111,11 @@ impl WasmEngine {
         let mut pooled = base_config(cache.clone());
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let (engine, pooling) = match Engine::new(&pooled) {
+            _ if opts.on_demand => {
+                let e = Engine::new(&base_config(cache.clone()))
+                    .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
+                (e, false)
+            }
             Ok(e) => (e, true),
             Err(e) => {
                 tracing::warn!(
@@ -211,6 +219,7 @@ mod tests {
         EngineOptions {
             cache_dir: None,
             pooled_instances: 4,
+            on_demand: false,
             max_memory_bytes: 16 << 20,
         }
     }

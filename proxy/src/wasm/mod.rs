@@ -48,14 +48,32 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("sluice").join("wasm"))
 }
 
+/// The engine's pool settings, set by the first config before the host is built.
+static ENGINE_SETTINGS: OnceLock<(crate::config::EngineSettings, usize)> = OnceLock::new();
+
+/// Sizes the engine for a config that starts `vms` VMs (`engine:` section). Only the first
+/// call before the host is built counts: the engine is fixed once made (a reload that changes
+/// `engine:` is refused).
+pub fn configure_engine(settings: &crate::config::EngineSettings, vms: usize) {
+    let _ = ENGINE_SETTINGS.set((*settings, vms));
+}
+
 /// The process-wide host, built on first use.
 pub fn host() -> Result<&'static Host, String> {
     static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
     HOST.get_or_init(|| {
+        let (settings, vms) = ENGINE_SETTINGS.get().copied().unwrap_or_default();
         let mut opts = EngineOptions {
             cache_dir: cache_dir(),
+            pooled_instances: settings.slots(vms),
+            on_demand: settings.on_demand,
             ..EngineOptions::default()
         };
+        tracing::debug!(
+            instance_slots = opts.pooled_instances,
+            on_demand = opts.on_demand,
+            "wasm engine"
+        );
         let engine = match WasmEngine::new(&opts) {
             Ok(e) => e,
             Err(e) if opts.cache_dir.is_some() => {

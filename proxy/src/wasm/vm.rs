@@ -319,6 +319,8 @@ struct Inner {
 pub struct PhaseMetrics {
     calls: Vec<IntCounter>,
     durations: Vec<Histogram>,
+    /// `sluice_plugin_fuel_consumed_total` by phase.
+    fuel: Vec<IntCounter>,
     /// `sluice_plugin_contexts` of the plugin.
     contexts: IntGauge,
 }
@@ -338,6 +340,10 @@ impl PhaseMetrics {
                     m.plugin_call_duration
                         .with_label_values(&[plugin, p.as_str()])
                 })
+                .collect(),
+            fuel: Phase::ALL
+                .iter()
+                .map(|p| m.plugin_fuel.with_label_values(&[plugin, p.as_str()]))
                 .collect(),
             contexts: m.plugin_contexts.with_label_values(&[plugin]),
         }
@@ -626,6 +632,15 @@ impl Vm {
         let p = parked.iter().find(|p| p.id == id)?;
         let s = p.slot().take()?;
         Some((p.clone(), s))
+    }
+
+    /// Whether the module exports the body callback of `kind` (`proxy_on_request_body` or
+    /// `proxy_on_response_body`).
+    pub fn exports_body(&self, kind: super::stream::BodyKind) -> bool {
+        match kind {
+            super::stream::BodyKind::Request => self.ex.request_body.is_some(),
+            super::stream::BodyKind::Response => self.ex.response_body.is_some(),
+        }
     }
 
     /// Creates a stream context; returns its id.
@@ -929,6 +944,9 @@ fn guest_call<P: WasmParams, R: WasmResults>(
     let idx = phase as usize;
     metrics.calls[idx].inc();
     metrics.durations[idx].observe(start.elapsed().as_secs_f64());
+    // What the call cost in fuel (all of it when it ran out): what a platform bills by.
+    let left = store.get_fuel().unwrap_or(0);
+    metrics.fuel[idx].inc_by(limits.fuel.saturating_sub(left));
     if let Some(m) = store.data().memory {
         inner
             .memory_bytes
@@ -1009,7 +1027,14 @@ fn init(
     let _ = store.set_fuel(settings.limits.fuel);
     store.set_epoch_deadline(deadline_ticks(settings.limits.timeout, Phase::Start));
     let instance = pre.instantiate(&mut *store).map_err(|e| {
-        let ge = classify(store.data(), &e);
+        let mut ge = classify(store.data(), &e);
+        if ge.message.contains("concurrent limit") {
+            ge.message.push_str(
+                " (every VM takes one instance slot of the engine's pool: raise \
+                 engine.instance_slots, lower the plugins' vms, or set engine.allocation: \
+                 on_demand)",
+            );
+        }
         start_error("instantiation (start function)", ge)
     })?;
     if instance.get_func(&mut *store, ABI_VERSION_0_2_1).is_none()

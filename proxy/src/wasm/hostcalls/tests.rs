@@ -216,6 +216,7 @@ fn host() -> &'static (WasmEngine, Linker<VmState>) {
         let engine = WasmEngine::new(&EngineOptions {
             cache_dir: None,
             pooled_instances: 32,
+            on_demand: false,
             max_memory_bytes: 64 << 20,
         })
         .expect("engine");
