@@ -1,10 +1,17 @@
-//! Micro-benchmarks of the plugin host (criterion): one guest call round trip, one VM
-//! start, and the whole plugin work of one request through a one-plugin chain, without
-//! sockets. `cargo bench -p sluice-proxy --bench wasm` (or `make bench-micro`).
+//! Micro-benchmarks of the plugin host (criterion), without sockets:
+//! - `phase:` one guest call of each phase (a module whose callbacks do nothing: the host's
+//!   cost of entering the guest for that phase, fuel and deadline set-up included);
+//! - `host call:` one call of each host-call family, made from `on_request_headers` (subtract
+//!   the `phase: request_headers` figure for the host call alone);
+//! - `request:` the whole plugin work of one request through a chain (context creation,
+//!   request headers in and their changes out, response headers, a response body chunk,
+//!   on_log, on_done and on_delete) for the plugin rows of `make bench`;
+//! - one guest call, one instantiation and one VM start.
 //!
-//! Two plugins: a minimal hand-written module (the host's own overhead), and the test plugin
-//! built with the public Rust SDK (`tests/plugins/sdk-rust`, mode `copy-header`: read one
-//! header, add one), when `make wasm` has built it.
+//! `cargo bench -p sluice-proxy --bench wasm` (or `make bench-micro`). Plugins: hand-written
+//! modules (the host's own overhead), the test plugin built with the public Rust SDK
+//! (`tests/plugins/sdk-rust`, mode `copy-header`: read one header, add one) and the shipped
+//! rate-limit and mask plugins, when `make wasm` has built them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,22 +42,117 @@ const MINIMAL: &str = r#"(module
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"#;
 
-fn sdk_plugin() -> Option<Vec<u8>> {
+/// A built plugin from the target directory (`wasm32-wasip1/<profile>/<file>`).
+fn built(profile: &str, file: &str) -> Option<Vec<u8>> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm");
+    let path = target.join("wasm32-wasip1").join(profile).join(file);
     match std::fs::read(&path) {
         Ok(b) => Some(b),
         Err(_) => {
             eprintln!(
-                "{} not found: the SDK plugin cases are skipped (build it with `make wasm`)",
+                "{} not found: its cases are skipped (build it with `make wasm`)",
                 path.display()
             );
             None
         }
     }
 }
+
+fn sdk_plugin() -> Option<Vec<u8>> {
+    built("release", "sluice_test_plugin_sdk_rust.wasm")
+}
+
+/// A module whose callbacks do nothing: what entering the guest costs in each phase.
+const EMPTY_CALLBACKS: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) i32.const 8192)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_done") (param i32) (result i32) i32.const 1))"#;
+
+/// A module whose `on_request_headers` makes one host call: `imports` declares it, `call` is
+/// the call (its i32 status dropped). Data: "x-in" at 16, "request\0path" at 32, "bench-key"
+/// at 64, "value" at 80, "bench_metric" at 96, "a log line" at 128; results at 512/516/520;
+/// the metric id (defined by `on_vm_start`) at 600.
+fn host_call_module(imports: &str, call: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-in")
+  (data (i32.const 32) "request\00path")
+  (data (i32.const 64) "bench-key")
+  (data (i32.const 80) "value")
+  (data (i32.const 96) "bench_metric")
+  (data (i32.const 128) "a log line")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) i32.const 8192)
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 96) (i32.const 12) (i32.const 600)))
+    i32.const 1)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop {call})
+    i32.const 0))"#
+    )
+}
+
+/// The host-call families, one call each: (label, imports, call).
+const HOST_CALLS: &[(&str, &str, &str)] = &[
+    (
+        "get_header_map_value",
+        r#"(import "env" "proxy_get_header_map_value" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 512) (i32.const 516))",
+    ),
+    (
+        "get_header_map_pairs",
+        r#"(import "env" "proxy_get_header_map_pairs" (func $f (param i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 0) (i32.const 512) (i32.const 516))",
+    ),
+    (
+        "replace_header_map_value",
+        r#"(import "env" "proxy_replace_header_map_value" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 80) (i32.const 5))",
+    ),
+    (
+        "get_property (request.path)",
+        r#"(import "env" "proxy_get_property" (func $f (param i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 32) (i32.const 12) (i32.const 512) (i32.const 516))",
+    ),
+    (
+        "get_shared_data",
+        r#"(import "env" "proxy_get_shared_data" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 64) (i32.const 9) (i32.const 512) (i32.const 516) (i32.const 520))",
+    ),
+    (
+        "set_shared_data",
+        r#"(import "env" "proxy_set_shared_data" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 64) (i32.const 9) (i32.const 80) (i32.const 5) (i32.const 0))",
+    ),
+    (
+        "increment_metric",
+        r#"(import "env" "proxy_increment_metric" (func $f (param i32 i64) (result i32)))"#,
+        "(call $f (i32.load (i32.const 600)) (i64.const 1))",
+    ),
+    (
+        "log (filtered out)",
+        r#"(import "env" "proxy_log" (func $f (param i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 0) (i32.const 128) (i32.const 10))",
+    ),
+    (
+        "get_current_time_nanoseconds",
+        r#"(import "env" "proxy_get_current_time_nanoseconds" (func $f (param i32) (result i32)))"#,
+        "(call $f (i32.const 512))",
+    ),
+];
 
 fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
     PluginSettings {
@@ -146,51 +248,149 @@ fn instantiation(c: &mut Criterion, name: &str, bytes: &[u8]) {
     });
 }
 
-/// What a request through a one-plugin route costs the host besides the network: the chain
-/// (context creation), request headers in and their changes out, response headers, on_log,
-/// on_done and on_delete.
-fn request(c: &mut Criterion, name: &str, plugin: &Arc<Plugin>) {
+/// What a request through a route with `plugins` costs the host besides the network: the
+/// chain (context creation), request headers in and their changes out, response headers, one
+/// response body chunk of `body`, on_log, on_done and on_delete.
+fn request(c: &mut Criterion, name: &str, plugins: &[Arc<Plugin>], body: &Bytes) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let plugins = vec![plugin.clone()];
-    let resp = ResponseHeader::build(200, None).unwrap();
-    c.bench_function(
-        &format!("one request's plugin work, 1 plugin: {name}"),
-        |b| {
-            b.iter_batched(
-                || (request_header(), resp.clone()),
-                |(mut req, mut resp)| {
-                    let mut chain = Chain::new(&plugins, RequestInfo::default()).expect("chain");
-                    chain.load_request(&req, "http", []);
-                    rt.block_on(chain.request_headers(true)).expect("headers");
-                    chain.apply_request(&mut req).unwrap();
-                    chain.load_response(&resp);
-                    rt.block_on(chain.response_headers(false))
-                        .expect("response");
-                    chain.apply_response(&mut resp).unwrap();
-                    chain.log(200);
-                    drop(chain);
-                    (req, resp)
-                },
-                BatchSize::SmallInput,
-            )
-        },
-    );
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    resp.insert_header("content-type", "text/plain").unwrap();
+    resp.insert_header("content-length", body.len()).unwrap();
+    c.bench_function(&format!("request: {name}"), |b| {
+        b.iter_batched(
+            || (request_header(), resp.clone(), Some(body.clone())),
+            |(mut req, mut resp, mut chunk)| {
+                let mut chain = Chain::new(plugins, RequestInfo::default()).expect("chain");
+                chain.load_request(&req, "http", []);
+                rt.block_on(chain.request_headers(true)).expect("headers");
+                chain.apply_request(&mut req).unwrap();
+                chain.load_response(&resp);
+                rt.block_on(chain.response_headers(false))
+                    .expect("response");
+                chain.apply_response(&mut resp).unwrap();
+                chain.response_body(&mut chunk, true).expect("body");
+                chain.log(200);
+                drop(chain);
+                (req, resp, chunk)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// One guest call of each phase, on a module whose callbacks do nothing.
+fn phases(c: &mut Criterion) {
+    let plugin = load("bench-phases", EMPTY_CALLBACKS.as_bytes(), b"");
+    let vm = plugin.pick().expect("healthy VM");
+    let mut stream = Some(Box::new(Stream {
+        request_headers: sluice::chain::request_list(&request_header(), "http"),
+        request_headers_writable: true,
+        ..Stream::default()
+    }));
+    let id = vm.create_context().expect("context");
+    let (tx, _rx) = unbounded_channel();
+    let sink = CalloutSink::Request(tx);
+    let calls = [
+        ("request_headers", StreamCall::RequestHeaders(7, true)),
+        ("request_body", StreamCall::RequestBody(0, true)),
+        ("response_headers", StreamCall::ResponseHeaders(1, false)),
+        ("response_body", StreamCall::ResponseBody(0, true)),
+        ("log", StreamCall::Log),
+    ];
+    for (label, call) in calls {
+        c.bench_function(&format!("phase: {label}"), |b| {
+            b.iter(|| {
+                vm.call_stream(id, call, &mut stream, 0, &sink, None)
+                    .expect("guest call")
+            })
+        });
+    }
+    vm.finish_context(id);
+    c.bench_function("phase: context_create + done", |b| {
+        b.iter(|| {
+            let id = vm.create_context().expect("context");
+            vm.finish_context(id);
+        })
+    });
+}
+
+/// One call of each host-call family from `on_request_headers`.
+fn host_calls(c: &mut Criterion) {
+    for (label, imports, call) in HOST_CALLS {
+        let wat = host_call_module(imports, call);
+        let plugin = load(&format!("bench-{label}"), wat.as_bytes(), b"");
+        let vm = plugin.pick().expect("healthy VM");
+        let id = vm.create_context().expect("context");
+        let mut stream = Some(Box::new(Stream {
+            request_headers: sluice::chain::request_list(&request_header(), "http"),
+            request_headers_writable: true,
+            ..Stream::default()
+        }));
+        let (tx, _rx) = unbounded_channel();
+        let sink = CalloutSink::Request(tx);
+        c.bench_function(&format!("host call: {label}"), |b| {
+            b.iter(|| {
+                vm.call_stream(
+                    id,
+                    StreamCall::RequestHeaders(7, true),
+                    &mut stream,
+                    0,
+                    &sink,
+                    None,
+                )
+                .expect("guest call")
+            })
+        });
+        vm.finish_context(id);
+    }
 }
 
 fn benches(c: &mut Criterion) {
+    phases(c);
+    host_calls(c);
+    let small = Bytes::from_static(b"hello from upstream\n");
     let minimal = load("bench-minimal", MINIMAL.as_bytes(), b"");
     guest_call(c, "minimal module", &minimal);
     instantiation(c, "minimal module", MINIMAL.as_bytes());
     vm_start(c, "minimal module", &minimal);
-    request(c, "minimal module", &minimal);
+    request(c, "1 plugin, minimal module", &[minimal], &small);
     if let Some(bytes) = sdk_plugin() {
         let sdk = load("bench-sdk", &bytes, br#"{"mode":"copy-header"}"#);
         guest_call(c, "Rust SDK copy-header", &sdk);
         instantiation(c, "Rust SDK plugin", &bytes);
         vm_start(c, "Rust SDK plugin", &sdk);
-        request(c, "Rust SDK copy-header", &sdk);
+        request(c, "1 plugin, Rust SDK copy-header", &[sdk.clone()], &small);
+        let three: Vec<_> = (1..=3)
+            .map(|i| {
+                load(
+                    &format!("bench-sdk{i}"),
+                    &bytes,
+                    br#"{"mode":"copy-header"}"#,
+                )
+            })
+            .collect();
+        request(c, "3 plugins, Rust SDK copy-header", &three, &small);
+    }
+    if let Some(bytes) = built("plugin", "sluice_plugin_rate_limit.wasm") {
+        let limit = load(
+            "bench-limit",
+            &bytes,
+            br#"{"key":["route"],"requests":1000000000000,"period_seconds":1}"#,
+        );
+        request(c, "1 plugin, rate-limit", &[limit], &small);
+    }
+    if let Some(bytes) = built("plugin", "sluice_plugin_mask.wasm") {
+        let mask = load(
+            "bench-mask",
+            &bytes,
+            br#"{"presets":["email","card","iban","bearer"]}"#,
+        );
+        let line = "customer jane.doe@example.com paid with 4111 1111 1111 1111 on order 12345; ";
+        let block: String = line.repeat(8).chars().take(512).collect();
+        let body = Bytes::from(block.repeat(32));
+        request(c, "1 plugin, mask on 16 KiB", &[mask], &body);
     }
 }
 
