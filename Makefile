@@ -11,7 +11,7 @@ SDK_TEST_PLUGIN_CRATES := -p sluice-test-plugin-sdk-sluice
 CARGO ?= cargo
 SHELL := bash
 
-.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-reload bench-shared soak ladder release clean
+.PHONY: setup test-deps demo run test fmt lint wasm wasm-as unit fuzz bench bench-micro bench-scale bench-reload bench-shared soak ladder release clean
 
 ## setup: install what the build needs (cmake, the pinned toolchain, the wasm32 targets)
 setup:
@@ -103,7 +103,13 @@ bench: setup
 ## bench-micro: criterion micro-benchmarks of the plugin host (bench/wasm.rs)
 bench-micro: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(TEST_PLUGIN_CRATES)
+	$(CARGO) build --profile plugin --target wasm32-wasip1 -p sluice-plugin-rate-limit -p sluice-plugin-mask
 	$(CARGO) bench -p sluice-proxy --bench wasm
+
+## bench-scale: start-up time and resident memory with 10, 100 and 1000 plugins
+bench-scale: setup release
+	$(CARGO) build --release --target wasm32-wasip1 -p sluice-test-plugin-sdk-rust
+	bash bench/scale.sh
 
 ## bench-reload: reload times (cold/warm, three plugin sizes) and latency during swaps
 bench-reload: setup

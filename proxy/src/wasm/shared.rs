@@ -65,19 +65,41 @@ impl Namespace {
     }
 }
 
-/// The keys of one in-process namespace.
-#[derive(Default)]
+/// The keys of one in-process namespace, spread over [`SHARDS`] locks by a hash of the key:
+/// VMs on different threads touching different keys do not wait for each other.
 pub struct Memory {
-    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+    shards: [Mutex<HashMap<Vec<u8>, Entry>>; SHARDS],
+    /// Keys in all shards (the [`MAX_KEYS`] cap).
+    keys: std::sync::atomic::AtomicUsize,
+}
+
+/// Locks of one in-memory namespace.
+const SHARDS: usize = 16;
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            keys: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Memory {
+    fn shard(&self, key: &[u8]) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
+        let h = crate::hash::fnv1a64_update(crate::hash::FNV1A64_START, key);
+        self.shards[(h % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.entries.lock().expect("not poisoned").get(key).cloned()
+        self.shard(key).get(key).cloned()
     }
 
     fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Status {
-        let mut entries = self.entries.lock().expect("not poisoned");
+        use std::sync::atomic::Ordering;
+        let mut entries = self.shard(key);
         match entries.get_mut(key) {
             Some((v, version)) => {
                 if cas != 0 && cas != *version {
@@ -89,7 +111,14 @@ impl Memory {
                 Status::Ok
             }
             None => {
-                if entries.len() >= MAX_KEYS {
+                // Reserve the key's place under the cap before creating it.
+                if self
+                    .keys
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < MAX_KEYS).then_some(n + 1)
+                    })
+                    .is_err()
+                {
                     return Status::BadArgument;
                 }
                 entries.insert(key.to_vec(), (value.to_vec(), 1));
@@ -192,6 +221,21 @@ pub fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_cap_counts_every_shard() {
+        let m = Memory::default();
+        for i in 0..MAX_KEYS {
+            assert_eq!(m.set(format!("k{i}").as_bytes(), b"v", 0), Status::Ok);
+        }
+        assert_eq!(m.set(b"one more", b"v", 0), Status::BadArgument);
+        // Existing keys still change; the shards hold every key.
+        assert_eq!(m.set(b"k7", b"w", 1), Status::Ok);
+        assert_eq!(m.get(b"k7"), Some((b"w".to_vec(), 2)));
+        let held: usize = m.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert_eq!(held, MAX_KEYS);
+        assert!(m.shards.iter().all(|s| !s.lock().unwrap().is_empty()));
+    }
 
     #[test]
     fn cas_semantics() {
