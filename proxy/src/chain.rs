@@ -299,13 +299,13 @@ impl Chain {
                 return Ok(None);
             }
         };
-        let name = self.members[i].plugin.settings.name.clone();
+        let name = &self.members[i].plugin.settings.name;
         let s = self.stream.as_deref_mut().expect("stream present");
         if let Some(local) = s.effects.local_response.take() {
-            return Err(Reply::local(&name, local));
+            return Err(Reply::local(name, local));
         }
         if s.effects.close {
-            return Err(Reply::reset(&name));
+            return Err(Reply::reset(name));
         }
         Ok(Some(if action == 1 {
             Step::Pause
@@ -419,9 +419,11 @@ impl Chain {
         if r.is_err() {
             return policy_skip(&mut self.members[j]);
         }
-        let name = self.members[j].plugin.settings.name.clone();
-        if let Some(local) = self.stream().effects.local_response.take() {
-            return Err(Reply::local(&name, local));
+        self.recover();
+        let name = &self.members[j].plugin.settings.name;
+        let s = self.stream.as_deref_mut().expect("stream present");
+        if let Some(local) = s.effects.local_response.take() {
+            return Err(Reply::local(name, local));
         }
         Ok(())
     }
@@ -912,12 +914,12 @@ fn write_back(
 
 /// Names to rewrite: those changed, or (map replaced) every name before or after.
 fn changed_names(
-    changes: &crate::wasm::stream::Changes,
+    changes: crate::wasm::stream::Changes,
     old: impl Iterator<Item = Vec<u8>>,
     list: &HeaderList,
 ) -> Vec<Vec<u8>> {
     if !changes.all {
-        return changes.names.clone();
+        return changes.names;
     }
     let mut names: Vec<Vec<u8>> = old.collect();
     for (k, _) in list {
@@ -937,11 +939,12 @@ impl Chain {
         if !s.request_changed.any() {
             return Ok(());
         }
+        let changes = std::mem::take(&mut s.request_changed);
         let list = &s.request_headers;
-        let get = |n: &[u8]| list.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let get = |n: &[u8]| list.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_slice());
         if let Some(m) = get(b":method") {
             if m != req.method.as_str().as_bytes() {
-                if let Ok(method) = http::Method::from_bytes(&m) {
+                if let Ok(method) = http::Method::from_bytes(m) {
                     req.set_method(method);
                 }
             }
@@ -953,19 +956,18 @@ impl Chain {
                 .map_or("/", |p| p.as_str())
                 .as_bytes();
             if p != current {
-                req.set_raw_path(&p)?;
+                req.set_raw_path(p)?;
             }
         }
         if let Some(a) = get(b":authority") {
             let current = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
-            if current != Some(a.as_slice()) && !a.is_empty() {
-                req.insert_header(http::header::HOST, a)?;
+            if current != Some(a) && !a.is_empty() {
+                req.insert_header(http::header::HOST, a.to_vec())?;
             }
         }
         let old = req.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
-        let names = changed_names(&s.request_changed, old, list);
+        let names = changed_names(changes, old, list);
         write_back(req, list, &names)?;
-        s.request_changed = Default::default();
         Ok(())
     }
 
@@ -976,6 +978,7 @@ impl Chain {
         if !s.response_changed.any() {
             return Ok(());
         }
+        let changes = std::mem::take(&mut s.response_changed);
         let list = &s.response_headers;
         if let Some((_, st)) = list.iter().find(|(k, _)| k == b":status") {
             if let Some(code) = std::str::from_utf8(st)
@@ -988,9 +991,8 @@ impl Chain {
             }
         }
         let old = resp.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
-        let names = changed_names(&s.response_changed, old, list);
+        let names = changed_names(changes, old, list);
         write_back(resp, list, &names)?;
-        s.response_changed = Default::default();
         Ok(())
     }
 }
