@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the plugin host (criterion), without sockets:
 //! - `phase:` one guest call of each phase (a module whose callbacks do nothing: the host's
 //!   cost of entering the guest for that phase, fuel and deadline set-up included);
-//! - `host call:` one call of each host-call family, made from `on_request_headers` (subtract
-//!   the `phase: request_headers` figure for the host call alone);
+//! - `host call:` one call of each host-call family, made from `on_request_headers` (or
+//!   `on_request_body` for the body; subtract the `phase:` figure for the host call alone);
 //! - `request:` the whole plugin work of one request through a chain (context creation,
 //!   request headers in and their changes out, response headers, a response body chunk,
 //!   on_log, on_done and on_delete) for the plugin rows of `make bench`;
@@ -27,7 +27,7 @@ use sluice::wasm::callout::CalloutSink;
 use sluice::wasm::plugin::Plugin;
 use sluice::wasm::sanitize::Sanitizer;
 use sluice::wasm::settings::{FailurePolicy, Limits, PluginSettings};
-use sluice::wasm::stream::{RequestInfo, Stream};
+use sluice::wasm::stream::{BodyKind, RequestInfo, Stream};
 use sluice::wasm::vm::{StreamCall, VmState};
 
 /// The allocator of the `sluice` binary.
@@ -101,6 +101,9 @@ fn host_call_module(imports: &str, call: &str) -> String {
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (drop {call})
+    i32.const 0)
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (drop {call})
     i32.const 0))"#
     )
 }
@@ -151,6 +154,11 @@ const HOST_CALLS: &[(&str, &str, &str)] = &[
         "get_current_time_nanoseconds",
         r#"(import "env" "proxy_get_current_time_nanoseconds" (func $f (param i32) (result i32)))"#,
         "(call $f (i32.const 512))",
+    ),
+    (
+        "get_buffer_bytes (16 KiB request body, from on_request_body)",
+        r#"(import "env" "proxy_get_buffer_bytes" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "(call $f (i32.const 0) (i32.const 0) (i32.const 16384) (i32.const 512) (i32.const 516))",
     ),
 ];
 
@@ -323,24 +331,26 @@ fn host_calls(c: &mut Criterion) {
         let plugin = load(&format!("bench-{label}"), wat.as_bytes(), b"");
         let vm = plugin.pick().expect("healthy VM");
         let id = vm.create_context().expect("context");
+        let body = label.contains("body");
         let mut stream = Some(Box::new(Stream {
             request_headers: sluice::chain::request_list(&request_header(), "http"),
             request_headers_writable: true,
+            body: if body { vec![b'x'; 16384] } else { Vec::new() },
+            body_kind: body.then_some(BodyKind::Request),
+            body_end: true,
             ..Stream::default()
         }));
+        let call = if body {
+            StreamCall::RequestBody(16384, true)
+        } else {
+            StreamCall::RequestHeaders(7, true)
+        };
         let (tx, _rx) = unbounded_channel();
         let sink = CalloutSink::Request(tx);
         c.bench_function(&format!("host call: {label}"), |b| {
             b.iter(|| {
-                vm.call_stream(
-                    id,
-                    StreamCall::RequestHeaders(7, true),
-                    &mut stream,
-                    0,
-                    &sink,
-                    None,
-                )
-                .expect("guest call")
+                vm.call_stream(id, call, &mut stream, 0, &sink, None)
+                    .expect("guest call")
             })
         });
         vm.finish_context(id);

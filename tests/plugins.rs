@@ -136,6 +136,40 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
         fuel("request_headers").await
     );
     assert_eq!(fuel("request_body").await, Some(0.0));
+    // The same figures per plugin in the admin API, with their means per request.
+    let a = get_json(proxy.admin_url("/plugins/a")).await;
+    let cost = &a["cost"];
+    assert_eq!(cost["requests"], 1, "{a}");
+    let headers_fuel = cost["phases"]["request_headers"]["fuel"].as_u64().unwrap();
+    assert!(headers_fuel > 100, "{a}");
+    assert!(
+        cost["phases"]["request_body"].is_null(),
+        "never called: {a}"
+    );
+    assert!(
+        cost["fuel_per_request"].as_f64().unwrap() >= headers_fuel as f64,
+        "{a}"
+    );
+    assert!(cost["guest_us_per_request"].as_f64().unwrap() > 0.0, "{a}");
+    // And by route: the one request on route `chain`, its request phases only (recorded when
+    // the request's state is dropped, just after the response went out).
+    let mut a = a;
+    for _ in 0..200 {
+        if !a["cost"]["routes"]["chain"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        a = get_json(proxy.admin_url("/plugins/a")).await;
+    }
+    let cost = &a["cost"];
+    let route = &cost["routes"]["chain"];
+    assert_eq!(route["requests"], 1, "{a}");
+    let route_fuel = route["fuel_per_request"].as_f64().unwrap();
+    assert!(route_fuel >= headers_fuel as f64, "{a}");
+    assert!(
+        route_fuel <= cost["fuel_per_request"].as_f64().unwrap(),
+        "{a}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

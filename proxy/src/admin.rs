@@ -291,8 +291,67 @@ fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
         "contexts": vms.iter().map(|vm| vm.contexts()).sum::<usize>(),
         "memory_bytes": vms.iter().map(|vm| vm.memory_bytes()).sum::<usize>(),
         "errors": crate::metrics::metrics().plugin_errors_by_kind(name),
+        "cost": cost_json(p),
         "routes": routes,
     }))
+}
+
+/// What a plugin spent since the process started (every version under its name): guest time
+/// and fuel by phase, and their means per request served.
+fn cost_json(p: &crate::wasm::plugin::Plugin) -> serde_json::Value {
+    let (requests, costs) = p.costs();
+    let seconds: f64 = costs.iter().map(|c| c.seconds).sum();
+    let fuel: u64 = costs.iter().map(|c| c.fuel).sum();
+    let per_request = |total: f64| {
+        if requests == 0 {
+            serde_json::Value::Null
+        } else {
+            ((total / requests as f64 * 1e3).round() / 1e3).into()
+        }
+    };
+    let phases: serde_json::Map<String, serde_json::Value> = costs
+        .iter()
+        .map(|c| {
+            (
+                c.phase.as_str().to_string(),
+                serde_json::json!({
+                    "calls": c.calls,
+                    "guest_us": (c.seconds * 1e9).round() / 1e3,
+                    "fuel": c.fuel,
+                }),
+            )
+        })
+        .collect();
+    // Per route, this version only: the request phases (not on_done/on_delete, which run
+    // after the request's state is gone).
+    let routes: serde_json::Map<String, serde_json::Value> = p
+        .route_costs()
+        .into_iter()
+        .map(|(route, n, nanos, fuel)| {
+            let mean = |total: f64| {
+                if n == 0 {
+                    serde_json::Value::Null
+                } else {
+                    ((total / n as f64 * 1e3).round() / 1e3).into()
+                }
+            };
+            (
+                route,
+                serde_json::json!({
+                    "requests": n,
+                    "guest_us_per_request": mean(nanos as f64 / 1e3),
+                    "fuel_per_request": mean(fuel as f64),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "requests": requests,
+        "guest_us_per_request": per_request(seconds * 1e6),
+        "fuel_per_request": per_request(fuel as f64),
+        "phases": phases,
+        "routes": routes,
+    })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC.

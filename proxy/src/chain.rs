@@ -119,6 +119,8 @@ struct Member {
     ctx: Option<Ctx>,
     /// Body bytes this plugin holds back (it paused its body callback).
     held: Vec<u8>,
+    /// What this plugin's calls for the request cost.
+    cost: crate::wasm::stream::CallCost,
 }
 
 /// What a request-headers pass ended with.
@@ -189,6 +191,15 @@ impl Drop for Chain {
         if let Some((vm, parked)) = self.parked.take() {
             vm.unpark(&parked);
         }
+        // What each plugin spent on this request, by route (`/plugins/NAME`).
+        if let Some(s) = self.stream.as_deref() {
+            let route = s.info.route_name.as_str();
+            for m in &self.members {
+                if m.ctx.is_some() || m.cost != Default::default() {
+                    m.plugin.record_route_cost(route, m.cost);
+                }
+            }
+        }
     }
 }
 
@@ -202,6 +213,7 @@ impl Chain {
                 plugin: p.clone(),
                 ctx: None,
                 held: Vec::new(),
+                cost: Default::default(),
             };
             match p.pick() {
                 Some(vm) => match vm.create_context() {
@@ -290,8 +302,12 @@ impl Chain {
             s.effects.local_response = None;
             s.effects.close = false;
         }
+        let before = self.stream.as_deref().map(|s| s.cost).unwrap_or_default();
         let r = vm.call_stream(id, call, &mut self.stream, i, &CalloutSink::Stream, None);
         self.take_receiver();
+        if let Some(s) = self.stream.as_deref() {
+            self.members[i].cost.add(s.cost.since(before));
+        }
         let action = match r {
             Ok(a) => a,
             Err(_) => {
@@ -407,6 +423,7 @@ impl Chain {
         let token = done.token;
         let (nh, len, nt, resp) = done.counts();
         self.stream().effects.local_response = None;
+        let before = self.stream().cost;
         let r = vm.call_stream(
             id,
             StreamCall::HttpCallResponse(token, nh, len, nt),
@@ -416,6 +433,9 @@ impl Chain {
             Some(resp.unwrap_or_default()),
         );
         self.take_receiver();
+        if let Some(s) = self.stream.as_deref() {
+            self.members[j].cost.add(s.cost.since(before));
+        }
         if r.is_err() {
             return policy_skip(&mut self.members[j]);
         }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub plugin_refused_writes: IntCounterVec,
     /// `sluice_plugin_contexts{plugin}`: stream contexts alive.
     pub plugin_contexts: IntGaugeVec,
+    /// `sluice_plugin_requests_total{plugin}`: stream contexts created (requests served).
+    pub plugin_requests: IntCounterVec,
 }
 
 fn build() -> Metrics {
@@ -257,8 +259,17 @@ fn build() -> Metrics {
         &["plugin"],
     )
     .expect("valid metric");
+    let plugin_requests = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_requests_total",
+            "Requests each plugin served (stream contexts created).",
+        ),
+        &["plugin"],
+    )
+    .expect("valid metric");
     for c in [
         Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(plugin_requests.clone()),
         Box::new(plugin_calls.clone()),
         Box::new(plugin_call_duration.clone()),
         Box::new(plugin_fuel.clone()),
@@ -306,6 +317,7 @@ fn build() -> Metrics {
         plugin_memory,
         plugin_refused_writes,
         plugin_contexts,
+        plugin_requests,
     }
 }
 

@@ -53,6 +53,14 @@ fn thread_number() -> usize {
     NUMBER.with(|n| *n)
 }
 
+/// What the requests of one route cost a plugin.
+#[derive(Default)]
+struct RouteCost {
+    requests: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
+    fuel: std::sync::atomic::AtomicU64,
+}
+
 struct Slot {
     vm: Mutex<Option<Arc<Vm>>>,
     /// Consecutive failures of this slot's VMs (resets when one serves a while).
@@ -70,6 +78,8 @@ pub struct Plugin {
     shared: Arc<Namespace>,
     metrics: Arc<PhaseMetrics>,
     slots: Vec<Slot>,
+    /// Costs by route name.
+    route_costs: std::sync::RwLock<std::collections::HashMap<String, RouteCost>>,
 }
 
 impl Plugin {
@@ -133,6 +143,7 @@ impl Plugin {
                 shared: shared.clone(),
                 metrics: metrics.clone(),
                 slots,
+                route_costs: Default::default(),
             }
         });
         if let Some(error) = first_error {
@@ -165,6 +176,50 @@ impl Plugin {
             }
         }
         None
+    }
+
+    /// Adds one request's cost on `route` (guest calls made with the request's state).
+    pub fn record_route_cost(&self, route: &str, cost: super::stream::CallCost) {
+        let add = |c: &RouteCost| {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+            c.nanos.fetch_add(cost.nanos, Ordering::Relaxed);
+            c.fuel.fetch_add(cost.fuel, Ordering::Relaxed);
+        };
+        if let Some(c) = self
+            .route_costs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+        {
+            add(c);
+            return;
+        }
+        let mut all = self.route_costs.write().unwrap_or_else(|p| p.into_inner());
+        add(all.entry(route.to_string()).or_default());
+    }
+
+    /// Per route: requests, guest ns and fuel of the requests this plugin (this version)
+    /// served on it.
+    pub fn route_costs(&self) -> Vec<(String, u64, u64, u64)> {
+        let all = self.route_costs.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = all
+            .iter()
+            .map(|(r, c)| {
+                (
+                    r.clone(),
+                    c.requests.load(Ordering::Relaxed),
+                    c.nanos.load(Ordering::Relaxed),
+                    c.fuel.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// What the plugin's calls cost, by phase, and the requests it served (for `/plugins`).
+    pub fn costs(&self) -> (u64, Vec<super::vm::PhaseCost>) {
+        (self.metrics.requests(), self.metrics.costs())
     }
 
     /// Healthy VMs.

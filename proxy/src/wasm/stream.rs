@@ -214,6 +214,33 @@ pub struct Stream {
     pub log_phase: bool,
     /// Where this request's callouts report, made by its first callout.
     pub callouts: CalloutChannel,
+    /// What the guest calls made with this state in the store cost so far.
+    pub cost: CallCost,
+}
+
+/// Guest time and fuel of some guest calls.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CallCost {
+    /// Time in the guest, ns.
+    pub nanos: u64,
+    /// Fuel consumed.
+    pub fuel: u64,
+}
+
+impl CallCost {
+    /// Adds `other`.
+    pub fn add(&mut self, other: CallCost) {
+        self.nanos = self.nanos.saturating_add(other.nanos);
+        self.fuel = self.fuel.saturating_add(other.fuel);
+    }
+
+    /// What was added since `before`.
+    pub fn since(self, before: CallCost) -> CallCost {
+        CallCost {
+            nanos: self.nanos.saturating_sub(before.nanos),
+            fuel: self.fuel.saturating_sub(before.fuel),
+        }
+    }
 }
 
 /// The channel a request's callouts report to: made by the request's first callout, so that a

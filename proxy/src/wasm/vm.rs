@@ -323,6 +323,22 @@ pub struct PhaseMetrics {
     fuel: Vec<IntCounter>,
     /// `sluice_plugin_contexts` of the plugin.
     contexts: IntGauge,
+    /// `sluice_plugin_requests_total` of the plugin.
+    requests: IntCounter,
+}
+
+/// What a plugin spent in one phase, since the process started (all versions of the plugin
+/// under its name).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseCost {
+    /// The phase.
+    pub phase: Phase,
+    /// Guest calls.
+    pub calls: u64,
+    /// Time in the guest, seconds.
+    pub seconds: f64,
+    /// Fuel consumed.
+    pub fuel: u64,
 }
 
 impl PhaseMetrics {
@@ -346,7 +362,28 @@ impl PhaseMetrics {
                 .map(|p| m.plugin_fuel.with_label_values(&[plugin, p.as_str()]))
                 .collect(),
             contexts: m.plugin_contexts.with_label_values(&[plugin]),
+            requests: m.plugin_requests.with_label_values(&[plugin]),
         }
+    }
+
+    /// Requests served (stream contexts created) since the process started.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// The cost of each phase that was called.
+    pub fn costs(&self) -> Vec<PhaseCost> {
+        Phase::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &phase)| PhaseCost {
+                phase,
+                calls: self.calls[i].get(),
+                seconds: self.durations[i].get_sample_sum(),
+                fuel: self.fuel[i].get(),
+            })
+            .filter(|c| c.calls > 0)
+            .collect()
     }
 }
 
@@ -662,6 +699,7 @@ impl Vm {
         }
         self.contexts.fetch_add(1, Ordering::Relaxed);
         self.metrics.contexts.inc();
+        self.metrics.requests.inc();
         Ok(id)
     }
 
@@ -942,11 +980,19 @@ fn guest_call<P: WasmParams, R: WasmResults>(
     let start = Instant::now();
     let r = f.call(store.as_context_mut(), params);
     let idx = phase as usize;
+    let took = start.elapsed();
     metrics.calls[idx].inc();
-    metrics.durations[idx].observe(start.elapsed().as_secs_f64());
+    metrics.durations[idx].observe(took.as_secs_f64());
     // What the call cost in fuel (all of it when it ran out): what a platform bills by.
     let left = store.get_fuel().unwrap_or(0);
-    metrics.fuel[idx].inc_by(limits.fuel.saturating_sub(left));
+    let fuel = limits.fuel.saturating_sub(left);
+    metrics.fuel[idx].inc_by(fuel);
+    if let Some(s) = store.data_mut().stream.as_deref_mut() {
+        s.cost.add(super::stream::CallCost {
+            nanos: took.as_nanos() as u64,
+            fuel,
+        });
+    }
     if let Some(m) = store.data().memory {
         inner
             .memory_bytes
