@@ -799,10 +799,10 @@ echo "  rate-limit, vs sluice:                    ${EXTRA_RL:-n/a} / ${EXTRA_RL_
 echo "  auth HS256 + rate-limit, vs sluice:       ${EXTRA_HSRL:-n/a} / ${EXTRA_HSRL_U:-n/a}"
 echo "  mask on 16 KiB, vs sluice 16K:            ${EXTRA_MASK:-n/a} / ${EXTRA_MASK_U:-n/a}"
 echo
-printf '%-46s %12s %10s %s\n' "target" "figure" "target" "met"
+echo "Targets (figure, target: met):"
 for row in "${TARGET_ROWS[@]}"; do
     IFS='|' read -r t_label t_fig t_lim t_met <<<"$row"
-    printf '%-46s %12s %10s %s\n' "$t_label" "$t_fig" "$t_lim" "$t_met"
+    printf '  %s: %s, target %s: %s\n' "$t_label" "$t_fig" "$t_lim" "$t_met"
 done
 echo "targets met: $TARGETS_MET of ${#TARGET_ROWS[@]}"
 echo
