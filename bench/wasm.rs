@@ -371,7 +371,12 @@ fn benches(c: &mut Criterion) {
         guest_call(c, "Rust SDK copy-header", &sdk);
         instantiation(c, "Rust SDK plugin", &bytes);
         vm_start(c, "Rust SDK plugin", &sdk);
-        request(c, "1 plugin, Rust SDK copy-header", &[sdk.clone()], &small);
+        request(
+            c,
+            "1 plugin, Rust SDK copy-header",
+            std::slice::from_ref(&sdk),
+            &small,
+        );
         let three: Vec<_> = (1..=3)
             .map(|i| {
                 load(

@@ -68,7 +68,7 @@ impl Namespace {
 /// The keys of one in-process namespace, spread over [`SHARDS`] locks by a hash of the key:
 /// VMs on different threads touching different keys do not wait for each other.
 pub struct Memory {
-    shards: [Mutex<HashMap<Vec<u8>, Entry>>; SHARDS],
+    shards: Box<[Shard]>,
     /// Keys in all shards (the [`MAX_KEYS`] cap).
     keys: std::sync::atomic::AtomicUsize,
 }
@@ -76,10 +76,13 @@ pub struct Memory {
 /// Locks of one in-memory namespace.
 const SHARDS: usize = 16;
 
+/// One lock's keys.
+type Shard = Mutex<HashMap<Vec<u8>, Entry>>;
+
 impl Default for Memory {
     fn default() -> Self {
         Memory {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             keys: std::sync::atomic::AtomicUsize::new(0),
         }
     }
