@@ -81,7 +81,7 @@ for n in 0 $COUNTS; do
             if ((n > 0)); then
                 curl -fsS -o /dev/null "http://127.0.0.1:$listen/p$((n - 1))/x" || log "route /p$((n - 1))/ failed"
             fi
-            sleep 0.5
+            sleep 2
             rss=$(rss_kib "$PID")
             [[ "$n" == 0 && "$run" == warm ]] && BASE_RSS="$rss"
             per=""
