@@ -2,8 +2,8 @@
 # Many plugins in one process: start-up time (to /ready) and resident memory of `sluice run`
 # with 10, 100 and 1000 plugins, one route each (the Rust SDK test plugin, copy-header; 2 worker
 # threads, so 2 VMs per plugin unless VMS is set). Each count is started twice: cold (empty
-# compiled-code cache) and warm (cache filled by the cold run); the RSS is read once ready, with
-# no traffic. Prints a table and the per-plugin figures against the targets (docs/benchmarks.md).
+# compiled-code cache) and warm (cache filled by the cold run); the RSS is read 2 s after
+# ready and one request. Prints a table and the per-plugin figures against the targets.
 #
 # Usage: bash bench/scale.sh      (or: make bench-scale)
 # Environment: COUNTS (default "10 100 1000"), VMS (default: one per worker thread), THREADS (2)
