@@ -674,9 +674,23 @@ impl Vm {
     /// Whether the module exports the body callback of `kind` (`proxy_on_request_body` or
     /// `proxy_on_response_body`).
     pub fn exports_body(&self, kind: super::stream::BodyKind) -> bool {
-        match kind {
-            super::stream::BodyKind::Request => self.ex.request_body.is_some(),
-            super::stream::BodyKind::Response => self.ex.response_body.is_some(),
+        self.exports(match kind {
+            super::stream::BodyKind::Request => StreamCall::RequestBody(0, false),
+            super::stream::BodyKind::Response => StreamCall::ResponseBody(0, false),
+        })
+    }
+
+    /// Whether the module exports the callback `call` is made to (a callback it does not
+    /// export is not called: no lock, no guest entry).
+    pub fn exports(&self, call: StreamCall) -> bool {
+        let ex = &self.ex;
+        match call {
+            StreamCall::RequestHeaders(..) => ex.request_headers.is_some(),
+            StreamCall::RequestBody(..) => ex.request_body.is_some(),
+            StreamCall::ResponseHeaders(..) => ex.response_headers.is_some(),
+            StreamCall::ResponseBody(..) => ex.response_body.is_some(),
+            StreamCall::HttpCallResponse(..) => ex.http_call_response.is_some(),
+            StreamCall::Log => ex.log.is_some(),
         }
     }
 
@@ -718,18 +732,10 @@ impl Vm {
             return Err(lost());
         }
         let phase = call.phase();
-        let ex = &self.ex;
-        let exported = match call {
-            StreamCall::RequestHeaders(..) => ex.request_headers.is_some(),
-            StreamCall::RequestBody(..) => ex.request_body.is_some(),
-            StreamCall::ResponseHeaders(..) => ex.response_headers.is_some(),
-            StreamCall::ResponseBody(..) => ex.response_body.is_some(),
-            StreamCall::HttpCallResponse(..) => ex.http_call_response.is_some(),
-            StreamCall::Log => ex.log.is_some(),
-        };
-        if !exported {
+        if !self.exports(call) {
             return Ok(0);
         }
+        let ex = &self.ex;
         let mut inner = self.lock();
         let root = inner.store.data().root_id;
         {
