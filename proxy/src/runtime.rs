@@ -206,11 +206,7 @@ impl Runtime {
     /// runtime (start-up, `sluice check`).
     pub fn build_blocking(config: Config, threads: usize) -> Result<Runtime, BuildError> {
         // The first build sizes the engine (it is made on first use and fixed from then on).
-        let vms = config
-            .plugins
-            .iter()
-            .map(|p| if p.vms == 0 { threads.max(1) } else { p.vms })
-            .sum();
+        let vms = config.plugins.iter().map(|p| p.vm_count(threads)).sum();
         crate::wasm::configure_engine(&config.engine, vms);
         let fetched = crate::source::fetch_all_blocking(&config.plugins)?;
         Runtime::build(config, 1, threads, &fetched, None)

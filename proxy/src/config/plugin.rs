@@ -148,6 +148,17 @@ pub struct PluginSpec {
     pub vms: usize,
 }
 
+impl PluginSpec {
+    /// The VMs this plugin runs in a process with `threads` worker threads.
+    pub fn vm_count(&self, threads: usize) -> usize {
+        if self.vms == 0 {
+            threads.max(1)
+        } else {
+            self.vms
+        }
+    }
+}
+
 /// Encodes a `config`/`vm_config` value: a string as is, anything else as JSON.
 pub(crate) fn encode_config(v: &Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
     match v {

@@ -124,11 +124,7 @@ pub fn load_plugin(
             .collect(),
         limits: spec.limits,
         on_error: spec.on_error,
-        vms: if spec.vms == 0 {
-            default_vms.max(1)
-        } else {
-            spec.vms
-        },
+        vms: spec.vm_count(default_vms),
         sluice_properties: true,
         shared_data: shared_data.clone(),
     };
