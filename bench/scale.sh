@@ -3,7 +3,10 @@
 # with 10, 100 and 1000 plugins, one route each (the Rust SDK test plugin, copy-header; 2 worker
 # threads, so 2 VMs per plugin unless VMS is set). Each count is started twice: cold (empty
 # compiled-code cache) and warm (cache filled by the cold run); the RSS is read 2 s after
-# ready and one request. Prints a table and the per-plugin figures against the targets.
+# ready and one request. In the warm run, one plugin's settings are then changed and the
+# config reloaded (POST /reload, which answers once the new config serves), RELOADS times:
+# the median reload time is printed per count. Prints a table and the figures against the
+# targets.
 #
 # Usage: bash bench/scale.sh      (or: make bench-scale)
 # Environment: COUNTS (default "10 100 1000"), VMS (default: one per worker thread), THREADS (2)
@@ -11,6 +14,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COUNTS="${COUNTS:-10 100 1000}"
+RELOADS="${RELOADS:-5}"
 THREADS="${THREADS:-2}"
 VMS="${VMS:-}"
 SLUICE_BIN="$ROOT/target/release/sluice"
@@ -33,7 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # config N: N routes and plugins.
 config() {
-    local n="$1" listen="$2" admin="$3" up="$4" i vms=""
+    local n="$1" listen="$2" admin="$3" up="$4" policy="${5:-fail_closed}" i vms=""
     [[ -n "$VMS" ]] && vms=", vms: $VMS"
     echo "server: { threads: $THREADS, grace_period_seconds: 1 }"
     echo "listeners: [{ name: public, address: '127.0.0.1:$listen' }]"
@@ -45,7 +49,10 @@ config() {
     done
     echo "plugins:"
     for ((i = 0; i < n; i++)); do
-        echo "  p$i: { path: sdk.wasm, config: { mode: copy-header }$vms }"
+        # p0's failure policy is what the reload measurement changes.
+        local on_error=fail_closed
+        ((i == 0)) && on_error="$policy"
+        echo "  p$i: { path: sdk.wasm, config: { mode: copy-header }, on_error: $on_error$vms }"
     done
 }
 
@@ -58,6 +65,7 @@ trap 'kill $UP_PID 2>/dev/null; cleanup' EXIT
 
 ROWS=()
 BASE_RSS=""
+declare -A RELOAD_MS=()
 for n in 0 $COUNTS; do
     export SLUICE_WASM_CACHE="$WORK/cache-$n"
     for run in cold warm; do
@@ -76,7 +84,7 @@ for n in 0 $COUNTS; do
         if [[ -z "$ok" ]]; then
             log "$n plugins ($run): not ready; last log lines:"
             tail -5 "$WORK/sluice-$n-$run.log" >&2
-            ROWS+=("$n|$run|failed|failed|")
+            ROWS+=("$n|$run|failed|failed||-")
         else
             if ((n > 0)); then
                 curl -fsS -o /dev/null "http://127.0.0.1:$listen/p$((n - 1))/x" || log "route /p$((n - 1))/ failed"
@@ -88,7 +96,22 @@ for n in 0 $COUNTS; do
             if ((n > 0)) && [[ -n "$BASE_RSS" ]]; then
                 per=$(awk -v r="$rss" -v b="$BASE_RSS" -v n="$n" 'BEGIN { printf "%.3f", (r - b) / 1024 / n }')
             fi
-            ROWS+=("$n|$run|$took|$((rss / 1024))|$per")
+            reload="-"
+            if ((n > 0)) && [[ "$run" == warm ]]; then
+                times=()
+                for ((r = 0; r < RELOADS; r++)); do
+                    policy=fail_open
+                    ((r % 2 == 1)) && policy=fail_closed
+                    config "$n" "$listen" "$admin" "$UP_PORT" "$policy" >"$WORK/sluice-$n.yaml"
+                    t=$(curl -fsS -o /dev/null -w '%{time_total}' -X POST "http://127.0.0.1:$admin/reload") \
+                        || { log "reload with $n plugins failed"; t=""; }
+                    [[ -n "$t" ]] && times+=("$t")
+                done
+                if ((${#times[@]} > 0)); then
+                    reload=$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] * 1000 }')
+                fi
+            fi
+            ROWS+=("$n|$run|$took|$((rss / 1024))|$per|$reload")
         fi
         kill "$PID" 2>/dev/null
         wait "$PID" 2>/dev/null || true
@@ -97,10 +120,11 @@ for n in 0 $COUNTS; do
 done
 
 echo
-printf '%-8s %-5s %12s %10s %16s\n' plugins cache "start-up s" "RSS MiB" "MiB per plugin"
+printf '%-8s %-5s %12s %10s %16s %16s\n' plugins cache "start-up s" "RSS MiB" "MiB per plugin" "reload 1 ms"
 for row in "${ROWS[@]}"; do
-    IFS='|' read -r n run took rss per <<<"$row"
-    printf '%-8s %-5s %12s %10s %16s\n' "$n" "$run" "$took" "$rss" "${per:--}"
+    IFS='|' read -r n run took rss per reload <<<"$row"
+    printf '%-8s %-5s %12s %10s %16s %16s\n' "$n" "$run" "$took" "$rss" "${per:--}" "${reload:--}"
+    [[ "$run" == warm && "$reload" != "-" && -n "$reload" ]] && RELOAD_MS[$n]="$reload"
 done
 echo
 last="${ROWS[-1]}"
@@ -109,3 +133,10 @@ met() { awk -v f="$1" -v l="$2" 'BEGIN { exit !(f != "" && f + 0 <= l + 0) }' &&
 echo "target: $n plugins load: $([[ "$took" != failed ]] && echo yes || echo no)"
 echo "target: start-up with $n plugins, code cached ≤ 5 s: ${took}s, $(met "$took" 5)"
 echo "target: ≤ 0.3 MiB resident per idle plugin: ${per:-n/a}, $(met "$per" 0.3)"
+counts=($COUNTS)
+small="${counts[0]}" large="${counts[-1]}"
+if [[ -n "${RELOAD_MS[$small]:-}" && -n "${RELOAD_MS[$large]:-}" ]]; then
+    ratio=$(awk -v a="${RELOAD_MS[$large]}" -v b="${RELOAD_MS[$small]}" 'BEGIN { printf "%.2f", a / b }')
+    # "As fast": within 1.5× (the figures are a few ms on a noisy machine).
+    echo "target: reloading one plugin among $large as fast as among $small: ${RELOAD_MS[$large]} ms vs ${RELOAD_MS[$small]} ms (${ratio}×), $(met "$ratio" 1.5)"
+fi

@@ -174,6 +174,7 @@ fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
         limits: Limits::default(),
         on_error: FailurePolicy::FailClosed,
         vms: 1,
+        vm_start: Default::default(),
         sluice_properties: true,
         shared_data: Default::default(),
     }

@@ -287,7 +287,11 @@ fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
             FailurePolicy::FailClosed => "fail_closed",
             FailurePolicy::FailOpen => "fail_open",
         },
-        "vms": { "configured": p.settings.vms, "healthy": p.healthy_vms() },
+        "vms": {
+            "configured": p.settings.vms,
+            "started": vms.len(),
+            "healthy": p.healthy_vms(),
+        },
         "contexts": vms.iter().map(|vm| vm.contexts()).sum::<usize>(),
         "memory_bytes": vms.iter().map(|vm| vm.memory_bytes()).sum::<usize>(),
         "errors": crate::metrics::metrics().plugin_errors_by_kind(name),

@@ -175,6 +175,7 @@ impl Runtime {
                 extra_hidden,
                 threads,
                 &config.shared_data,
+                config.engine.vm_start,
             )?;
             plugins.insert(spec.name.clone(), plugin);
             plugin_info.insert(
@@ -337,7 +338,7 @@ fn fixed_sections_unchanged(old: &Config, new: &Config) -> Result<(), ReloadErro
             ),
         });
     }
-    if json(&old.file.engine) != json(&new.file.engine) {
+    if old.file.engine.pool_settings() != new.file.engine.pool_settings() {
         return Err(ReloadError::RestartNeeded {
             section: "engine",
             detail: "the wasm engine's instance pool settings differ".into(),

@@ -363,6 +363,10 @@ impl Kit {
             limits: options.limits,
             on_error: options.on_error,
             vms: options.vms.max(1),
+            vm_start: crate::wasm::settings::VmStart {
+                all_at_load: true,
+                idle: None,
+            },
             sluice_properties: options.sluice_properties,
             shared_data: Default::default(),
         };

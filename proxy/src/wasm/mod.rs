@@ -100,6 +100,7 @@ pub fn load_plugin(
     extra_hidden: &[String],
     default_vms: usize,
     shared_data: &crate::config::SharedData,
+    vm_start: settings::VmStart,
 ) -> Result<Arc<Plugin>, PluginError> {
     let host = host().map_err(|message| PluginError::Compile {
         plugin: spec.name.clone(),
@@ -125,6 +126,7 @@ pub fn load_plugin(
         limits: spec.limits,
         on_error: spec.on_error,
         vms: spec.vm_count(default_vms),
+        vm_start,
         sluice_properties: true,
         shared_data: shared_data.clone(),
     };

@@ -4,9 +4,9 @@
 //! there). A VM that fails is replaced in the background, with exponential backoff while the
 //! replacements keep failing; meanwhile requests use the plugin's other healthy VMs.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use wasmtime::{InstancePre, Linker};
 
@@ -62,9 +62,39 @@ struct RouteCost {
 }
 
 struct Slot {
+    /// The slot's VM: `None` before its first use, or after it was stopped for idleness.
     vm: Mutex<Option<Arc<Vm>>>,
     /// Consecutive failures of this slot's VMs (resets when one serves a while).
     failures: AtomicUsize,
+    /// A VM for this slot is being started in the background.
+    starting: AtomicBool,
+    /// A request took the slot's VM since the idle sweep last looked.
+    used: AtomicBool,
+    /// Since when the idle sweep has seen the slot unused (read and written by the sweep only).
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn new(vm: Option<Arc<Vm>>) -> Slot {
+        Slot {
+            vm: Mutex::new(vm),
+            failures: AtomicUsize::new(0),
+            starting: AtomicBool::new(false),
+            used: AtomicBool::new(false),
+            idle_since: Mutex::new(None),
+        }
+    }
+
+    fn vm(&self) -> std::sync::MutexGuard<'_, Option<Arc<Vm>>> {
+        self.vm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a use (a write only when the flag changes: the sweep clears it rarely).
+    fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One configured plugin, ready to serve.
@@ -78,6 +108,8 @@ pub struct Plugin {
     shared: Arc<Namespace>,
     metrics: Arc<PhaseMetrics>,
     slots: Vec<Slot>,
+    /// This plugin (for the VM starts `pick` hands to a thread).
+    me: Weak<Plugin>,
     /// Costs by route name.
     route_costs: std::sync::RwLock<std::collections::HashMap<String, RouteCost>>,
 }
@@ -106,11 +138,14 @@ impl Plugin {
         let shared = shared::namespace(&settings.vm_id, &settings.shared_data);
         let metrics = Arc::new(PhaseMetrics::new(&settings.name));
         let n = settings.vms.max(1);
+        // The first VM always starts here (it proves the plugin starts and configures); the
+        // others too unless they start on first use.
+        let at_load = if settings.vm_start.all_at_load { n } else { 1 };
         let mut first_error = None;
         let p = Arc::new_cyclic(|weak: &Weak<Plugin>| {
             let slots = (0..n)
                 .map(|slot| {
-                    let vm = if first_error.is_none() {
+                    let vm = if first_error.is_none() && slot < at_load {
                         match Vm::start(
                             engine.engine(),
                             &pre,
@@ -129,10 +164,7 @@ impl Plugin {
                     } else {
                         None
                     };
-                    Slot {
-                        vm: Mutex::new(vm),
-                        failures: AtomicUsize::new(0),
-                    }
+                    Slot::new(vm)
                 })
                 .collect();
             Plugin {
@@ -143,6 +175,7 @@ impl Plugin {
                 shared: shared.clone(),
                 metrics: metrics.clone(),
                 slots,
+                me: weak.clone(),
                 route_costs: Default::default(),
             }
         });
@@ -150,10 +183,14 @@ impl Plugin {
             return Err(PluginError::Start { plugin, error });
         }
         p.update_gauges();
+        if n > at_load && p.settings.vm_start.idle.is_some() {
+            idle_sweep(&p);
+        }
         tracing::info!(
             plugin = %p.settings.name,
             sha256 = %hex(&p.sha256),
             vms = n,
+            started = at_load,
             "plugin loaded"
         );
         Ok(p)
@@ -162,20 +199,128 @@ impl Plugin {
     /// A healthy VM for a new request, or `None` if none is healthy. Each thread has its own
     /// VM (slot = the thread's number modulo the VM count): a worker's requests do not
     /// contend for another worker's store and keep its code and memory warm in that CPU's
-    /// caches. A thread whose VM failed uses the next healthy one.
+    /// caches. A thread whose VM failed uses the next healthy one. A thread whose VM has not
+    /// started (VMs start on first use) has it started in the background and meanwhile uses
+    /// another healthy VM; when there is none, the request pays for starting it.
     pub fn pick(&self) -> Option<Arc<Vm>> {
         let n = self.slots.len();
-        let start = thread_number();
-        for i in 0..n {
-            let slot = &self.slots[(start + i) % n];
-            let guard = slot.vm.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = guard.as_ref() {
-                if !vm.is_failed() {
+        let own = thread_number() % n;
+        let slot = &self.slots[own];
+        let empty = {
+            let guard = slot.vm();
+            match guard.as_ref() {
+                Some(vm) if !vm.is_failed() => {
+                    slot.touch();
                     return Some(vm.clone());
+                }
+                Some(_) => false,
+                None => true,
+            }
+        };
+        let other = (1..n).find_map(|i| {
+            let s = &self.slots[(own + i) % n];
+            let guard = s.vm();
+            let vm = guard.as_ref().filter(|vm| !vm.is_failed())?;
+            s.touch();
+            Some(vm.clone())
+        });
+        if empty && !slot.starting.swap(true, Ordering::AcqRel) {
+            match (&other, self.me.upgrade()) {
+                (Some(_), Some(me)) => me.start_in_background(own),
+                (None, Some(me)) => {
+                    let vm = me.start_on_use(own);
+                    if vm.is_some() {
+                        slot.touch();
+                    }
+                    return vm;
+                }
+                (_, None) => slot.starting.store(false, Ordering::Release),
+            }
+        }
+        other
+    }
+
+    /// Starts `slot`'s VM now and puts it in service (or logs why it did not start).
+    fn start_on_use(self: &Arc<Self>, slot: usize) -> Option<Arc<Vm>> {
+        let result = self.start_vm(slot);
+        let s = &self.slots[slot];
+        let vm = match result {
+            Ok(vm) => {
+                let mut guard = s.vm();
+                if guard.is_none() {
+                    *guard = Some(vm.clone());
+                    drop(guard);
+                    tracing::debug!(plugin = %self.settings.name, slot, "plugin VM started on use");
+                    Some(vm)
+                } else {
+                    // Someone filled it meanwhile (a restart): keep theirs.
+                    drop(guard);
+                    vm.retire();
+                    s.vm().clone()
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    plugin = %self.settings.name,
+                    slot,
+                    error = %e,
+                    "plugin VM did not start on use"
+                );
+                None
+            }
+        };
+        s.starting.store(false, Ordering::Release);
+        self.update_gauges();
+        vm
+    }
+
+    fn start_in_background(self: Arc<Self>, slot: usize) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-vm-start".into())
+            .spawn(move || {
+                if let Some(p) = weak.upgrade() {
+                    p.start_on_use(slot);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to start a plugin VM");
+        }
+    }
+
+    /// Stops the VMs (other than the first) that served no request for the plugin's
+    /// `vm_start.idle`, have no request or paused state, and no timer. Called by the sweep.
+    fn stop_idle(&self, now: Instant) {
+        let Some(idle) = self.settings.vm_start.idle else {
+            return;
+        };
+        for (i, slot) in self.slots.iter().enumerate().skip(1) {
+            let mut since = slot.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.used.swap(false, Ordering::Relaxed) {
+                *since = None;
+                continue;
+            }
+            let since = *since.get_or_insert(now);
+            if now.duration_since(since) < idle {
+                continue;
+            }
+            let mut guard = slot.vm();
+            let stop = guard.as_ref().is_some_and(|vm| {
+                !vm.is_failed()
+                    && vm.contexts() == 0
+                    && vm.tick_period_ms() == 0
+                    && Arc::strong_count(vm) == 1
+            });
+            if stop {
+                if let Some(vm) = guard.take() {
+                    drop(guard);
+                    vm.retire();
+                    tracing::debug!(plugin = %self.settings.name, slot = i, "idle plugin VM stopped");
+                    self.update_gauges();
                 }
             }
         }
-        None
     }
 
     /// Adds one request's cost on `route` (guest calls made with the request's state).
@@ -342,6 +487,49 @@ impl Plugin {
                 self.vm_failed(slot);
             }
         }
+    }
+}
+
+/// Registers `plugin` with the thread that stops idle VMs (started with the first plugin that
+/// needs it; it checks each plugin every second, or every tenth of its idle time if shorter,
+/// and forgets plugins that were dropped).
+fn idle_sweep(plugin: &Arc<Plugin>) {
+    static PLUGINS: OnceLock<Mutex<Vec<Weak<Plugin>>>> = OnceLock::new();
+    let mut started = false;
+    let list = PLUGINS.get_or_init(|| {
+        started = true;
+        Mutex::new(Vec::new())
+    });
+    list.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(plugin));
+    if !started {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sluice-vm-idle".into())
+        .spawn(move || loop {
+            let alive: Vec<Arc<Plugin>> = {
+                let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+                list.retain(|w| w.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            let period = alive
+                .iter()
+                .filter_map(|p| p.settings.vm_start.idle)
+                .map(|d| d / 10)
+                .min()
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let now = Instant::now();
+            for p in &alive {
+                p.stop_idle(now);
+            }
+            drop(alive);
+            std::thread::sleep(period);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the idle plugin VM sweep");
     }
 }
 

@@ -62,6 +62,17 @@ pub const DEFAULT_PAUSE_TIMEOUT_MS: u64 = 30_000;
 /// Default callouts per request.
 pub const DEFAULT_MAX_CALLOUTS: u32 = 16;
 
+/// When a plugin's VMs start and stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmStart {
+    /// Start every VM at load; otherwise the first VM starts at load and each other one when
+    /// a worker thread first needs it.
+    pub all_at_load: bool,
+    /// A VM other than the first that served no request for this long is stopped (its root
+    /// context gets `on_done` and `on_delete`) and started again on next use. `None`: never.
+    pub idle: Option<Duration>,
+}
+
 /// Everything about a plugin except its code.
 pub struct PluginSettings {
     /// Its name in the config.
@@ -82,8 +93,10 @@ pub struct PluginSettings {
     pub limits: Limits,
     /// Failure policy.
     pub on_error: FailurePolicy,
-    /// VMs to run.
+    /// VMs to run (at most).
     pub vms: usize,
+    /// When they start and stop.
+    pub vm_start: VmStart,
     /// Offer the properties only Sluice has (`route_name`, `upstream.address`); off, the
     /// plugin sees what a plain ABI v0.2.1 host offers (the test kit checks portability so).
     pub sluice_properties: bool,

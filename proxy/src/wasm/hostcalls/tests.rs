@@ -241,6 +241,7 @@ fn settings(name: &str) -> PluginSettings {
         },
         on_error: FailurePolicy::FailClosed,
         vms: 1,
+        vm_start: Default::default(),
         sluice_properties: true,
         shared_data: Default::default(),
     }
@@ -1929,6 +1930,8 @@ fn unloading_a_plugin_ends_each_root_context() {
     );
     let mut s = settings("hc-unload");
     s.vms = 2;
+    // Both VMs must run for both root contexts to end.
+    s.vm_start.all_at_load = true;
     let plugin = load(&w, s).unwrap_or_else(|e| panic!("{e}"));
     let root: u32 = 1; // the root context id Sluice gives every VM
     let ns = crate::wasm::shared::namespace("hc-unload.vm", &Default::default());
