@@ -128,7 +128,7 @@ for row in "${ROWS[@]}"; do
 done
 echo
 last="${ROWS[-1]}"
-IFS='|' read -r n run took rss per <<<"$last"
+IFS="|" read -r n run took rss per _reload <<<"$last"
 met() { awk -v f="$1" -v l="$2" 'BEGIN { exit !(f != "" && f + 0 <= l + 0) }' && echo yes || echo no; }
 echo "target: $n plugins load: $([[ "$took" != failed ]] && echo yes || echo no)"
 echo "target: start-up with $n plugins, code cached ≤ 5 s: ${took}s, $(met "$took" 5)"

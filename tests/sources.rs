@@ -389,12 +389,12 @@ async fn oci_push_then_pull_by_tag_and_by_digest_then_from_the_cache_without_net
     // By tag: from the registry, then the blob from the cache (the manifest is asked again).
     let by_tag = spec(&format!("{{ oci: '{target}' }}"), &dir);
     let f = fetch(&by_tag, &cache).await.unwrap();
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert_eq!(f.sha256, sha256_hex(&wasm));
     assert!(!f.from_cache);
     assert_eq!(f.origin, format!("oci:{pushed}"));
     let f = fetch(&by_tag, &cache).await.unwrap();
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert!(f.from_cache, "the blob is not downloaded again");
 
     // By digest, with an empty cache: from the registry.
@@ -402,7 +402,7 @@ async fn oci_push_then_pull_by_tag_and_by_digest_then_from_the_cache_without_net
     let by_digest = spec(&format!("{{ oci: '{pinned}' }}"), &dir);
     let other_cache = dir.join("other-cache");
     let f = fetch(&by_digest, &other_cache).await.unwrap();
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert!(!f.from_cache);
     assert_eq!(f.origin, format!("oci:{pinned}"));
     // The plugin's sha256 (of the wasm bytes) may be given too.
@@ -416,7 +416,7 @@ async fn oci_push_then_pull_by_tag_and_by_digest_then_from_the_cache_without_net
     registry.stop();
     for c in [&cache, &other_cache] {
         let f = fetch(&by_digest, c).await.unwrap();
-        assert_eq!(f.bytes, wasm);
+        assert_eq!(*f.bytes().unwrap(), wasm[..]);
         assert!(f.from_cache);
     }
     // A tag must still be resolved by the registry, which is gone.
@@ -462,7 +462,11 @@ async fn oci_tar_layout_yields_the_same_bytes() {
     for (reference, cached) in [(target.as_str(), false), (pushed.as_str(), true)] {
         let s = spec(&format!("{{ oci: '{reference}' }}"), &dir);
         let f = fetch(&s, &cache).await.unwrap();
-        assert_eq!(f.bytes, wasm, "plugin.wasm extracted from the tar layer");
+        assert_eq!(
+            *f.bytes().unwrap(),
+            wasm[..],
+            "plugin.wasm extracted from the tar layer"
+        );
         assert_eq!(f.sha256, sha256_hex(&wasm));
         assert_eq!(f.from_cache, cached);
     }
@@ -761,7 +765,7 @@ async fn registries_that_want_tokens_get_them_anonymously_or_with_credentials() 
         let f = fetch(&s, &dir.join(format!("cache-{}", reference.len())))
             .await
             .unwrap();
-        assert_eq!(f.bytes, wasm);
+        assert_eq!(*f.bytes().unwrap(), wasm[..]);
     }
     assert!(
         tokens.hits.load(Ordering::SeqCst) > hits,
@@ -789,7 +793,7 @@ async fn url_sources_are_checked_capped_and_cached() {
     // The right digest loads, from the network.
     let good = spec(&format!("{{ url: '{url}', sha256: '{digest}' }}"), &dir);
     let f = fetch(&good, &cache).await.unwrap();
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert!(!f.from_cache);
     assert_eq!(f.origin, format!("url:{url}"));
     assert_eq!(server.hits(), 1);
@@ -859,7 +863,7 @@ async fn url_sources_are_checked_capped_and_cached() {
     // With the server gone, the cached binary still loads.
     server.stop();
     let f = fetch(&good, &cache).await.unwrap();
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert!(f.from_cache);
     // Without a cache, the fetch fails and names the plugin and the URL.
     let e = fetch(&good, &empty).await.unwrap_err().to_string();
@@ -913,7 +917,7 @@ async fn a_cached_binary_that_changed_on_disk_is_fetched_again() {
     std::fs::write(&entry, b"corrupted").unwrap();
     let f = fetch(&s, &cache).await.unwrap();
     assert!(!f.from_cache, "a corrupt entry is not used");
-    assert_eq!(f.bytes, wasm);
+    assert_eq!(*f.bytes().unwrap(), wasm[..]);
     assert_eq!(server.hits(), 2);
     assert_eq!(std::fs::read(&entry).unwrap(), wasm, "and is replaced");
     server.stop();
@@ -976,7 +980,7 @@ async fn signed_path_plugins_load_and_unsigned_or_tampered_ones_are_refused() {
             &dir,
         );
         let f = fetch(&s, &cache).await.unwrap();
-        assert_eq!(f.bytes, module("signed"));
+        assert_eq!(*f.bytes().unwrap(), module("signed")[..]);
     }
     // A raw 64-byte signature file is accepted too.
     use base64::Engine as _;
@@ -1161,7 +1165,7 @@ async fn signed_oci_pushes_verify_on_pull() {
             &dir,
         );
         let f = fetch(&s, &cache).await.unwrap();
-        assert_eq!(f.bytes, wasm);
+        assert_eq!(*f.bytes().unwrap(), wasm[..]);
         let s = spec(
             &format!("{{ oci: '{reference}', signature: {{ public_key: '{other}' }} }}"),
             &dir,

@@ -170,7 +170,7 @@ impl Runtime {
             let started = Instant::now();
             let plugin = crate::wasm::load_plugin(
                 spec,
-                &binary.bytes,
+                binary,
                 &pools,
                 extra_hidden,
                 threads,

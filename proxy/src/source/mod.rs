@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod http;
+pub mod local;
 pub mod oci;
 pub mod push;
 pub mod registry;
@@ -21,8 +22,8 @@ pub mod signature;
 pub mod url;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -60,11 +61,20 @@ impl std::fmt::Display for PluginSource {
     }
 }
 
+/// A fetched binary's bytes.
+#[derive(Debug, Clone)]
+pub enum Binary {
+    /// In memory.
+    Bytes(Arc<[u8]>),
+    /// A local file left unread: it is unchanged since this process hashed it (see [`local`]).
+    File(PathBuf),
+}
+
 /// A plugin binary, fetched and checked.
 #[derive(Debug, Clone)]
 pub struct Fetched {
-    /// The module's bytes.
-    pub bytes: Vec<u8>,
+    /// The module's bytes, or the unchanged local file that holds them.
+    pub binary: Binary,
     /// Their sha256, lower-case hex.
     pub sha256: String,
     /// Where they came from, for logs and `/plugins` (e.g. `path:/etc/sluice/auth.wasm`,
@@ -72,6 +82,17 @@ pub struct Fetched {
     pub origin: String,
     /// Whether they came from the local cache rather than the network.
     pub from_cache: bool,
+}
+
+impl Fetched {
+    /// The module's bytes (an unread local file is read now, and refused if it changed since
+    /// it was fetched).
+    pub fn bytes(&self) -> Result<Arc<[u8]>, String> {
+        match &self.binary {
+            Binary::Bytes(b) => Ok(b.clone()),
+            Binary::File(path) => local::read_checked(path, &self.sha256),
+        }
+    }
 }
 
 /// Why a plugin binary could not be fetched or was refused. Each names the plugin.
@@ -197,11 +218,16 @@ impl FetchOptions {
     }
 }
 
-/// What one `fetch_all` shares: the options and (made once, when first needed) the client.
+/// One local file as read (or found unchanged) once for every plugin of a fetch that names it.
+type SharedLocal = Arc<tokio::sync::OnceCell<Result<local::Local, String>>>;
+
+/// What one `fetch_all` shares: the options, (made once, when first needed) the client, and
+/// the local files read so far.
 struct Fetcher<'a> {
     options: &'a FetchOptions,
     cache: Option<cache::Cache>,
     http: OnceLock<Result<http::Http, String>>,
+    local: Mutex<HashMap<PathBuf, SharedLocal>>,
 }
 
 impl<'a> Fetcher<'a> {
@@ -210,7 +236,28 @@ impl<'a> Fetcher<'a> {
             options,
             cache: options.cache_dir.clone().map(cache::Cache::new),
             http: OnceLock::new(),
+            local: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `path`'s bytes or known sha256, read at most once per fetch (off the async threads).
+    async fn local(&self, path: &Path) -> Result<local::Local, String> {
+        let cell = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || local::Digests::global().fetch(&path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        })
+        .await
+        .clone()
     }
 
     fn http(&self) -> Result<http::Http, String> {
@@ -234,7 +281,28 @@ impl<'a> Fetcher<'a> {
         let cache = self.cache.as_ref();
         // The bytes, their digest if already known, the origin, whether cached, and the
         // signature check's outcome (when one is configured).
-        let (bytes, known_sha256, origin, from_cache, signed) = match &spec.source {
+        let (binary, known_sha256, origin, from_cache, signed) = match &spec.source {
+            PluginSource::Path(path) if spec.signature.is_none() => {
+                let got = self
+                    .local(path)
+                    .await
+                    .map_err(|message| SourceError::Read {
+                        plugin: plugin(),
+                        path: path.display().to_string(),
+                        message,
+                    })?;
+                let binary = match got.bytes {
+                    Some(b) => Binary::Bytes(b),
+                    None => Binary::File(path.clone()),
+                };
+                (
+                    binary,
+                    Some(got.sha256),
+                    spec.source.to_string(),
+                    false,
+                    None,
+                )
+            }
             PluginSource::Path(path) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
                     plugin: plugin(),
@@ -260,7 +328,13 @@ impl<'a> Fetcher<'a> {
                         })
                     }
                 };
-                (bytes, None, spec.source.to_string(), false, signed)
+                (
+                    Binary::Bytes(bytes.into()),
+                    None,
+                    spec.source.to_string(),
+                    false,
+                    signed,
+                )
             }
             PluginSource::Url(u) => {
                 let Some(expected) = &spec.sha256 else {
@@ -295,7 +369,7 @@ impl<'a> Fetcher<'a> {
                     ),
                 };
                 (
-                    got.bytes,
+                    Binary::Bytes(got.bytes.into()),
                     Some(got.sha256),
                     spec.source.to_string(),
                     got.from_cache,
@@ -345,12 +419,28 @@ impl<'a> Fetcher<'a> {
                             signature::SIGNATURE_MEDIA_TYPE
                         ))),
                     });
-                (pulled.wasm, None, origin, pulled.from_cache, signed)
+                (
+                    Binary::Bytes(pulled.wasm.into()),
+                    None,
+                    origin,
+                    pulled.from_cache,
+                    signed,
+                )
             }
         };
-        let sha256 = match known_sha256 {
-            Some(s) => s,
-            None => hex(&Sha256::digest(&bytes)),
+        let sha256 = match (known_sha256, &binary) {
+            (Some(s), _) => s,
+            (None, Binary::Bytes(b)) => hex(&Sha256::digest(b)),
+            (None, Binary::File(_)) => {
+                return Err(SourceError::Internal {
+                    plugin: plugin(),
+                    message: "a file was left unread without its sha256".into(),
+                })
+            }
+        };
+        let size = match &binary {
+            Binary::Bytes(b) => Some(b.len()),
+            Binary::File(_) => None,
         };
         if let Some(expected) = &spec.sha256 {
             if &sha256 != expected {
@@ -375,7 +465,7 @@ impl<'a> Fetcher<'a> {
                 plugin = %spec.name,
                 %origin,
                 %sha256,
-                bytes = bytes.len(),
+                bytes = size,
                 "plugin binary downloaded"
             );
         }
@@ -383,13 +473,14 @@ impl<'a> Fetcher<'a> {
             plugin = %spec.name,
             %origin,
             %sha256,
-            bytes = bytes.len(),
+            bytes = size,
+            unchanged = size.is_none(),
             from_cache,
             signature_checked,
             "plugin binary fetched"
         );
         Ok(Fetched {
-            bytes,
+            binary,
             sha256,
             origin,
             from_cache,
@@ -424,6 +515,15 @@ pub async fn fetch_all_with(
     for (spec, r) in specs.iter().zip(results) {
         out.insert(spec.name.clone(), r?);
     }
+    // Forget the digests of files this configuration no longer names.
+    let paths: Vec<&Path> = specs
+        .iter()
+        .filter_map(|s| match &s.source {
+            PluginSource::Path(p) => Some(p.as_path()),
+            _ => None,
+        })
+        .collect();
+    local::Digests::global().retain(&paths);
     Ok(out)
 }
 

@@ -180,6 +180,15 @@ impl WasmEngine {
         Ok((module, digest))
     }
 
+    /// The module compiled earlier from bytes of this sha256, if it is still kept.
+    pub fn compiled(&self, digest: &[u8; 32]) -> Option<Module> {
+        self.modules
+            .lock()
+            .expect("not poisoned")
+            .get(digest)
+            .cloned()
+    }
+
     /// Forgets the compiled modules whose sha256 is not in `keep`.
     pub fn retain_modules(&self, keep: &[[u8; 32]]) {
         self.modules
@@ -203,6 +212,20 @@ impl Drop for WasmEngine {
 /// Lowercase hex of a digest.
 pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The 32 bytes a 64-digit hex sha256 stands for, or `None` if it is not one.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -243,6 +266,15 @@ mod tests {
             .instantiate(&mut store, &module)
             .unwrap();
         (store, inst)
+    }
+
+    #[test]
+    fn unhex32_reads_what_hex_writes() {
+        let d: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(unhex32(&hex(&d)), Some(d));
+        assert_eq!(unhex32(&hex(&d).to_uppercase()), Some(d));
+        assert_eq!(unhex32(&hex(&d)[..62]), None, "too short");
+        assert_eq!(unhex32(&format!("{}zz", &hex(&d)[..62])), None, "not hex");
     }
 
     #[test]

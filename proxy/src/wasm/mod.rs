@@ -90,12 +90,13 @@ pub fn host() -> Result<&'static Host, String> {
     .map_err(Clone::clone)
 }
 
-/// Loads one plugin from its fetched binary: compiles it (once per sha256: an unchanged binary
-/// is not compiled again) and starts its VMs. `default_vms` is used when the spec does not set
-/// `vms`.
+/// Loads one plugin from its fetched binary (whose bytes are not even read when a module of
+/// its sha256 is already compiled): compiles it (once per sha256: an unchanged binary is not
+/// compiled again) and starts its VMs. `default_vms` is
+/// used when the spec does not set `vms`.
 pub fn load_plugin(
     spec: &PluginSpec,
-    bytes: &[u8],
+    binary: &crate::source::Fetched,
     pools: &[Arc<Pool>],
     extra_hidden: &[String],
     default_vms: usize,
@@ -130,7 +131,32 @@ pub fn load_plugin(
         sluice_properties: true,
         shared_data: shared_data.clone(),
     };
-    Plugin::load(&host.engine, &host.linker, settings, bytes)
+    // A module compiled before from bytes of this digest needs no bytes at all.
+    let sha256 = binary.sha256.as_str();
+    let known = engine::unhex32(sha256).and_then(|d| Some((host.engine.compiled(&d)?, d)));
+    let (module, digest) = match known {
+        Some(m) => m,
+        None => {
+            let compile_error = |message| PluginError::Compile {
+                plugin: spec.name.clone(),
+                message,
+            };
+            let bytes = binary.bytes().map_err(compile_error)?;
+            let (module, digest) = host
+                .engine
+                .compile(&bytes)
+                .map_err(|e| compile_error(e.to_string()))?;
+            if engine::hex(&digest) != sha256 {
+                return Err(compile_error(format!(
+                    "its bytes changed while the configuration was loading (sha256 {}, \
+                     fetched as {sha256})",
+                    engine::hex(&digest)
+                )));
+            }
+            (module, digest)
+        }
+    };
+    Plugin::load_module(&host.engine, &host.linker, settings, module, digest)
 }
 
 /// Forgets compiled modules no plugin in `keep` (sha256s) uses. Plugins still serving keep

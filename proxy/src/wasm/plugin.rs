@@ -123,11 +123,22 @@ impl Plugin {
         settings: PluginSettings,
         bytes: &[u8],
     ) -> Result<Arc<Plugin>, PluginError> {
-        let plugin = settings.name.clone();
         let (module, sha256) = engine.compile(bytes).map_err(|e| PluginError::Compile {
-            plugin: plugin.clone(),
+            plugin: settings.name.clone(),
             message: e.to_string(),
         })?;
+        Plugin::load_module(engine, linker, settings, module, sha256)
+    }
+
+    /// [`Plugin::load`] with the module already compiled from bytes of digest `sha256`.
+    pub fn load_module(
+        engine: &WasmEngine,
+        linker: &Linker<VmState>,
+        settings: PluginSettings,
+        module: wasmtime::Module,
+        sha256: [u8; 32],
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let plugin = settings.name.clone();
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| PluginError::Link {
