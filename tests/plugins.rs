@@ -948,3 +948,113 @@ async fn the_benchmark_plugin_reads_one_header_and_adds_one() {
     let e = echo(c.get(proxy.url("/x")).send().await.unwrap()).await;
     assert_eq!(echo_header(&e, "x-sdk-in"), Some("none"));
 }
+
+/// How a [`counting_server`] treats a connection after its first answer.
+#[derive(Clone, Copy, PartialEq)]
+enum KeepAlive {
+    /// Serves every request on it.
+    Yes,
+    /// Reads the next request and closes without answering (as a server that timed the
+    /// connection out at that moment would).
+    ClosesOnTheNext,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers every GET `200` with body `ok` and counts the
+/// connections it accepts.
+async fn counting_server(
+    keep: KeepAlive,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if answered > 0 && keep == KeepAlive::ClosesOnTheNext {
+                            return;
+                        }
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Starts sluice with route `/c` through a `callout` plugin calling upstream `counted` at
+/// `addr`.
+async fn start_calling(addr: std::net::SocketAddr, tag: &str) -> Sluice {
+    let up = upstream("backend").await;
+    let cfg = config(
+        up,
+        &[("c", "/c", "callout")],
+        "  callout: { path: sdk.wasm, config: { mode: callout, upstream: counted }, allowed_upstreams: [counted] }\n",
+    )
+    .replace(
+        "routes:\n",
+        &format!("  counted: {{ endpoints: ['{addr}'] }}\nroutes:\n"),
+    );
+    Sluice::start_in(&cfg, plugin_dir(tag)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_reuse_kept_alive_connections() {
+    let (addr, accepted) = counting_server(KeepAlive::Yes).await;
+    let proxy = start_calling(addr, "callout-keepalive").await;
+    let c = client();
+    for i in 0..8 {
+        let e = echo(c.get(proxy.url(&format!("/c/{i}"))).send().await.unwrap()).await;
+        assert_eq!(
+            echo_header(&e, "x-callout-status"),
+            Some("200"),
+            "request {i}"
+        );
+        assert_eq!(echo_header(&e, "x-callout-body-len"), Some("2"));
+    }
+    // Requests on the two worker threads each may open one before the other's is back.
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&n),
+        "8 sequential callouts opened {n} connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_on_a_connection_the_server_closed_is_sent_again() {
+    let (addr, accepted) = counting_server(KeepAlive::ClosesOnTheNext).await;
+    let proxy = start_calling(addr, "callout-closed").await;
+    let c = client();
+    for i in 0..5 {
+        let e = echo(c.get(proxy.url(&format!("/c/{i}"))).send().await.unwrap()).await;
+        assert_eq!(
+            echo_header(&e, "x-callout-status"),
+            Some("200"),
+            "request {i}: a GET refused by a closing connection goes again on a new one"
+        );
+    }
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(n, 5, "one new connection per callout after the first");
+}

@@ -53,6 +53,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// Host header policy.
     pub host_header: HostHeader,
+    /// Plugins' callout connections to this pool kept alive between callouts.
+    pub callout_conns: crate::wasm::callout::IdleConns,
 }
 
 /// A set of endpoint indexes already tried by one request.
@@ -124,6 +126,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             health_check: u.health_check.clone(),
             host_header: u.host_header.clone(),
+            callout_conns: Default::default(),
         }
     }
 

@@ -3,7 +3,12 @@
 //! `proxy_on_http_call_response` on the context that made it.
 //!
 //! Callouts run on a small runtime of their own, so they work from any thread (pingora's
-//! workers, the ticker). HTTP/1.1 over plain TCP to one of the pool's endpoints. A pool with
+//! workers, the ticker). HTTP/1.1 over plain TCP to one of the pool's endpoints, kept alive:
+//! a connection whose response was read to its end goes back to the pool's idle list
+//! ([`IdleConns`], at most [`MAX_IDLE`] per pool, each for at most [`IDLE_FOR`]) and the next
+//! callout to the same endpoint reuses it. A request of an idempotent method that fails on a
+//! reused connection before any response (the server closed it meanwhile) is sent once more on
+//! a new connection, as HTTP clients do. A pool with
 //! TLS is never sent to: config validation refuses it in `allowed_upstreams`, `proxy_http_call`
 //! answers `INTERNAL_FAILURE` for it ([`plaintext`]), and the exchange checks the endpoint
 //! it picked once more.
@@ -18,11 +23,12 @@
 //! but some servers refuse (nginx answers 400), so Sluice names the server the call goes to.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -109,10 +115,75 @@ pub struct CalloutRequest {
     /// Headers with `:method`, `:path`, `:authority` (checked by the caller).
     pub headers: HeaderList,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// Deadline for the whole exchange; `None`: the plugin set none (the upstream's connect
     /// and read timeouts still apply).
     pub timeout: Option<Duration>,
+}
+
+/// Most idle callout connections kept per pool.
+pub const MAX_IDLE: usize = 32;
+/// Longest an idle callout connection is kept.
+pub const IDLE_FOR: Duration = Duration::from_secs(60);
+
+struct IdleConn {
+    endpoint: usize,
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// One pool's idle callout connections, the most recently used last. Dropping a connection's
+/// sender closes it, so a pool replaced by a reload closes its idle connections with it.
+#[derive(Default)]
+pub struct IdleConns {
+    list: Mutex<Vec<IdleConn>>,
+}
+
+impl std::fmt::Debug for IdleConns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdleConns({})", self.len())
+    }
+}
+
+impl IdleConns {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Idle connections kept now.
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most recently used open connection to `endpoint` (expired and closed ones are
+    /// dropped on the way).
+    fn take(&self, endpoint: usize, now: Instant) -> Option<SendRequest<Full<Bytes>>> {
+        let mut list = self.list();
+        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_FOR);
+        let i = list.iter().rposition(|c| c.endpoint == endpoint)?;
+        Some(list.remove(i).sender)
+    }
+
+    /// Keeps `sender` for the next callout to `endpoint` (the oldest goes when full).
+    fn put(&self, endpoint: usize, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut list = self.list();
+        if list.len() >= MAX_IDLE {
+            list.remove(0);
+        }
+        list.push(IdleConn {
+            endpoint,
+            sender,
+            since: Instant::now(),
+        });
+    }
 }
 
 /// Whether callouts may be sent to `pool`: they are plain HTTP/1.1, so not if it uses TLS.
@@ -170,21 +241,11 @@ async fn within<T>(
     }
 }
 
-async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
-    let idx = req
-        .pool
-        .select(None, Tried::default(), None)
-        .ok_or("the upstream has no endpoint")?;
-    let endpoint = &req.pool.endpoints[idx];
-    let peer = endpoint.peer();
-    if peer.is_tls() {
-        return Err(format!(
-            "{} uses TLS; callouts are plain HTTP/1.1 and are not sent to it",
-            endpoint.label
-        ));
-    }
-    let (connect_timeout, read_timeout) =
-        (peer.options.connection_timeout, peer.options.read_timeout);
+/// A new HTTP/1.1 connection to `endpoint` of the request's pool.
+async fn connect(
+    endpoint: &crate::upstream::Endpoint,
+    connect_timeout: Option<Duration>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let tcp = within(
         connect_timeout,
         "connect",
@@ -193,12 +254,33 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
     .await?
     .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+/// An idle connection to `endpoint` that is ready for a request, if the pool keeps one.
+async fn reuse(pool: &Pool, endpoint: usize) -> Option<SendRequest<Full<Bytes>>> {
+    while let Some(mut sender) = pool.callout_conns.take(endpoint, Instant::now()) {
+        // Ready at once unless the server closed it (then it errs) or the previous
+        // exchange's end is still being processed.
+        match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+            Ok(Ok(())) => return Some(sender),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// The callout as an HTTP/1.1 request to `endpoint`.
+fn build_request(
+    req: &CalloutRequest,
+    endpoint: &crate::upstream::Endpoint,
+) -> Result<http::Request<Full<Bytes>>, String> {
     let mut builder = http::Request::builder();
     let mut authority = None;
     for (k, v) in &req.headers {
@@ -215,16 +297,51 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
         _ => endpoint.label.as_bytes(),
     };
     builder = builder.header(http::header::HOST, host);
-    let request = builder
-        .body(Full::new(Bytes::from(req.body.clone())))
-        .map_err(|e| format!("bad callout request: {e}"))?;
-    let resp = within(
-        read_timeout,
-        "waiting for the response",
-        sender.send_request(request),
-    )
-    .await?
-    .map_err(|e| e.to_string())?;
+    builder
+        .body(Full::new(req.body.clone()))
+        .map_err(|e| format!("bad callout request: {e}"))
+}
+
+async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
+    let idx = req
+        .pool
+        .select(None, Tried::default(), None)
+        .ok_or("the upstream has no endpoint")?;
+    let endpoint = &req.pool.endpoints[idx];
+    let peer = endpoint.peer();
+    if peer.is_tls() {
+        return Err(format!(
+            "{} uses TLS; callouts are plain HTTP/1.1 and are not sent to it",
+            endpoint.label
+        ));
+    }
+    let (connect_timeout, read_timeout) =
+        (peer.options.connection_timeout, peer.options.read_timeout);
+    let request = build_request(req, endpoint)?;
+    let idempotent = request.method().is_idempotent();
+    let (mut sender, reused) = match reuse(&req.pool, idx).await {
+        Some(s) => (s, true),
+        None => (connect(endpoint, connect_timeout).await?, false),
+    };
+    let waiting = "waiting for the response";
+    let resp = match within(read_timeout, waiting, sender.send_request(request)).await? {
+        Ok(resp) => resp,
+        // The server closed the kept connection before answering: once more on a new one.
+        Err(e) if reused && idempotent && (e.is_canceled() || e.is_incomplete_message()) => {
+            tracing::debug!(
+                target: "sluice::plugin",
+                upstream = %req.pool.name,
+                error = %e,
+                "kept callout connection closed; retrying on a new one"
+            );
+            sender = connect(endpoint, connect_timeout).await?;
+            let request = build_request(req, endpoint)?;
+            within(read_timeout, waiting, sender.send_request(request))
+                .await?
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let mut headers: HeaderList = Vec::with_capacity(resp.headers().len() + 1);
     headers.push((
         b":status".to_vec(),
@@ -241,6 +358,8 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
             body.extend_from_slice(&data);
         }
     }
+    // Read to its end: the connection can carry the next callout.
+    req.pool.callout_conns.put(idx, sender);
     Ok(CalloutResponse {
         headers,
         body,

@@ -164,7 +164,7 @@ fn http_call(
         CalloutRequest {
             pool,
             headers,
-            body,
+            body: body.into(),
             timeout,
         },
         token,

@@ -3092,7 +3092,7 @@ fn a_callout_dispatched_to_a_tls_pool_fails_without_sending() {
     let request = |pool| crate::wasm::callout::CalloutRequest {
         pool,
         headers: header_list(&[(":method", "GET"), (":path", "/tls"), (":authority", "a")]),
-        body: Vec::new(),
+        body: Bytes::new(),
         timeout: Some(Duration::from_secs(5)),
     };
     let tls = callout_pool("secure", &label, server.addr, true);
