@@ -1058,3 +1058,84 @@ async fn a_callout_on_a_connection_the_server_closed_is_sent_again() {
     let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(n, 5, "one new connection per callout after the first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_reach_tls_upstreams_with_their_verification() {
+    // A TLS server: a sluice with a TLS listener (self-signed for `localhost`) in front of an
+    // echo upstream.
+    let front_dir = temp_dir("callout-tls-front");
+    let pem = write_self_signed(&front_dir, "localhost");
+    let front = Sluice::start_in(&tls_listener_config(upstream("tls-echo").await), front_dir).await;
+    let dir = plugin_dir("callout-tls");
+    std::fs::write(dir.join("ca.pem"), &pem).unwrap();
+    let at = front.addr;
+    let cases = [
+        // (route and plugin, tls settings, what the callout gets)
+        ("trusted", "{ sni: localhost, ca: ca.pem }", "200"),
+        ("unverified", "{ verify: false }", "200"),
+        ("untrusted", "{ sni: localhost }", "failed"),
+        ("wrongname", "{ sni: other.test, ca: ca.pem }", "failed"),
+    ];
+    let routes: Vec<(String, String, String)> = cases
+        .iter()
+        .map(|(n, _, _)| (n.to_string(), format!("/{n}"), n.to_string()))
+        .collect();
+    let routes: Vec<(&str, &str, &str)> = routes
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    let mut plugins = String::new();
+    let mut upstreams = String::new();
+    for (name, tls, _) in &cases {
+        plugins.push_str(&format!(
+            "  {name}: {{ path: sdk.wasm, config: {{ mode: callout, upstream: up_{name} }}, allowed_upstreams: [up_{name}] }}\n"
+        ));
+        upstreams.push_str(&format!(
+            "  up_{name}: {{ endpoints: ['{at}'], tls: {tls} }}\n"
+        ));
+    }
+    let cfg = config(upstream("backend").await, &routes, &plugins)
+        .replace("routes:\n", &format!("{upstreams}routes:\n"));
+    let proxy = Sluice::start_in(&cfg, dir).await;
+    let c = client();
+    for (name, _, want) in &cases {
+        let r = c.get(proxy.url(&format!("/{name}"))).send().await.unwrap();
+        if *want == "200" {
+            let e = echo(r).await;
+            assert_eq!(echo_header(&e, "x-callout-status"), Some("200"), "{name}");
+        } else {
+            assert_eq!(r.status(), 503, "{name}");
+            assert_eq!(r.headers()["x-callout-status"], "failed", "{name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tls_ca_file_is_named() {
+    let dir = plugin_dir("callout-bad-ca");
+    std::fs::write(dir.join("ca.pem"), "not a certificate\n").unwrap();
+    let cfg = config(upstream("backend").await, &[], "")
+        .replace(
+            "routes:\n",
+            "  idp: { endpoints: ['127.0.0.1:1'], tls: { ca: ca.pem } }\n  idq: { endpoints: ['127.0.0.1:1'], tls: { ca: missing.pem } }\nroutes:\n",
+        )
+        .replace("plugins:\n", "");
+    let (text, _, _) = with_ports(&cfg);
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("upstreams.idp.tls.ca") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("upstreams.idq.tls.ca") && err.contains("cannot read"),
+        "{err}"
+    );
+}

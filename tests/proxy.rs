@@ -488,7 +488,10 @@ async fn upstream_tls_with_and_without_certificate_verification() {
     // The TLS upstream is a second sluice terminating TLS in front of a demo upstream.
     let up = upstream("behind-tls").await;
     let dir = temp_dir("tls-upstream");
-    write_self_signed(&dir, "backend.test");
+    let pem = write_self_signed(&dir, "backend.test");
+    let ca = temp_dir("tls-upstream-ca").join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let ca = ca.display();
     let tls_front = Sluice::start_in(&tls_listener_config(up), dir).await;
     let tls_addr = tls_front.addr;
     let proxy = Sluice::start(&format!(
@@ -497,8 +500,10 @@ async fn upstream_tls_with_and_without_certificate_verification() {
          upstreams:\n\
          \x20 unverified: {{ endpoints: ['{tls_addr}'], tls: {{ sni: backend.test, verify: false }} }}\n\
          \x20 verified: {{ endpoints: ['{tls_addr}'], tls: {{ sni: backend.test }} }}\n\
+         \x20 trusted: {{ endpoints: ['{tls_addr}'], tls: {{ sni: backend.test, ca: '{ca}' }} }}\n\
          routes:\n\
          \x20 - {{ name: unverified, match: {{ path_prefix: /unverified }}, upstream: unverified }}\n\
+         \x20 - {{ name: trusted, match: {{ path_prefix: /trusted }}, upstream: trusted }}\n\
          \x20 - {{ name: verified, upstream: verified }}\n"
     ))
     .await;
@@ -517,6 +522,17 @@ async fn upstream_tls_with_and_without_certificate_verification() {
     // A self-signed certificate fails verification: 502, never a silent downgrade.
     let r = c.get(proxy.url("/verified")).send().await.unwrap();
     assert_eq!(r.status(), 502);
+    // Trusted through `tls.ca`, it passes (and the connection verified with that CA is not
+    // the one the system-trusting pool tries again).
+    let r = c.get(proxy.url("/trusted")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo(r).await["upstream"], "behind-tls");
+    let r = c.get(proxy.url("/verified")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "a pool without the CA reused a connection verified with it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

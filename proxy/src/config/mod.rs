@@ -268,7 +268,7 @@ impl ConfigFile {
 
         let mut upstreams = Vec::new();
         for (name, u) in &self.upstreams {
-            if let Some(up) = u.validate(name, &mut errors) {
+            if let Some(up) = u.validate(name, base_dir, &mut errors) {
                 upstreams.push(up);
             }
         }

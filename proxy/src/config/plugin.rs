@@ -221,20 +221,11 @@ impl PluginFile {
             expose.push(n);
         }
         for (i, u) in self.allowed_upstreams.iter().enumerate() {
-            match upstreams.get(u) {
-                None => errors.push(ConfigError::invalid(
+            if !upstreams.contains_key(u) {
+                errors.push(ConfigError::invalid(
                     format!("{field}.allowed_upstreams[{i}]"),
                     format!("no upstream named {u:?}"),
-                )),
-                // Callouts are plain HTTP/1.1 (see `crate::wasm::callout`): refused here rather
-                // than sent in clear text to a pool that expects TLS.
-                Some(up) if up.tls.is_some() => errors.push(ConfigError::invalid(
-                    format!("{field}.allowed_upstreams[{i}]"),
-                    format!(
-                        "upstream {u:?} uses TLS; plugin callouts over TLS are not supported yet"
-                    ),
-                )),
-                Some(_) => {}
+                ));
             }
         }
         let on_error = match self.on_error.as_deref() {

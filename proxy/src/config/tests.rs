@@ -417,26 +417,27 @@ fn admin_off_loopback_needs_a_token_or_allow_insecure() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Callouts are plain HTTP/1.1: a plugin may not list an upstream with `tls:` in
-/// `allowed_upstreams` (a plain one beside it is fine).
+/// Callouts go through the upstream's own TLS settings: a plugin may list an upstream with
+/// `tls:` in `allowed_upstreams`.
 #[test]
-fn callouts_to_tls_upstreams_are_refused() {
+fn callouts_to_tls_upstreams_are_allowed() {
     let yaml = OK.replace(
         "routes:\n",
         "  idp:\n    endpoints: [\"127.0.0.1:8443\"]\n    tls: { sni: idp.internal }\nroutes:\n",
     )
         + "plugins:\n  auth:\n    path: auth.wasm\n    allowed_upstreams: [backend, idp]\n";
     let errs = errors(&yaml);
-    let tls = "plugins.auth.allowed_upstreams[1]: upstream \"idp\" uses TLS; \
-               plugin callouts over TLS are not supported yet";
     assert!(
-        errs.iter().any(|e| e == tls),
-        "no error is {tls:?}; got:\n{}",
+        !errs.iter().any(|e| e.contains("allowed_upstreams")),
+        "an upstream was refused:\n{}",
         errs.join("\n")
     );
+    // A name that is no upstream still is.
+    let errs = errors(&yaml.replace("[backend, idp]", "[backend, nowhere]"));
     assert!(
-        !errs.iter().any(|e| e.contains("allowed_upstreams[0]")),
-        "the plain upstream was refused:\n{}",
+        errs.iter()
+            .any(|e| e.contains("allowed_upstreams[1]") && e.contains("no upstream named")),
+        "{}",
         errs.join("\n")
     );
 }

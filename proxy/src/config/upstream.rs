@@ -1,6 +1,7 @@
 //! `upstreams:` — named pools of endpoints, with load balancing and health checks.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,10 @@ pub struct UpstreamTlsFile {
     /// Verify the endpoint's certificate (default true).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// PEM file of the certificates trusted for this upstream instead of the system's
+    /// (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 fn yes() -> bool {
@@ -143,6 +148,8 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
     /// Verify the certificate.
     pub verify: bool,
+    /// Certificates (DER) trusted instead of the system's, from `tls.ca`.
+    pub ca: Option<Vec<Vec<u8>>>,
 }
 
 /// How an endpoint is picked.
@@ -197,7 +204,12 @@ fn ms_in_range(
 }
 
 impl UpstreamFile {
-    pub(super) fn validate(&self, name: &str, errors: &mut Vec<ConfigError>) -> Option<Upstream> {
+    pub(super) fn validate(
+        &self,
+        name: &str,
+        base_dir: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Upstream> {
         let field = format!("upstreams.{name}");
         let before = errors.len();
         check_name(&field, name, errors);
@@ -340,6 +352,13 @@ impl UpstreamFile {
         let tls = self.tls.as_ref().map(|t| UpstreamTls {
             sni: t.sni.clone(),
             verify: t.verify,
+            ca: t.ca.as_ref().and_then(|ca| {
+                load_ca(&base_dir.join(ca))
+                    .map_err(|msg| {
+                        errors.push(ConfigError::invalid(format!("{field}.tls.ca"), msg))
+                    })
+                    .ok()
+            }),
         });
         if errors.len() > before {
             return None;
@@ -355,4 +374,50 @@ impl UpstreamFile {
             host_header,
         })
     }
+}
+
+/// The certificates of a PEM file, as DER, each checked to parse as an X.509 certificate.
+pub fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start + BEGIN.len()..];
+        let end = after
+            .find(END)
+            .ok_or_else(|| format!("{}: a certificate has no END line", path.display()))?;
+        let b64: String = after[..end].split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("{}: certificate {}: {e}", path.display(), out.len() + 1))?;
+        check_certificate(&der)
+            .map_err(|e| format!("{}: certificate {}: {e}", path.display(), out.len() + 1))?;
+        out.push(der);
+        rest = &after[end + END.len()..];
+    }
+    if out.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(out)
+}
+
+/// Whether `der` is a certificate both rustls and pingora's parser accept (the latter panics
+/// on what it cannot parse, so it is asked here, under `catch_unwind`, before it is relied on).
+fn check_certificate(der: &[u8]) -> Result<(), String> {
+    let mut store = pingora::tls::RootCertStore::empty();
+    store
+        .add(pingora::tls::CertificateDer::from(der.to_vec()))
+        .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    let owned = der.to_vec();
+    std::panic::catch_unwind(move || {
+        drop(pingora::utils::tls::WrappedX509::new(
+            owned,
+            pingora::utils::tls::parse_x509,
+        ))
+    })
+    .map_err(|_| "not a parseable X.509 certificate".to_string())
 }

@@ -41,6 +41,18 @@ impl Endpoint {
     }
 }
 
+/// A connection-pool key for a set of trusted certificates (never 0, the key of the system's).
+fn trust_key(ca: &[Vec<u8>]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for der in ca {
+        h.update((der.len() as u64).to_be_bytes());
+        h.update(der);
+    }
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes")).max(1)
+}
+
 /// A named pool of endpoints.
 pub struct Pool {
     /// Its name.
@@ -53,8 +65,6 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// Host header policy.
     pub host_header: HostHeader,
-    /// Plugins' callout connections to this pool kept alive between callouts.
-    pub callout_conns: crate::wasm::callout::IdleConns,
 }
 
 /// A set of endpoint indexes already tried by one request.
@@ -107,6 +117,24 @@ impl Pool {
                 if let Some(t) = &u.tls {
                     peer.options.verify_cert = t.verify;
                     peer.options.verify_hostname = t.verify;
+                    if let Some(ca) = &t.ca {
+                        // Checked to parse when the config was validated.
+                        let certs: Vec<_> = ca
+                            .iter()
+                            .map(|der| {
+                                pingora::utils::tls::WrappedX509::new(
+                                    der.clone(),
+                                    pingora::utils::tls::parse_x509,
+                                )
+                            })
+                            .collect();
+                        peer.options.ca = Some(std::sync::Arc::from(certs.into_boxed_slice()));
+                        // pingora's connection pools key connections by address, SNI and
+                        // verification flags, not by the trusted certificates: without a key of
+                        // their own, a connection verified against this CA would be reused for
+                        // a pool trusting other certificates (or the reverse).
+                        peer.group_key = trust_key(ca);
+                    }
                 }
                 let metrics = EndpointMetrics::new(&u.name, label);
                 metrics.healthy.set(1);
@@ -126,7 +154,6 @@ impl Pool {
             next: AtomicUsize::new(0),
             health_check: u.health_check.clone(),
             host_header: u.host_header.clone(),
-            callout_conns: Default::default(),
         }
     }
 

@@ -3,15 +3,13 @@
 //! `proxy_on_http_call_response` on the context that made it.
 //!
 //! Callouts run on a small runtime of their own, so they work from any thread (pingora's
-//! workers, the ticker). HTTP/1.1 over plain TCP to one of the pool's endpoints, kept alive:
-//! a connection whose response was read to its end goes back to the pool's idle list
-//! ([`IdleConns`], at most [`MAX_IDLE`] per pool, each for at most [`IDLE_FOR`]) and the next
-//! callout to the same endpoint reuses it. A request of an idempotent method that fails on a
-//! reused connection before any response (the server closed it meanwhile) is sent once more on
-//! a new connection, as HTTP clients do. A pool with
-//! TLS is never sent to: config validation refuses it in `allowed_upstreams`, `proxy_http_call`
-//! answers `INTERNAL_FAILURE` for it ([`plaintext`]), and the exchange checks the endpoint
-//! it picked once more.
+//! workers, the ticker). They go through pingora's HTTP connector with the upstream's own
+//! peer settings, as proxied requests do: TLS with SNI and certificate verification when the
+//! upstream has `tls:`, HTTP/1.1, and connections kept alive in the connector's pool (a
+//! connection whose response was read to its end serves the next callout to that endpoint;
+//! idle ones are closed after [`IDLE_FOR`]). A request of an idempotent method that fails on
+//! a reused connection before any response (the server closed it meanwhile) is sent again,
+//! on the next kept connection or a new one, as HTTP clients do.
 //!
 //! Deadlines: the plugin's timeout, if any, bounds the whole exchange; the upstream's
 //! `connect_timeout_ms` bounds the connect and its `read_timeout_ms` each wait for the response
@@ -22,14 +20,14 @@
 //! config. Envoy copies an empty `:authority` into an empty `Host:`, which RFC 9112 allows
 //! but some servers refuse (nginx answers 400), so Sluice names the server the call goes to.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::stream::HeaderList;
@@ -121,74 +119,13 @@ pub struct CalloutRequest {
     pub timeout: Option<Duration>,
 }
 
-/// Most idle callout connections kept per pool.
-pub const MAX_IDLE: usize = 32;
 /// Longest an idle callout connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 
-struct IdleConn {
-    endpoint: usize,
-    sender: SendRequest<Full<Bytes>>,
-    since: Instant,
-}
-
-/// One pool's idle callout connections, the most recently used last. Dropping a connection's
-/// sender closes it, so a pool replaced by a reload closes its idle connections with it.
-#[derive(Default)]
-pub struct IdleConns {
-    list: Mutex<Vec<IdleConn>>,
-}
-
-impl std::fmt::Debug for IdleConns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdleConns({})", self.len())
-    }
-}
-
-impl IdleConns {
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
-        self.list.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Idle connections kept now.
-    pub fn len(&self) -> usize {
-        self.list().len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The most recently used open connection to `endpoint` (expired and closed ones are
-    /// dropped on the way).
-    fn take(&self, endpoint: usize, now: Instant) -> Option<SendRequest<Full<Bytes>>> {
-        let mut list = self.list();
-        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_FOR);
-        let i = list.iter().rposition(|c| c.endpoint == endpoint)?;
-        Some(list.remove(i).sender)
-    }
-
-    /// Keeps `sender` for the next callout to `endpoint` (the oldest goes when full).
-    fn put(&self, endpoint: usize, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut list = self.list();
-        if list.len() >= MAX_IDLE {
-            list.remove(0);
-        }
-        list.push(IdleConn {
-            endpoint,
-            sender,
-            since: Instant::now(),
-        });
-    }
-}
-
-/// Whether callouts may be sent to `pool`: they are plain HTTP/1.1, so not if it uses TLS.
-pub fn plaintext(pool: &Pool) -> bool {
-    !pool.endpoints.iter().any(|e| e.peer().is_tls())
+/// The connector callouts share (its pool holds their idle connections).
+fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(None))
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -227,79 +164,113 @@ pub fn dispatch(req: CalloutRequest, token: u32, member: usize, sink: CalloutSin
     });
 }
 
-/// `step`, given at most `limit` (`None`: as long as it takes); `what` names it in the error.
-async fn within<T>(
-    limit: Option<Duration>,
-    what: &str,
-    step: impl Future<Output = T>,
-) -> Result<T, String> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, step)
-            .await
-            .map_err(|_| format!("{what}: nothing within {} ms", limit.as_millis())),
-        None => Ok(step.await),
-    }
-}
-
-/// A new HTTP/1.1 connection to `endpoint` of the request's pool.
-async fn connect(
-    endpoint: &crate::upstream::Endpoint,
-    connect_timeout: Option<Duration>,
-) -> Result<SendRequest<Full<Bytes>>, String> {
-    let tcp = within(
-        connect_timeout,
-        "connect",
-        tokio::net::TcpStream::connect(endpoint.addr),
-    )
-    .await?
-    .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
-    let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// An idle connection to `endpoint` that is ready for a request, if the pool keeps one.
-async fn reuse(pool: &Pool, endpoint: usize) -> Option<SendRequest<Full<Bytes>>> {
-    while let Some(mut sender) = pool.callout_conns.take(endpoint, Instant::now()) {
-        // Ready at once unless the server closed it (then it errs) or the previous
-        // exchange's end is still being processed.
-        match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-            Ok(Ok(())) => return Some(sender),
-            _ => continue,
-        }
-    }
-    None
-}
-
-/// The callout as an HTTP/1.1 request to `endpoint`.
-fn build_request(
+/// The callout as a request head for `endpoint` (with `Content-Length` when it has a body).
+fn request_head(
     req: &CalloutRequest,
     endpoint: &crate::upstream::Endpoint,
-) -> Result<http::Request<Full<Bytes>>, String> {
-    let mut builder = http::Request::builder();
-    let mut authority = None;
+) -> Result<RequestHeader, String> {
+    let (mut method, mut path, mut authority) = (None, None, None);
     for (k, v) in &req.headers {
         match k.as_slice() {
-            b":method" => builder = builder.method(v.as_slice()),
-            b":path" => builder = builder.uri(v.as_slice()),
+            b":method" => method = Some(v.as_slice()),
+            b":path" => path = Some(v.as_slice()),
             b":authority" => authority = Some(v.as_slice()),
-            b":scheme" => {}
-            _ => builder = builder.header(k.as_slice(), v.as_slice()),
+            _ => {}
         }
     }
+    let bad = |e: &dyn std::fmt::Display| format!("bad callout request: {e}");
+    let method = http::Method::from_bytes(method.unwrap_or(b"GET")).map_err(|e| bad(&e))?;
+    let mut head = RequestHeader::build(method, path.unwrap_or(b"/"), None).map_err(|e| bad(&e))?;
     let host = match authority {
         Some(a) if !a.is_empty() => a,
         _ => endpoint.label.as_bytes(),
     };
-    builder = builder.header(http::header::HOST, host);
-    builder
-        .body(Full::new(req.body.clone()))
-        .map_err(|e| format!("bad callout request: {e}"))
+    let value = |v: &[u8]| http::HeaderValue::from_bytes(v).map_err(|e| bad(&e));
+    head.insert_header(http::header::HOST, value(host)?)
+        .map_err(|e| bad(&e))?;
+    for (k, v) in &req.headers {
+        if k.first() == Some(&b':') {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(k).map_err(|e| bad(&e))?;
+        head.append_header(name, value(v)?).map_err(|e| bad(&e))?;
+    }
+    if !req.body.is_empty() && head.headers.get(http::header::CONTENT_LENGTH).is_none() {
+        head.insert_header(http::header::CONTENT_LENGTH, req.body.len())
+            .map_err(|e| bad(&e))?;
+    }
+    Ok(head)
+}
+
+/// Why one attempt failed, and whether the server had answered anything.
+struct Failed {
+    message: String,
+    answered: bool,
+}
+
+/// One attempt on `session`: the request, then the response read to its end.
+async fn attempt(
+    session: &mut HttpSession,
+    head: RequestHeader,
+    body: &Bytes,
+    read_timeout: Option<Duration>,
+) -> Result<CalloutResponse, Failed> {
+    let before = |e: pingora::Error| Failed {
+        message: e.to_string(),
+        answered: false,
+    };
+    session.set_read_timeout(read_timeout);
+    session
+        .write_request_header(Box::new(head))
+        .await
+        .map_err(|e| before(*e))?;
+    if !body.is_empty() {
+        session
+            .write_request_body(body.clone(), true)
+            .await
+            .map_err(|e| before(*e))?;
+    }
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| before(*e))?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| before(*e))?;
+    let after = |message: String| Failed {
+        message,
+        answered: true,
+    };
+    let resp = session
+        .response_header()
+        .ok_or_else(|| after("no response head".into()))?;
+    let mut headers: HeaderList = Vec::with_capacity(resp.headers.len() + 1);
+    headers.push((
+        b":status".to_vec(),
+        resp.status.as_str().as_bytes().to_vec(),
+    ));
+    for (k, v) in resp.headers.iter() {
+        headers.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| after(format!("reading the callout response: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+            return Err(after(format!(
+                "the callout response body is over {MAX_RESPONSE_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(CalloutResponse {
+        headers,
+        body,
+        trailers: Vec::new(),
+    })
 }
 
 async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
@@ -308,61 +279,34 @@ async fn exchange(req: &CalloutRequest) -> Result<CalloutResponse, String> {
         .select(None, Tried::default(), None)
         .ok_or("the upstream has no endpoint")?;
     let endpoint = &req.pool.endpoints[idx];
-    let peer = endpoint.peer();
-    if peer.is_tls() {
-        return Err(format!(
-            "{} uses TLS; callouts are plain HTTP/1.1 and are not sent to it",
-            endpoint.label
-        ));
-    }
-    let (connect_timeout, read_timeout) =
-        (peer.options.connection_timeout, peer.options.read_timeout);
-    let request = build_request(req, endpoint)?;
-    let idempotent = request.method().is_idempotent();
-    let (mut sender, reused) = match reuse(&req.pool, idx).await {
-        Some(s) => (s, true),
-        None => (connect(endpoint, connect_timeout).await?, false),
-    };
-    let waiting = "waiting for the response";
-    let resp = match within(read_timeout, waiting, sender.send_request(request)).await? {
-        Ok(resp) => resp,
-        // The server closed the kept connection before answering: once more on a new one.
-        Err(e) if reused && idempotent && (e.is_canceled() || e.is_incomplete_message()) => {
-            tracing::debug!(
-                target: "sluice::plugin",
-                upstream = %req.pool.name,
-                error = %e,
-                "kept callout connection closed; retrying on a new one"
-            );
-            sender = connect(endpoint, connect_timeout).await?;
-            let request = build_request(req, endpoint)?;
-            within(read_timeout, waiting, sender.send_request(request))
-                .await?
-                .map_err(|e| e.to_string())?
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let mut headers: HeaderList = Vec::with_capacity(resp.headers().len() + 1);
-    headers.push((
-        b":status".to_vec(),
-        resp.status().as_str().as_bytes().to_vec(),
-    ));
-    for (k, v) in resp.headers() {
-        headers.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
-    }
-    let mut stream = Limited::new(resp.into_body(), MAX_RESPONSE_BODY);
-    let mut body = Vec::new();
-    while let Some(frame) = within(read_timeout, "reading the response", stream.frame()).await? {
-        let frame = frame.map_err(|e| format!("reading the callout response: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            body.extend_from_slice(&data);
+    let peer: Box<HttpPeer> = endpoint.peer();
+    let peer = &*peer;
+    let read_timeout = peer.options.read_timeout;
+    let head = request_head(req, endpoint)?;
+    let idempotent = head.method.is_idempotent();
+    loop {
+        let (mut session, reused) = connector()
+            .get_http_session(peer)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", endpoint.label))?;
+        match attempt(&mut session, head.clone(), &req.body, read_timeout).await {
+            Ok(resp) => {
+                connector()
+                    .release_http_session(session, peer, Some(IDLE_FOR))
+                    .await;
+                return Ok(resp);
+            }
+            // The server closed the kept connection before answering: again, on the next
+            // kept one or (once the kept ones are used up) a new one.
+            Err(f) if reused && idempotent && !f.answered => {
+                tracing::debug!(
+                    target: "sluice::plugin",
+                    upstream = %req.pool.name,
+                    error = %f.message,
+                    "kept callout connection closed; sending again"
+                );
+            }
+            Err(f) => return Err(f.message),
         }
     }
-    // Read to its end: the connection can carry the next callout.
-    req.pool.callout_conns.put(idx, sender);
-    Ok(CalloutResponse {
-        headers,
-        body,
-        trailers: Vec::new(),
-    })
 }

@@ -18,9 +18,8 @@
 //! - An upstream not in `allowed_upstreams` is `BAD_ARGUMENT` (Envoy: an unknown cluster). Not
 //!   `NOT_FOUND`: the Rust SDK accepts only `OK`, `BAD_ARGUMENT` and `INTERNAL_FAILURE` from
 //!   this call and panics on anything else.
-//! - An upstream with TLS is `INTERNAL_FAILURE` ("the host failed to send the requested HTTP
-//!   call", in the v0.2.1 spec's words): callouts are plain HTTP/1.1, config validation already
-//!   refuses such an upstream in `allowed_upstreams`, and this is the second guard.
+//! - An upstream with TLS is called over TLS with its own settings (see
+//!   [`crate::wasm::callout`]).
 
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use wasmtime::Linker;
 
 use super::headers::{valid_name, valid_value};
 use super::{done, put_u32, read, st, HostResult, C};
-use crate::wasm::callout::{dispatch, plaintext, CalloutRequest, CalloutSink};
+use crate::wasm::callout::{dispatch, CalloutRequest, CalloutSink};
 use crate::wasm::stream::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_PAIRS};
 use crate::wasm::vm::VmState;
 
@@ -127,15 +126,6 @@ fn http_call(
         );
         return Ok(st(Status::BadArgument));
     };
-    if !plaintext(&pool) {
-        tracing::warn!(
-            target: "sluice::plugin",
-            plugin = %state.settings.name,
-            upstream = %name,
-            "callout refused: the upstream uses TLS and callouts are plain HTTP/1.1"
-        );
-        return Ok(st(Status::InternalFailure));
-    }
     let Some(sink) = state.callout_sink.clone() else {
         return Ok(st(Status::BadArgument));
     };
