@@ -286,15 +286,12 @@ fn check_names_the_field_of_each_error() {
             "upstreams.backend.health_check.timeout_ms: 500 is longer than interval_ms (100)",
         ),
         (
-            // The plugin's path is the config file itself: it exists, and the refusal comes
-            // before anything is loaded.
-            "callout to a TLS upstream",
+            "upstream CA file",
             GOOD.replace(
                 "['127.0.0.1:3000'] }",
-                "['127.0.0.1:3000'] }, idp: { endpoints: ['127.0.0.1:8443'], tls: {} }",
-            ) + "plugins: { auth: { path: config.yaml, allowed_upstreams: [idp] } }\n",
-            "plugins.auth.allowed_upstreams[0]: upstream \"idp\" uses TLS; \
-             plugin callouts over TLS are not supported yet",
+                "['127.0.0.1:3000'] }, idp: { endpoints: ['127.0.0.1:8443'], tls: { ca: missing.pem } }",
+            ),
+            "upstreams.idp.tls.ca: cannot read",
         ),
         ("yaml syntax", "listeners: [\n".to_string(), "error"),
     ];
