@@ -281,7 +281,7 @@ impl<'a> Fetcher<'a> {
         let cache = self.cache.as_ref();
         // The bytes, their digest if already known, the origin, whether cached, and the
         // signature check's outcome (when one is configured).
-        let (binary, known_sha256, origin, from_cache, signed) = match &spec.source {
+        let (binary, sha256, origin, from_cache, signed) = match &spec.source {
             PluginSource::Path(path) if spec.signature.is_none() => {
                 let got = self
                     .local(path)
@@ -295,13 +295,7 @@ impl<'a> Fetcher<'a> {
                     Some(b) => Binary::Bytes(b),
                     None => Binary::File(path.clone()),
                 };
-                (
-                    binary,
-                    Some(got.sha256),
-                    spec.source.to_string(),
-                    false,
-                    None,
-                )
+                (binary, got.sha256, spec.source.to_string(), false, None)
             }
             PluginSource::Path(path) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
@@ -328,9 +322,10 @@ impl<'a> Fetcher<'a> {
                         })
                     }
                 };
+                let sha256 = sha256_hex(&bytes);
                 (
                     Binary::Bytes(bytes.into()),
-                    None,
+                    sha256,
                     spec.source.to_string(),
                     false,
                     signed,
@@ -370,7 +365,7 @@ impl<'a> Fetcher<'a> {
                 };
                 (
                     Binary::Bytes(got.bytes.into()),
-                    Some(got.sha256),
+                    got.sha256,
                     spec.source.to_string(),
                     got.from_cache,
                     signed,
@@ -419,23 +414,14 @@ impl<'a> Fetcher<'a> {
                             signature::SIGNATURE_MEDIA_TYPE
                         ))),
                     });
+                let sha256 = sha256_hex(&pulled.wasm);
                 (
                     Binary::Bytes(pulled.wasm.into()),
-                    None,
+                    sha256,
                     origin,
                     pulled.from_cache,
                     signed,
                 )
-            }
-        };
-        let sha256 = match (known_sha256, &binary) {
-            (Some(s), _) => s,
-            (None, Binary::Bytes(b)) => hex(&Sha256::digest(b)),
-            (None, Binary::File(_)) => {
-                return Err(SourceError::Internal {
-                    plugin: plugin(),
-                    message: "a file was left unread without its sha256".into(),
-                })
             }
         };
         let size = match &binary {
@@ -486,6 +472,10 @@ impl<'a> Fetcher<'a> {
             from_cache,
         })
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Fetches and checks one plugin's binary, with [`FetchOptions::from_env`].

@@ -179,8 +179,12 @@ fn request_head(
         }
     }
     let bad = |e: &dyn std::fmt::Display| format!("bad callout request: {e}");
-    let method = http::Method::from_bytes(method.unwrap_or(b"GET")).map_err(|e| bad(&e))?;
-    let mut head = RequestHeader::build(method, path.unwrap_or(b"/"), None).map_err(|e| bad(&e))?;
+    // `proxy_http_call` refuses a call without them; checked again rather than guessed.
+    let (Some(method), Some(path)) = (method, path) else {
+        return Err(bad(&"no :method or :path"));
+    };
+    let method = http::Method::from_bytes(method).map_err(|e| bad(&e))?;
+    let mut head = RequestHeader::build(method, path, None).map_err(|e| bad(&e))?;
     let host = match authority {
         Some(a) if !a.is_empty() => a,
         _ => endpoint.label.as_bytes(),
