@@ -115,7 +115,10 @@ impl Sluice {
                 .arg("run")
                 .arg("--config")
                 .arg(&config)
-                .args(["--log-level", "info"]),
+                .args([
+                    "--log-level",
+                    &std::env::var("SLUICE_TEST_LOG").unwrap_or("info".into()),
+                ]),
             addr,
             admin,
             dir,

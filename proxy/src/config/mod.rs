@@ -28,8 +28,8 @@ pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
 pub use shared_data::{SharedData, SharedDataFile};
 pub use upstream::{
-    Balancing, HashKey, HealthCheck, HealthCheckFile, HostHeader, Upstream, UpstreamFile,
-    UpstreamTls, UpstreamTlsFile,
+    Balancing, HashKey, HealthCheck, HealthCheckFile, HostHeader, Protocol, ProtocolFile, Upstream,
+    UpstreamFile, UpstreamTls, UpstreamTlsFile,
 };
 
 /// The whole configuration file, as written.

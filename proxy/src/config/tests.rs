@@ -441,3 +441,38 @@ fn callouts_to_tls_upstreams_are_allowed() {
         errs.join("\n")
     );
 }
+
+/// `protocol:` is http1 by default; h2 on plain and TLS endpoints; auto only with TLS; other
+/// values are refused by name.
+#[test]
+fn upstream_protocols() {
+    let c = Config::from_yaml(OK, Path::new(".")).expect("valid");
+    assert_eq!(c.upstreams[0].protocol, crate::config::Protocol::Http1);
+    let with = |extra: &str| {
+        OK.replace(
+            "routes:\n",
+            &format!("  grpc:\n    endpoints: [\"127.0.0.1:50051\"]\n{extra}routes:\n"),
+        )
+    };
+    for (extra, want) in [
+        ("    protocol: h2\n", crate::config::Protocol::H2),
+        (
+            "    protocol: h2\n    tls: { sni: grpc.internal }\n",
+            crate::config::Protocol::H2,
+        ),
+        (
+            "    protocol: auto\n    tls: { sni: grpc.internal }\n",
+            crate::config::Protocol::Auto,
+        ),
+        ("    protocol: http1\n", crate::config::Protocol::Http1),
+    ] {
+        let c = Config::from_yaml(&with(extra), Path::new(".")).expect(extra);
+        let up = c.upstreams.iter().find(|u| u.name == "grpc").unwrap();
+        assert_eq!(up.protocol, want, "{extra}");
+    }
+    has(
+        &errors(&with("    protocol: auto\n")),
+        "upstreams.grpc.protocol: auto needs tls:",
+    );
+    has(&errors(&with("    protocol: http3\n")), "protocol");
+}

@@ -18,6 +18,10 @@ pub struct UpstreamFile {
     /// Connect to the endpoints over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsFile>,
+    /// `http1` (default), `h2` (HTTP/2: prior knowledge on plain endpoints, ALPN `h2` with
+    /// `tls:`), or `auto` (ALPN offers both; needs `tls:`).
+    #[serde(default)]
+    pub protocol: ProtocolFile,
     /// `round_robin` (default), `random`, or `hash` (with `hash_on`).
     #[serde(default)]
     pub load_balancing: BalancingFile,
@@ -57,6 +61,42 @@ pub enum BalancingFile {
     Random,
     /// Consistent hashing on `hash_on`.
     Hash,
+}
+
+/// `protocol:` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolFile {
+    /// HTTP/1.1 only.
+    #[default]
+    Http1,
+    /// HTTP/2 only.
+    H2,
+    /// HTTP/2 or HTTP/1.1, as the endpoint chooses through ALPN.
+    Auto,
+}
+
+/// The HTTP version(s) spoken to a pool's endpoints (validated `protocol:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2: with prior knowledge (h2c) on plain endpoints, through ALPN over TLS.
+    H2,
+    /// Offered both through ALPN (TLS only); the endpoint picks.
+    Auto,
+}
+
+impl Protocol {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Auto => "auto",
+        }
+    }
 }
 
 /// `tls:` of an upstream.
@@ -118,6 +158,8 @@ pub struct Upstream {
     pub endpoints: Vec<(String, SocketAddr)>,
     /// TLS to the endpoints.
     pub tls: Option<UpstreamTls>,
+    /// HTTP version(s) spoken to the endpoints.
+    pub protocol: Protocol,
     /// Endpoint selection.
     pub balancing: Balancing,
     /// Health checking.
@@ -360,6 +402,19 @@ impl UpstreamFile {
                     .ok()
             }),
         });
+        let protocol = match self.protocol {
+            ProtocolFile::Http1 => Protocol::Http1,
+            ProtocolFile::H2 => Protocol::H2,
+            ProtocolFile::Auto if tls.is_none() => {
+                errors.push(ConfigError::invalid(
+                    format!("{field}.protocol"),
+                    "auto needs tls: (a plain endpoint cannot negotiate the protocol; \
+                     use h2 for HTTP/2 with prior knowledge, or http1)",
+                ));
+                Protocol::Http1
+            }
+            ProtocolFile::Auto => Protocol::Auto,
+        };
         if errors.len() > before {
             return None;
         }
@@ -367,6 +422,7 @@ impl UpstreamFile {
             name: name.to_string(),
             endpoints,
             tls,
+            protocol,
             balancing,
             health_check,
             connect_timeout,

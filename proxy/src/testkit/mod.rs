@@ -579,6 +579,7 @@ fn callout_upstream(name: &str, addr: SocketAddr) -> Upstream {
         name: name.to_string(),
         endpoints: vec![(addr.to_string(), addr)],
         tls: None,
+        protocol: crate::config::Protocol::Http1,
         balancing: Balancing::RoundRobin,
         health_check: None,
         connect_timeout: Duration::from_secs(1),

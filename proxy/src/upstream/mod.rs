@@ -6,9 +6,10 @@ pub mod health;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Balancing, HealthCheck, HostHeader, Upstream};
+use crate::config::{Balancing, HealthCheck, HostHeader, Protocol, Upstream};
 use crate::metrics::EndpointMetrics;
 
 /// One endpoint of a pool.
@@ -41,6 +42,13 @@ impl Endpoint {
     }
 }
 
+/// Concurrent streams one HTTP/2 connection to an endpoint carries before another is opened
+/// (the server's own limit applies when lower).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// Pings on idle HTTP/2 connections to endpoints.
+const H2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection-pool key for a set of trusted certificates (never 0, the key of the system's).
 fn trust_key(ca: &[Vec<u8>]) -> u64 {
     use sha2::{Digest, Sha256};
@@ -65,6 +73,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// Host header policy.
     pub host_header: HostHeader,
+    /// HTTP version(s) spoken to the endpoints.
+    pub protocol: Protocol,
 }
 
 /// A set of endpoint indexes already tried by one request.
@@ -114,6 +124,19 @@ impl Pool {
                 let mut peer = HttpPeer::new(*addr, tls, sni);
                 peer.options.connection_timeout = Some(u.connect_timeout);
                 peer.options.read_timeout = Some(u.read_timeout);
+                // pingora chooses HTTP/2 from the ALPN options, TLS or not: `H2` alone on a
+                // plain peer is prior knowledge (h2c), `H2H1` over TLS lets the endpoint pick.
+                peer.options.alpn = match u.protocol {
+                    Protocol::Http1 => ALPN::H1,
+                    Protocol::H2 => ALPN::H2,
+                    Protocol::Auto => ALPN::H2H1,
+                };
+                if u.protocol != Protocol::Http1 {
+                    // Requests (and callouts) to an endpoint share its HTTP/2 connections.
+                    peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+                    // A dead connection is found by a ping rather than by the next request.
+                    peer.options.h2_ping_interval = Some(H2_PING_INTERVAL);
+                }
                 if let Some(t) = &u.tls {
                     peer.options.verify_cert = t.verify;
                     peer.options.verify_hostname = t.verify;
@@ -154,6 +177,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             health_check: u.health_check.clone(),
             host_header: u.host_header.clone(),
+            protocol: u.protocol,
         }
     }
 

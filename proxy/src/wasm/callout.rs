@@ -270,10 +270,24 @@ async fn attempt(
         }
         body.extend_from_slice(&chunk);
     }
+    // Trailers come only over HTTP/2 (pingora drops HTTP/1.1 chunked trailers).
+    let mut trailers: HeaderList = Vec::new();
+    if let HttpSession::H2(h2) = session {
+        if let Some(t) = h2
+            .read_trailers()
+            .await
+            .map_err(|e| after(format!("reading the callout response trailers: {e}")))?
+        {
+            trailers.reserve(t.len());
+            for (k, v) in t.iter() {
+                trailers.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+            }
+        }
+    }
     Ok(CalloutResponse {
         headers,
         body,
-        trailers: Vec::new(),
+        trailers,
     })
 }
 

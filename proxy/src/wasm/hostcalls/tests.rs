@@ -1654,6 +1654,7 @@ fn http_call_to_an_allowed_upstream() {
         name: "svc".into(),
         endpoints: vec![(addr.to_string(), addr)],
         tls: None,
+        protocol: crate::config::Protocol::Http1,
         balancing: crate::config::Balancing::RoundRobin,
         health_check: None,
         connect_timeout: Duration::from_secs(2),
@@ -2792,6 +2793,7 @@ fn callout_pool_reading(
             verify: false,
             ca: None,
         }),
+        protocol: crate::config::Protocol::Http1,
         balancing: crate::config::Balancing::RoundRobin,
         health_check: None,
         connect_timeout: Duration::from_secs(2),
@@ -3123,4 +3125,95 @@ fn a_callout_to_a_tls_pool_speaks_tls() {
     };
     assert_eq!(done.token, 8);
     assert!(done.response.is_some());
+}
+
+/// A callout to an `h2` pool speaks HTTP/2 with prior knowledge, reads the response trailers
+/// (given to the plugin as the call's trailer map), and carries later calls on the same
+/// connection.
+#[test]
+fn a_callout_to_an_h2_pool_reads_trailers_and_shares_its_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let path = req.uri().path().to_string();
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .header("x-h2", "yes")
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(resp, false).unwrap();
+                        send.send_data(Bytes::from(format!("pong {path}")), false)
+                            .unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-t", "done".parse().unwrap());
+                        send.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+    });
+    let pool = Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
+        name: "h2".into(),
+        endpoints: vec![(addr.to_string(), addr)],
+        tls: None,
+        protocol: crate::config::Protocol::H2,
+        balancing: crate::config::Balancing::RoundRobin,
+        health_check: None,
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(5),
+        host_header: crate::config::HostHeader::Preserve,
+    }));
+    let (tx, mut rx) = unbounded_channel();
+    for token in [1, 2, 3] {
+        let request = crate::wasm::callout::CalloutRequest {
+            pool: pool.clone(),
+            headers: header_list(&[
+                (":method", "POST"),
+                (":path", &format!("/call/{token}")),
+                (":authority", "svc"),
+            ]),
+            body: Bytes::from_static(b"ping"),
+            timeout: Some(Duration::from_secs(5)),
+        };
+        crate::wasm::callout::dispatch(request, token, 0, CalloutSink::Request(tx.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let done = loop {
+            match rx.try_recv() {
+                Ok(done) => break done,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no callout result: {e}"),
+            }
+        };
+        assert_eq!(done.token, token);
+        let r = done.response.expect("the h2 callout failed");
+        assert!(r.headers.contains(&(b":status".to_vec(), b"200".to_vec())));
+        assert!(r.headers.contains(&(b"x-h2".to_vec(), b"yes".to_vec())));
+        assert_eq!(r.body, format!("pong /call/{token}").into_bytes());
+        assert_eq!(r.trailers, header_list(&[("x-t", "done")]));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection"
+    );
 }
