@@ -764,6 +764,78 @@ impl Chain {
         self.check_length(BodyKind::Response, chunk, end)
     }
 
+    /// The response trailers arrived (HTTP/2 upstreams; the body is over). What plugins still
+    /// hold of the body is released first, through the plugins after each in response order,
+    /// as more body without the end of stream (as on the reference host, where the body
+    /// callbacks never see `end_of_stream` when trailers follow). Then `on_response_trailers`,
+    /// in reverse order, with the trailers writable; a pause with a callout pending is waited
+    /// for. What they changed is written back into `trailers`. Returns the released body, to be
+    /// sent before the trailers.
+    pub async fn response_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<Option<Bytes>, Reply> {
+        let mut out: Vec<u8> = Vec::new();
+        let n = self.members.len();
+        for i in (0..n).rev() {
+            if self.members[i].held.is_empty() {
+                continue;
+            }
+            let held = std::mem::take(&mut self.members[i].held);
+            let mut rest = Some(Bytes::from(held));
+            // Members after `i` in response order are those before it in the list.
+            let skipped: Vec<Option<Ctx>> =
+                self.members[i..].iter_mut().map(|m| m.ctx.take()).collect();
+            let r = self.body_chunk(BodyKind::Response, &mut rest, false);
+            for (m, ctx) in self.members[i..].iter_mut().zip(skipped) {
+                m.ctx = ctx;
+            }
+            r?;
+            out.extend_from_slice(rest.as_deref().unwrap_or_default());
+        }
+        let released = (!out.is_empty()).then(|| Bytes::from(out));
+        self.check_length(BodyKind::Response, &released, true)?;
+        let before = {
+            let s = self.stream();
+            s.response_trailers = trailers
+                .iter()
+                .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
+            s.response_trailers_writable = true;
+            s.response_trailers.clone()
+        };
+        let r = self.trailer_callbacks().await;
+        let s = self.stream();
+        s.response_trailers_writable = false;
+        r?;
+        if s.response_trailers != before {
+            let mut map = http::HeaderMap::with_capacity(s.response_trailers.len());
+            for (k, v) in &s.response_trailers {
+                let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k),
+                    http::HeaderValue::from_bytes(v),
+                ) else {
+                    continue;
+                };
+                map.append(k, v);
+            }
+            *trailers = map;
+        }
+        Ok(released)
+    }
+
+    async fn trailer_callbacks(&mut self) -> Result<(), Reply> {
+        for i in (0..self.members.len()).rev() {
+            let n = self.stream().response_trailers.len() as u32;
+            if let Some(Step::Pause) = self.invoke(i, StreamCall::ResponseTrailers(n))? {
+                if self.stream().pending_callouts > 0 {
+                    self.wait_resume(i, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the response callbacks over a reply made while the request was still going up
     /// (a plugin's local response, or the host's answer to a failure), as the reference host
     /// does: `on_response_headers` and, when it has a body, one `on_response_body` with all of

@@ -230,6 +230,18 @@ impl Exchange {
         Ok(())
     }
 
+    /// The response trailers, through the plugins (see [`Chain::response_trailers`]).
+    /// Returns body bytes plugins had held, to send before the trailers.
+    pub async fn response_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<Option<Bytes>, Reply> {
+        let released = self.chain.response_trailers(trailers).await?;
+        let n = released.as_ref().map_or(0, Bytes::len);
+        self.chain.stream().info.add_response_body(n);
+        Ok(released)
+    }
+
     /// What to send for `reply`. A reply made while the request was still going up passes
     /// through the response callbacks of the plugins that saw the request (they may add
     /// headers, read `:status`, rewrite the body), as on the reference host; one made in a

@@ -258,6 +258,11 @@ pub struct RequestCtx {
     replied: bool,
     /// Request body bytes seen so far (for the listener's body limit).
     body_bytes: u64,
+    /// Response body bytes the plugins passed on to pingora (routes with plugins).
+    response_out: u64,
+    /// The response head as plugins left it, kept for an HTTP/2 client of an HTTP/2 upstream:
+    /// see `response_trailer_filter`.
+    response_head: Option<Box<ResponseHeader>>,
     start: Instant,
     _in_flight: InFlight,
 }
@@ -603,6 +608,8 @@ impl ProxyHttp for SluiceProxy {
             reply: None,
             replied: false,
             body_bytes: 0,
+            response_out: 0,
+            response_head: None,
             start: Instant::now(),
             _in_flight: self.state.enter(),
         }
@@ -711,6 +718,12 @@ impl ProxyHttp for SluiceProxy {
         if let Err(reply) = ex.response_head(upstream_response, head, h2).await {
             return Err(reply_error(ctx, reply));
         }
+        let trailers_may_follow = ctx
+            .route()
+            .is_some_and(|r| r.pool.protocol != crate::config::Protocol::Http1);
+        if h2 && trailers_may_follow {
+            ctx.response_head = Some(Box::new(upstream_response.clone()));
+        }
         Ok(())
     }
 
@@ -730,6 +743,65 @@ impl ProxyHttp for SluiceProxy {
                 // is cut.
                 tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed during the response body");
                 return Err(reply_error(ctx, reply));
+            }
+            ctx.response_out += body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+        Ok(None)
+    }
+
+    /// Runs when an HTTP/2 upstream's response trailers arrive (after the last body chunk,
+    /// which then did not end the stream), before they go to the client: the plugins'
+    /// `on_response_trailers`, in reverse order, with the trailers writable (see
+    /// [`Chain::response_trailers`](crate::chain::Chain::response_trailers)). HTTP/1.1
+    /// upstreams' trailers never get here (pingora drops them). A plugin failure here resets
+    /// the client's stream: the body is out, the status cannot change. Without plugins it does
+    /// nothing: the trailers pass as they are.
+    ///
+    /// Body the plugins still held goes out before the trailers. To an HTTP/1.1 client (which
+    /// pingora sends no trailers) it is the last chunk of the body. To an HTTP/2 client it is
+    /// written here, ahead of the trailers, when everything before it has been written (pingora
+    /// writes what its hooks passed on in batches: the response head too may still wait in the
+    /// batch, then it is written here first); otherwise the held body ends the response and
+    /// the trailers are dropped, with a warning: order is kept over trailers.
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let h2_client = session.req_header().version == http::Version::HTTP_2;
+        let Some(ex) = ctx.exchange.as_mut() else {
+            return Ok(None);
+        };
+        match ex.response_trailers(trailers).await {
+            Ok(None) => {}
+            Ok(Some(held)) if !h2_client => return Ok(Some(held)),
+            Ok(Some(held)) => {
+                if session.response_written().is_none() && ctx.response_out == 0 {
+                    if let Some(head) = ctx.response_head.take() {
+                        session.write_response_header(head, false).await?;
+                    }
+                }
+                let all_out = session.response_written().is_some()
+                    && session.body_bytes_sent() as u64 == ctx.response_out;
+                ctx.response_out += held.len() as u64;
+                if !all_out {
+                    tracing::warn!(
+                        "plugins held response body until the trailers came in the same read as \
+                         body they had passed on; the held body ends the response, the trailers \
+                         are dropped"
+                    );
+                    return Ok(Some(held));
+                }
+                session.write_response_body(Some(held), false).await?;
+            }
+            Err(reply) => {
+                tracing::warn!(plugin = %reply.plugin, status = reply.status, "plugin failed on the response trailers; resetting the response");
+                ctx.reply = Some(reply);
+                ctx.replied = true;
+                trailers.clear();
+                session.set_keepalive(None);
+                session.downstream_session.shutdown().await;
             }
         }
         Ok(None)

@@ -189,8 +189,10 @@ pub struct Stream {
     pub response_headers_writable: bool,
     /// Response header names plugins changed.
     pub response_changed: Changes,
-    /// Response trailers.
+    /// Response trailers (once they arrived).
     pub response_trailers: HeaderList,
+    /// Whether plugins may change the response trailers (in `on_response_trailers`).
+    pub response_trailers_writable: bool,
     /// The body visible to the current body callback, and which one it is.
     pub body: Vec<u8>,
     /// See [`BodyKind`]; `None` outside body callbacks.

@@ -301,6 +301,7 @@ struct Exports {
     request_body: Option<F3R>,
     response_headers: Option<F3R>,
     response_body: Option<F3R>,
+    response_trailers: Option<F2R>,
     log: Option<F1>,
     done: Option<F1R>,
     delete: Option<F1>,
@@ -456,6 +457,8 @@ pub enum StreamCall {
     ResponseHeaders(u32, bool),
     /// `on_response_body(len, end_of_stream)`.
     ResponseBody(u32, bool),
+    /// `on_response_trailers(n)`.
+    ResponseTrailers(u32),
     /// `on_http_call_response(token, n_headers, body_len, n_trailers)`.
     HttpCallResponse(u32, u32, u32, u32),
     /// `on_log`.
@@ -469,6 +472,7 @@ impl StreamCall {
             StreamCall::RequestBody(..) => Phase::RequestBody,
             StreamCall::ResponseHeaders(..) => Phase::ResponseHeaders,
             StreamCall::ResponseBody(..) => Phase::ResponseBody,
+            StreamCall::ResponseTrailers(..) => Phase::ResponseTrailers,
             StreamCall::HttpCallResponse(..) => Phase::HttpCallResponse,
             StreamCall::Log => Phase::Log,
         }
@@ -689,6 +693,7 @@ impl Vm {
             StreamCall::RequestBody(..) => ex.request_body.is_some(),
             StreamCall::ResponseHeaders(..) => ex.response_headers.is_some(),
             StreamCall::ResponseBody(..) => ex.response_body.is_some(),
+            StreamCall::ResponseTrailers(..) => ex.response_trailers.is_some(),
             StreamCall::HttpCallResponse(..) => ex.http_call_response.is_some(),
             StreamCall::Log => ex.log.is_some(),
         }
@@ -783,6 +788,13 @@ impl Vm {
                     ..
                 },
             ) => guest_call(i, m, phase, f, (id, n, eos as u32)),
+            (
+                StreamCall::ResponseTrailers(n),
+                Exports {
+                    response_trailers: Some(f),
+                    ..
+                },
+            ) => guest_call(i, m, phase, f, (id, n)),
             (
                 StreamCall::HttpCallResponse(token, nh, len, nt),
                 Exports {
@@ -1124,6 +1136,7 @@ fn init(
         request_body: typed(store, &instance, exports::ON_REQUEST_BODY)?,
         response_headers: typed(store, &instance, exports::ON_RESPONSE_HEADERS)?,
         response_body: typed(store, &instance, exports::ON_RESPONSE_BODY)?,
+        response_trailers: typed(store, &instance, exports::ON_RESPONSE_TRAILERS)?,
         log: typed(store, &instance, exports::ON_LOG)?,
         done: typed(store, &instance, exports::ON_DONE)?,
         delete: typed(store, &instance, exports::ON_DELETE)?,

@@ -127,7 +127,7 @@ fn view(state: &mut VmState, map: u32) -> Result<View<'_>, Status> {
                 }
                 _ => View {
                     list: &mut s.response_trailers,
-                    writable: false,
+                    writable: s.response_trailers_writable,
                     read_only: false,
                     sanitized: true,
                     changes: None,

@@ -31,6 +31,8 @@ pub enum Mode {
     BadPtr,
     PauseForever,
     ConfigureFalse,
+    Trailers,
+    TrailersHold,
 }
 
 /// A callback named by the `phase` field of the `panic` and `loop` modes.
@@ -151,6 +153,8 @@ impl Settings {
             "badptr" => Mode::BadPtr,
             "pause-forever" => Mode::PauseForever,
             "configure-false" => Mode::ConfigureFalse,
+            "trailers" => Mode::Trailers,
+            "trailers-hold" => Mode::TrailersHold,
             other => return Err(format!("unknown mode {other:?}")),
         };
         Ok(Settings {

@@ -9,6 +9,7 @@ pub mod log;
 pub mod metrics;
 pub mod properties;
 pub mod shared;
+pub mod trailers;
 pub mod visible;
 
 use std::rc::Rc;
@@ -45,6 +46,8 @@ pub fn new_http_context(settings: Option<Rc<Settings>>) -> Box<dyn HttpContext> 
         Mode::BadPtr => Box::new(faults::BadPtr),
         Mode::PauseForever => Box::new(faults::PauseForever),
         Mode::ConfigureFalse => Box::new(Passthrough),
+        Mode::Trailers => Box::new(trailers::Trailers::new(settings, false)),
+        Mode::TrailersHold => Box::new(trailers::Trailers::new(settings, true)),
     }
 }
 
