@@ -93,6 +93,12 @@ impl Challenges {
         finish(reply, "401 Unauthorized\n", reason)
     }
 
+    /// A 503: a bearer token arrived while no key to check it with was ever fetched;
+    /// `reason` goes to the host's log only.
+    pub fn unavailable(&self, reason: &str) -> Reply {
+        finish(Reply::new(503), "503 Service Unavailable\n", reason)
+    }
+
     /// A 403; `reason` goes to the host's log only.
     pub fn forbidden(&self, reason: &str) -> Reply {
         let reply = Reply::new(403).header("www-authenticate", self.forbidden_value());
@@ -170,5 +176,9 @@ mod tests {
         let f = c.forbidden("missing scope");
         assert_eq!(f.status(), 403);
         assert_eq!(f.body_bytes(), b"403 Forbidden\n");
+        let u = c.unavailable("no keys fetched yet");
+        assert_eq!(u.status(), 503);
+        assert_eq!(u.body_bytes(), b"503 Service Unavailable\n");
+        assert!(u.headers().iter().all(|(k, _)| k != "www-authenticate"));
     }
 }

@@ -14,6 +14,7 @@ use crate::challenge::Challenges;
 use crate::encoding::{is_header_value, is_quotable, is_token};
 use crate::jwk::{Alg, JwkSet, Key};
 use crate::jwt::{Requirements, Validator};
+use crate::remote::{self, Remote, Source};
 use crate::secret::Digest;
 
 /// The realm when none is configured.
@@ -126,8 +127,24 @@ pub struct JwtConfig {
     /// Refuse tokens without `exp` (default `false`).
     #[serde(default)]
     pub require_exp: bool,
-    /// The verification keys.
-    pub jwks: JwkSet,
+    /// The verification keys written here.
+    #[serde(default)]
+    pub jwks: Option<JwkSet>,
+    /// Where to fetch verification keys: a path (with query) or an `https://` URL.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The upstream pool the keys are fetched through.
+    #[serde(default)]
+    pub jwks_upstream: Option<String>,
+    /// Seconds between fetches (default 300).
+    #[serde(default)]
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Deadline of one fetch, in milliseconds (default 5000).
+    #[serde(default)]
+    pub jwks_fetch_timeout_ms: Option<u64>,
+    /// Fewest seconds between two fetches caused by unknown `kid`s (default 30).
+    #[serde(default)]
+    pub jwks_min_refetch_seconds: Option<u64>,
     /// Scopes and claims a token must carry, else 403.
     #[serde(default)]
     pub require: Option<RequireConfig>,
@@ -182,6 +199,8 @@ pub struct Jwt {
     pub require: Requirements,
     /// Claim name and the header it is forwarded in.
     pub forward_claims: Vec<(String, String)>,
+    /// Keys fetched from `jwks_uri`, if set.
+    pub remote: Option<Remote>,
 }
 
 /// The configuration, validated.
@@ -411,7 +430,8 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
         return Err(bad("jwt.leeway_seconds", format!("at most {MAX_LEEWAY}")));
     }
     let mut algorithms = Vec::new();
-    for a in c.algorithms.unwrap_or_else(|| Alg::ALL.to_vec()) {
+    for a in c.algorithms.as_deref().unwrap_or(&Alg::ALL) {
+        let a = *a;
         if !algorithms.contains(&a) {
             algorithms.push(a);
         }
@@ -419,11 +439,23 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
     if algorithms.is_empty() {
         return Err(bad("jwt.algorithms", "at least one algorithm is needed"));
     }
-    if c.jwks.keys.is_empty() {
-        return Err(bad("jwt.jwks.keys", "at least one key is needed"));
+    let source = jwks_source(&c)?;
+    if c.jwks.is_none() && source.is_none() {
+        return Err(bad(
+            "jwt",
+            "no keys: set jwks (keys written here), jwks_uri and jwks_upstream (keys fetched \
+             from the identity provider), or both",
+        ));
+    }
+    let inline = c.jwks.as_ref().map_or(&[][..], |set| &set.keys[..]);
+    if c.jwks.is_some() && inline.is_empty() {
+        return Err(bad(
+            "jwt.jwks.keys",
+            "at least one key is needed (leave jwks out to use only jwks_uri)",
+        ));
     }
     let mut keys: Vec<Key> = Vec::new();
-    for (i, jwk) in c.jwks.keys.iter().enumerate() {
+    for (i, jwk) in inline.iter().enumerate() {
         let field = match &jwk.kid {
             Some(kid) => format!("jwt.jwks.keys[{i}] (kid {kid:?})"),
             None => format!("jwt.jwks.keys[{i}]"),
@@ -434,9 +466,11 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
         }
         keys.push(key);
     }
-    if !keys
-        .iter()
-        .any(|k| algorithms.iter().any(|&a| k.supports(a)))
+    // Fetched keys may bring the fitting ones.
+    if source.is_none()
+        && !keys
+            .iter()
+            .any(|k| algorithms.iter().any(|&a| k.supports(a)))
     {
         return Err(bad(
             "jwt.jwks.keys",
@@ -477,6 +511,7 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
     Ok(Jwt {
         validator: Validator {
             keys,
+            remote: Default::default(),
             algorithms,
             issuer: c.issuer,
             audiences: c.audiences,
@@ -489,7 +524,78 @@ fn jwt(c: JwtConfig) -> Result<Jwt, Error> {
             claims,
         },
         forward_claims,
+        remote: source.map(Remote::new),
     })
+}
+
+/// `jwt.jwks_uri`, `jwt.jwks_upstream` and their timings, checked; `None` without `jwks_uri`.
+fn jwks_source(c: &JwtConfig) -> Result<Option<Source>, Error> {
+    let (uri, upstream) = match (&c.jwks_uri, &c.jwks_upstream) {
+        (Some(uri), Some(upstream)) => (uri, upstream),
+        (Some(_), None) => {
+            return Err(bad(
+                "jwt.jwks_upstream",
+                "required with jwt.jwks_uri: the upstream the keys are fetched through \
+                 (list it in the plugin's allowed_upstreams)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "jwt.jwks_uri",
+                "required with jwt.jwks_upstream: the path (or https:// URL) of the key set",
+            ))
+        }
+        (None, None) => {
+            let timings = [
+                ("jwt.jwks_refresh_seconds", c.jwks_refresh_seconds),
+                ("jwt.jwks_fetch_timeout_ms", c.jwks_fetch_timeout_ms),
+                ("jwt.jwks_min_refetch_seconds", c.jwks_min_refetch_seconds),
+            ];
+            if let Some((field, _)) = timings.iter().find(|(_, v)| v.is_some()) {
+                return Err(bad(field, "only with jwt.jwks_uri"));
+            }
+            return Ok(None);
+        }
+    };
+    let (authority, path) = remote::parse_uri(uri).map_err(|m| bad("jwt.jwks_uri", m))?;
+    if upstream.is_empty() || upstream.len() > 256 || !is_header_value(upstream) {
+        return Err(bad(
+            "jwt.jwks_upstream",
+            "the name of an upstream: 1–256 characters, no control characters",
+        ));
+    }
+    let within = |field: &str, value: Option<u64>, default: u64, max: u64| match value {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(_) => Err(bad(field, format!("1–{max}"))),
+    };
+    let refresh_seconds = within(
+        "jwt.jwks_refresh_seconds",
+        c.jwks_refresh_seconds,
+        remote::DEFAULT_REFRESH_SECONDS,
+        remote::MAX_REFRESH_SECONDS,
+    )?;
+    let timeout_ms = within(
+        "jwt.jwks_fetch_timeout_ms",
+        c.jwks_fetch_timeout_ms,
+        remote::DEFAULT_FETCH_TIMEOUT_MS,
+        remote::MAX_FETCH_TIMEOUT_MS,
+    )?;
+    let min_refetch_seconds = within(
+        "jwt.jwks_min_refetch_seconds",
+        c.jwks_min_refetch_seconds,
+        remote::DEFAULT_MIN_REFETCH_SECONDS,
+        remote::MAX_MIN_REFETCH_SECONDS,
+    )?;
+    Ok(Some(Source {
+        upstream: upstream.clone(),
+        authority,
+        path,
+        refresh_seconds,
+        // At most MAX_FETCH_TIMEOUT_MS (checked above).
+        timeout_ms: u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+        min_refetch_seconds,
+    }))
 }
 
 fn basic(c: BasicConfig) -> Result<Users, Error> {
@@ -691,6 +797,91 @@ mod tests {
             json!({"api_keys": {"header": "x-auth-user", "keys": [{"id": "a", "sha256": HEX}]},
                    "basic": {"users": [{"user": "a", "sha256": HEX}]}}),
             "also a header this plugin sets",
+        );
+    }
+
+    fn remote_jwt(extra: Value) -> Value {
+        let mut j = json!({"jwks_uri": "/.well-known/jwks.json", "jwks_upstream": "idp"});
+        for (k, v) in extra.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        json!({ "jwt": j })
+    }
+
+    #[test]
+    fn fetched_keys() {
+        let s = settings(remote_jwt(json!({}))).unwrap();
+        let j = s.jwt.unwrap();
+        assert!(j.validator.keys.is_empty());
+        let r = j.remote.unwrap();
+        assert_eq!(
+            r.source,
+            Source {
+                upstream: "idp".into(),
+                authority: String::new(),
+                path: "/.well-known/jwks.json".into(),
+                refresh_seconds: 300,
+                timeout_ms: 5000,
+                min_refetch_seconds: 30,
+            },
+            "defaults"
+        );
+        let s = settings(remote_jwt(json!({
+            "jwks_uri": "https://idp.example/keys?v=1",
+            "jwks_refresh_seconds": 60, "jwks_fetch_timeout_ms": 200, "jwks_min_refetch_seconds": 5,
+            "jwks": {"keys": [{"kty": "oct", "kid": "h1", "k": K}]},
+            "algorithms": ["RS256"]
+        })))
+        .unwrap();
+        let j = s.jwt.unwrap();
+        assert_eq!(j.validator.keys.len(), 1, "inline keys too");
+        let src = j.remote.unwrap().source;
+        assert_eq!(
+            (src.authority.as_str(), src.path.as_str()),
+            ("idp.example", "/keys?v=1")
+        );
+        assert_eq!(
+            (src.refresh_seconds, src.timeout_ms, src.min_refetch_seconds),
+            (60, 200, 5)
+        );
+    }
+
+    #[test]
+    fn fetched_keys_refusals_name_the_field() {
+        refused(json!({"jwt": {}}), "jwt: no keys");
+        refused(
+            json!({"jwt": {"jwks_uri": "/k"}}),
+            "jwt.jwks_upstream: required with jwt.jwks_uri",
+        );
+        refused(
+            json!({"jwt": {"jwks_upstream": "idp"}}),
+            "jwt.jwks_uri: required with jwt.jwks_upstream",
+        );
+        refused(remote_jwt(json!({"jwks_uri": "keys.json"})), "jwt.jwks_uri");
+        refused(
+            remote_jwt(json!({"jwks_upstream": ""})),
+            "jwt.jwks_upstream",
+        );
+        refused(
+            remote_jwt(json!({"jwks_refresh_seconds": 0})),
+            "jwt.jwks_refresh_seconds: 1–86400",
+        );
+        refused(
+            remote_jwt(json!({"jwks_fetch_timeout_ms": 60001})),
+            "jwt.jwks_fetch_timeout_ms: 1–60000",
+        );
+        refused(
+            remote_jwt(json!({"jwks_min_refetch_seconds": 0})),
+            "jwt.jwks_min_refetch_seconds",
+        );
+        refused(
+            jwt_with(json!({"jwks_refresh_seconds": 10})),
+            "jwt.jwks_refresh_seconds: only with jwt.jwks_uri",
+        );
+        refused(remote_jwt(json!({"jwks": {"keys": []}})), "leave jwks out");
+        refused(
+            remote_jwt(json!({"jwks_url": "/k"})),
+            "unknown field `jwks_url`",
         );
     }
 

@@ -155,6 +155,36 @@ pub struct Jwk {
     pub oth: Option<serde_json::Value>,
 }
 
+/// Every member [`Jwk`] reads (or names to refuse). RFC 7517 §4: members a reader does not
+/// know are to be ignored; the configuration refuses them (a typo there is a mistake), while
+/// [`Jwk::from_fetched`] drops them from a key set fetched from an identity provider.
+pub const MEMBERS: &[&str] = &[
+    "kty", "kid", "use", "alg", "key_ops", "k", "n", "e", "crv", "x", "y", "x5c", "x5t",
+    "x5t#S256", "x5u", "ext", "d", "p", "q", "dp", "dq", "qi", "oth",
+];
+
+impl Jwk {
+    /// Reads one key of a fetched key set: members outside [`MEMBERS`] are ignored. The
+    /// error never shows a member's value.
+    pub fn from_fetched(value: &serde_json::Value) -> Result<Jwk, String> {
+        let serde_json::Value::Object(members) = value else {
+            return Err("not a JSON object".into());
+        };
+        let known: serde_json::Map<String, serde_json::Value> = members
+            .iter()
+            .filter(|(name, _)| MEMBERS.contains(&name.as_str()))
+            .map(|(name, v)| (name.clone(), v.clone()))
+            .collect();
+        if !known.contains_key("kty") {
+            return Err("\"kty\" is missing".into());
+        }
+        // Through text: the same deserializer as the configuration's (a smaller plugin).
+        let text = serde_json::to_vec(&known).map_err(|_| "not a JWK".to_string())?;
+        serde_json::from_slice(&text)
+            .map_err(|_| "a member has the wrong type for a JWK".to_string())
+    }
+}
+
 /// A verification key.
 pub struct Key {
     kid: Option<String>,
@@ -424,6 +454,29 @@ mod tests {
         assert!(unknown.contains("unknown field `foo`"), "{unknown}");
         let padded = jwk(serde_json::json!({"kty": "oct", "k": secret(32) + "="})).unwrap_err();
         assert!(padded.contains("base64url"), "{padded}");
+    }
+
+    #[test]
+    fn fetched_keys_ignore_members_they_do_not_know() {
+        let value = serde_json::json!({
+            "kty": "oct", "kid": "h", "k": secret(32), "issuer": "https://idp", "nbf": 1
+        });
+        let key = Key::from_jwk(&Jwk::from_fetched(&value).unwrap()).unwrap();
+        assert_eq!(key.kid(), Some("h"));
+        // The configuration still refuses them.
+        assert!(jwk(value).unwrap_err().contains("unknown field `issuer`"));
+        let wrong = Jwk::from_fetched(&serde_json::json!({"kty": "oct", "k": 12345})).unwrap_err();
+        assert!(!wrong.contains("12345"), "{wrong}");
+        assert!(Jwk::from_fetched(&serde_json::json!([1])).is_err());
+        assert!(Jwk::from_fetched(&serde_json::json!({"kid": "a"}))
+            .unwrap_err()
+            .contains("kty"));
+        // MEMBERS is the struct's own list: each one deserializes.
+        for m in MEMBERS.iter().filter(|m| **m != "kty") {
+            let v = serde_json::json!({"kty": "oct", *m: null});
+            let parsed: Result<Jwk, _> = serde_json::from_value(v);
+            assert!(parsed.is_ok(), "{m}: {parsed:?}");
+        }
     }
 
     #[test]

@@ -64,8 +64,10 @@ impl Invalid {
 /// How tokens are checked.
 #[derive(Debug)]
 pub struct Validator {
-    /// The keys.
+    /// The keys of the configuration (`jwt.jwks`).
     pub keys: Vec<Key>,
+    /// The keys last fetched from `jwt.jwks_uri` (replaced whole on each change).
+    pub remote: RefCell<Vec<Key>>,
     /// Accepted algorithms.
     pub algorithms: Vec<Alg>,
     /// The required `iss`, if any.
@@ -119,6 +121,18 @@ fn split(token: &str) -> Result<Parts<'_>, Invalid> {
 }
 
 impl Validator {
+    /// Replaces the fetched keys. Tokens remembered as verified are forgotten: a key that left
+    /// the set must stop accepting its tokens.
+    pub fn set_remote(&self, keys: Vec<Key>) {
+        *self.remote.borrow_mut() = keys;
+        self.verified.borrow_mut().clear();
+    }
+
+    /// Whether there is any key to check a token with, configured or fetched.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty() || !self.remote.borrow().is_empty()
+    }
+
     /// Checks `token` at `now` (seconds since the Unix epoch) and returns its claims.
     /// The signature is checked before any claim.
     pub fn validate(&self, token: &str, now: u64) -> Result<Claims, Invalid> {
@@ -149,14 +163,12 @@ impl Validator {
         if parts.header.contains_key("crit") {
             return Err(Invalid::Critical);
         }
+        let remote = self.remote.borrow();
+        let all = self.keys.iter().chain(remote.iter());
         let candidates: Vec<&Key> = match parts.header.get("kid") {
-            Some(Value::String(kid)) => self
-                .keys
-                .iter()
-                .filter(|k| k.kid() == Some(kid.as_str()))
-                .collect(),
+            Some(Value::String(kid)) => all.filter(|k| k.kid() == Some(kid.as_str())).collect(),
             Some(_) => return Err(Invalid::Malformed),
-            None => self.keys.iter().collect(),
+            None => all.collect(),
         };
         let candidates: Vec<&Key> = candidates.into_iter().filter(|k| k.supports(alg)).collect();
         if candidates.is_empty() {
@@ -321,6 +333,7 @@ mod tests {
     fn validator() -> Validator {
         Validator {
             keys: vec![key("k1", &SECRET), key("k2", &[9; 32])],
+            remote: Default::default(),
             algorithms: Alg::ALL.to_vec(),
             issuer: Some("https://issuer.example".into()),
             audiences: Some(vec!["api".into(), "other".into()]),
@@ -438,6 +451,38 @@ mod tests {
             Err(Invalid::Algorithm),
             "not accepted"
         );
+    }
+
+    #[test]
+    fn fetched_keys_count_and_replacing_them_forgets_verified_tokens() {
+        let v = validator();
+        let t = sign_raw(
+            r#"{"alg":"HS256","kid":"r1"}"#,
+            &good_claims().to_string(),
+            &[5; 32],
+        );
+        assert_eq!(v.validate(&t, NOW), Err(Invalid::UnknownKey));
+        v.set_remote(vec![key("r1", &[5; 32])]);
+        assert!(v.validate(&t, NOW).is_ok(), "a fetched key verifies");
+        assert!(v.verified.borrow().contains_key(&t));
+        v.set_remote(vec![key("r2", &[6; 32])]);
+        assert!(v.verified.borrow().is_empty());
+        assert_eq!(
+            v.validate(&t, NOW),
+            Err(Invalid::UnknownKey),
+            "gone with its key"
+        );
+        // Without kid, configured and fetched keys are all tried.
+        let no_kid = sign_raw(r#"{"alg":"HS256"}"#, &good_claims().to_string(), &[6; 32]);
+        assert!(v.validate(&no_kid, NOW).is_ok());
+        assert!(v.has_keys());
+        let empty = Validator {
+            keys: Vec::new(),
+            ..validator()
+        };
+        assert!(!empty.has_keys());
+        empty.set_remote(vec![key("r1", &[5; 32])]);
+        assert!(empty.has_keys());
     }
 
     #[test]
