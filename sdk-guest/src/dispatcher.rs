@@ -92,6 +92,9 @@ thread_local! {
     /// Request contexts and their filters (out of the map while one runs).
     static FILTERS: RefCell<HashMap<u32, FilterSlot>> = RefCell::new(HashMap::new());
     static CALLS: RefCell<HashMap<u32, Waiting>> = RefCell::new(HashMap::new());
+    /// Calls made from the plugin's root context (see [`crate::Call::send_from_root`]), by
+    /// token.
+    static ROOT_CALLS: RefCell<HashMap<u32, OnRootCallResponse>> = RefCell::new(HashMap::new());
     /// The request context a callback is running for.
     static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
@@ -265,6 +268,14 @@ pub fn on_delete(context: u32) {
     }
 }
 
+/// What runs when a call made from the root context returns.
+pub(crate) type OnRootCallResponse = Box<dyn FnOnce(Result<CallResponse, CallError>)>;
+
+/// Registers the closure to run when call `token`, made from the root context, returns.
+pub(crate) fn await_root_call(token: u32, on_response: OnRootCallResponse) {
+    ROOT_CALLS.with(|c| c.borrow_mut().insert(token, on_response));
+}
+
 /// Registers the closure to run when call `token`, made by the current request, returns.
 pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
     let context = CURRENT.with(Cell::get);
@@ -289,6 +300,16 @@ pub fn on_http_call_response(
     body_size: usize,
     _trailers: usize,
 ) {
+    if let Some(on_response) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
+        // The host delivers it in the root context: nothing to switch to.
+        let response = if headers == 0 {
+            Err(CallError::Failed)
+        } else {
+            CallResponse::from_host(body_size).map_err(CallError::Unreadable)
+        };
+        on_response(response);
+        return;
+    }
     let Some(w) = CALLS.with(|c| c.borrow_mut().remove(&token)) else {
         return;
     };

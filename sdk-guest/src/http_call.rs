@@ -83,6 +83,21 @@ impl Call {
         &self.method
     }
 
+    /// Sends the request to `upstream` from the plugin's root context (in
+    /// [`Plugin::on_tick`](crate::Plugin::on_tick), say: the host refuses calls from
+    /// `on_vm_start` and `on_configure`); `on_response` runs when the response arrives or the
+    /// call fails. Calls made while handling a request go through
+    /// [`Request::http_call`](crate::Request::http_call) instead. Returns the host's token.
+    pub fn send_from_root(
+        &self,
+        upstream: &str,
+        on_response: impl FnOnce(Result<CallResponse, CallError>) + 'static,
+    ) -> Result<u32, Error> {
+        let token = self.send(upstream)?;
+        crate::dispatcher::await_root_call(token, Box::new(on_response));
+        Ok(token)
+    }
+
     /// Sends the request to `upstream`; returns the host's token for it.
     pub(crate) fn send(&self, upstream: &str) -> Result<u32, Error> {
         let mut pairs: Vec<(&str, &[u8])> = vec![

@@ -81,6 +81,30 @@ pub fn get<T: SharedValue>(key: &str) -> Result<Option<T>, Error> {
     }
 }
 
+/// Reads `key` with its version (the host's compare-and-swap value, which changes on every
+/// write): a reader that keeps the version can tell cheaply whether the value changed since,
+/// and write only if it did not with [`set_if_version`].
+pub fn get_versioned<T: SharedValue>(key: &str) -> Result<Option<(T, u32)>, Error> {
+    match hostcalls::shared_get(key).during("read shared data")? {
+        Some((bytes, cas)) => Ok(Some((decode(key, &bytes)?, cas))),
+        None => Ok(None),
+    }
+}
+
+/// Sets `key` to `value` if its version is still `version` (from [`get_versioned`]); `false`
+/// if another writer got there first. Version 0 writes whatever the key holds (and creates a
+/// missing key).
+pub fn set_if_version<T: SharedValue>(key: &str, value: &T, version: u32) -> Result<bool, Error> {
+    match hostcalls::shared_set(key, &value.encode(), version) {
+        Ok(()) => Ok(true),
+        Err(Status::CasMismatch) => Ok(false),
+        Err(status) => Err(Error::Host {
+            call: "write shared data",
+            status,
+        }),
+    }
+}
+
 /// Sets `key` to `value`, whatever it held.
 pub fn set<T: SharedValue>(key: &str, value: &T) -> Result<(), Error> {
     hostcalls::shared_set(key, &value.encode(), 0).during("write shared data")

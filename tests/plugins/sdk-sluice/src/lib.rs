@@ -2,6 +2,7 @@
 //! its configuration), each reporting what it saw in headers so that the tests in `tests/`
 //! can check every API path against the real host.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ pub enum Mode {
     Log,
     /// A 10 ms tick counting in shared data.
     Tick,
+    /// A call from the root context (the first tick) whose closure stores what it got in
+    /// shared data (`root-call`); requests report it.
+    RootCall,
 }
 
 /// The plugin.
@@ -54,6 +58,8 @@ pub struct Api {
     mode: Mode,
     upstream: String,
     metrics: Option<(Counter, Gauge, Histogram)>,
+    /// The root call went out (mode `root-call`).
+    called: Cell<bool>,
 }
 
 impl Plugin for Api {
@@ -74,6 +80,7 @@ impl Plugin for Api {
             mode: c.mode,
             upstream: c.upstream,
             metrics,
+            called: Cell::new(false),
         })
     }
 
@@ -85,11 +92,34 @@ impl Plugin for Api {
     }
 
     fn tick_period(&self) -> Option<Duration> {
-        (self.mode == Mode::Tick).then_some(Duration::from_millis(10))
+        matches!(self.mode, Mode::Tick | Mode::RootCall).then_some(Duration::from_millis(10))
     }
 
     fn on_tick(&self) {
-        let _ = shared::update("ticks", |n: Option<u64>| (Some(n.unwrap_or(0) + 1), ()));
+        if self.mode == Mode::Tick {
+            let _ = shared::update("ticks", |n: Option<u64>| (Some(n.unwrap_or(0) + 1), ()));
+            return;
+        }
+        if self.called.replace(true) {
+            return;
+        }
+        let sent = Call::get("/root?status=200")
+            .header("x-from", "sdk")
+            .send_from_root(&self.upstream, |r| {
+                let seen = match r {
+                    Ok(resp) => format!(
+                        "{} {} {}",
+                        resp.status(),
+                        resp.header("x-upstream").unwrap_or("-"),
+                        resp.body().len()
+                    ),
+                    Err(e) => format!("error: {e}"),
+                };
+                let _ = shared::set("root-call", &seen);
+            });
+        if let Err(e) = sent {
+            let _ = shared::set("root-call", &format!("not sent: {e}"));
+        }
     }
 }
 
@@ -197,6 +227,12 @@ impl HttpFilter for ApiFilter {
                 req.set_header("x-paths", list.join(","))?;
                 req.set_header("x-last", opt(last))?;
                 req.set_header("x-absent", format!("{absent:?}"))?;
+                // Versions: a write with a stale one is refused, with the current one it lands.
+                let (_, version): (u64, u32) =
+                    shared::get_versioned("hits")?.expect("just updated");
+                let fresh = shared::set_if_version("hits", &n, version)?;
+                let stale = shared::set_if_version("hits", &n, version)?;
+                req.set_header("x-cas", format!("fresh={fresh} stale={stale}"))?;
                 Ok(Action::Continue)
             }
             Mode::Metrics => {
@@ -235,6 +271,11 @@ impl HttpFilter for ApiFilter {
                 sluice_sdk::warn!("api-log warn {}", 4);
                 sluice_sdk::error!("api-log error {}", 5);
                 sluice_sdk::critical!("api-log critical {}", 6);
+                Ok(Action::Continue)
+            }
+            Mode::RootCall => {
+                let seen: Option<String> = shared::get("root-call")?;
+                req.set_header("x-root-call", opt(seen))?;
                 Ok(Action::Continue)
             }
             Mode::Tick => {

@@ -209,6 +209,28 @@ fn http_calls_run_their_closure_on_the_response() {
 }
 
 #[test]
+fn calls_from_the_root_context_run_their_closure() {
+    let addr = callee();
+    let mut o =
+        Options::default().config_json(&json!({ "mode": "root-call", "upstream": "callee" }));
+    o.upstreams = vec![("callee".into(), addr)];
+    let kit = kit_with(o);
+    let mut seen = None;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(10));
+        let up = kit
+            .run(&TestRequest::get("/"), &TestResponse::ok(""))
+            .forwarded
+            .unwrap();
+        seen = up.header("x-root-call").map(str::to_string);
+        if seen.as_deref() != Some("none") {
+            break;
+        }
+    }
+    assert_eq!(seen.as_deref(), Some("200 sdk 11"));
+}
+
+#[test]
 fn shared_data_updates_gets_and_sets() {
     let kit = kit("shared");
     for (i, path) in ["/a", "/b", "/c"].iter().enumerate() {
@@ -217,6 +239,7 @@ fn shared_data_updates_gets_and_sets() {
         assert_eq!(up.header("x-hits"), Some((i + 1).to_string().as_str()));
         assert_eq!(up.header("x-last"), Some("set-directly"));
         assert_eq!(up.header("x-absent"), Some("None"));
+        assert_eq!(up.header("x-cas"), Some("fresh=true stale=false"));
     }
     let out = kit.run(&TestRequest::get("/d"), &TestResponse::ok(""));
     assert_eq!(
