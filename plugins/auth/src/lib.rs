@@ -29,15 +29,12 @@ mod basic;
 mod challenge;
 mod config;
 mod encoding;
-mod host;
 mod jwk;
 mod jwt;
 mod paths;
 mod remote;
 mod secret;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -100,11 +97,6 @@ fn count(counter: &Counter) {
     let _ = counter.inc();
 }
 
-thread_local! {
-    /// Key-set fetches sent from the root context, by call token, and the plugin they are for.
-    static ROOT_FETCHES: RefCell<HashMap<u32, Rc<Core>>> = RefCell::new(HashMap::new());
-}
-
 impl Plugin for Auth {
     type Config = Config;
     type Filter = AuthFilter;
@@ -142,15 +134,14 @@ impl Plugin for Auth {
         let Ok(now) = sluice_sdk::properties::now_nanos() else {
             return;
         };
-        match remote.tick(&jwt.validator, now) {
-            Ok(Some(token)) => {
-                ROOT_FETCHES.with(|f| f.borrow_mut().insert(token, core.clone()));
-            }
-            Ok(None) => {}
-            Err(why) => {
-                remote.failed(&jwt.validator, &why, now);
-                count(&core.metrics.jwks_fetch_failures);
-            }
+        let fetching = core.clone();
+        let sent = remote.tick(&jwt.validator, now, move |answer| {
+            let now = sluice_sdk::properties::now_nanos().unwrap_or(0);
+            fetching.fetched(answer, now, true);
+        });
+        if let Err(why) = sent {
+            remote.failed(&jwt.validator, &why, now);
+            count(&core.metrics.jwks_fetch_failures);
         }
     }
 }
@@ -481,100 +472,4 @@ impl HttpFilter for AuthFilter {
     }
 }
 
-// The ABI's exports: those of `sluice_sdk::plugin!`, except that the answers to the key-set
-// fetches this plugin sends from its root context (which the SDK does not route) are taken
-// here before the SDK sees the others.
-
-/// Marks the module as speaking Proxy-Wasm ABI v0.2.1.
-#[no_mangle]
-pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-/// The allocator the host hands bytes through.
-#[no_mangle]
-pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    sluice_sdk::dispatcher::allocate(size)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
-    sluice_sdk::dispatcher::on_context_create::<Auth>(context, parent)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_vm_start(root: u32, size: usize) -> u32 {
-    sluice_sdk::dispatcher::on_vm_start(root, size)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
-    sluice_sdk::dispatcher::on_configure(root, size)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_tick(root: u32) {
-    sluice_sdk::dispatcher::on_tick(root)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_request_headers(context: u32, headers: usize, eos: u32) -> u32 {
-    sluice_sdk::dispatcher::on_request_headers(context, headers, eos)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: u32) -> u32 {
-    sluice_sdk::dispatcher::on_request_body(context, size, eos)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_request_trailers(context: u32, trailers: usize) -> u32 {
-    sluice_sdk::dispatcher::on_trailers(context, trailers)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_response_headers(context: u32, headers: usize, eos: u32) -> u32 {
-    sluice_sdk::dispatcher::on_response_headers(context, headers, eos)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: u32) -> u32 {
-    sluice_sdk::dispatcher::on_response_body(context, size, eos)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_response_trailers(context: u32, trailers: usize) -> u32 {
-    sluice_sdk::dispatcher::on_trailers(context, trailers)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_log(context: u32) {
-    sluice_sdk::dispatcher::on_log(context)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_done(context: u32) -> u32 {
-    sluice_sdk::dispatcher::on_done(context)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_delete(context: u32) {
-    sluice_sdk::dispatcher::on_delete(context)
-}
-
-#[no_mangle]
-extern "C" fn proxy_on_http_call_response(
-    context: u32,
-    token: u32,
-    headers: usize,
-    body: usize,
-    trailers: usize,
-) {
-    match ROOT_FETCHES.with(|f| f.borrow_mut().remove(&token)) {
-        Some(core) => {
-            let now = sluice_sdk::properties::now_nanos().unwrap_or(0);
-            core.fetched(remote::Remote::root_response(headers, body), now, true);
-        }
-        None => {
-            sluice_sdk::dispatcher::on_http_call_response(context, token, headers, body, trailers)
-        }
-    }
-}
+sluice_sdk::plugin!(Auth);

@@ -26,7 +26,6 @@ use sha2::{Digest as _, Sha256};
 use sluice_sdk::abi::Status;
 use sluice_sdk::{Call, CallError, CallResponse};
 
-use crate::host;
 use crate::jwk::{Alg, Jwk, Key};
 use crate::jwt::Validator;
 
@@ -42,7 +41,8 @@ pub const MAX_REFRESH_SECONDS: u64 = 86_400;
 pub const MAX_FETCH_TIMEOUT_MS: u64 = 60_000;
 /// The largest `jwks_min_refetch_seconds`.
 pub const MAX_MIN_REFETCH_SECONDS: u64 = 3600;
-/// The largest key set accepted, in bytes.
+/// The largest key set accepted, in bytes: checked on the body of every answer, which the
+/// host already caps at 4 MiB.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 /// The longest `jwks_uri`.
 pub const MAX_URI_BYTES: usize = 2048;
@@ -144,17 +144,6 @@ impl Source {
             .authority(self.authority.clone())
             .header("accept", "application/jwk-set+json, application/json")
             .timeout(Duration::from_millis(u64::from(self.timeout_ms)))
-    }
-
-    /// The same request as an encoded header map, for a call from the root context.
-    fn call_headers(&self) -> Result<Vec<u8>, String> {
-        let pairs: [(&[u8], &[u8]); 4] = [
-            (b":method", b"GET"),
-            (b":path", self.path.as_bytes()),
-            (b":authority", self.authority.as_bytes()),
-            (b"accept", b"application/jwk-set+json, application/json"),
-        ];
-        sluice_sdk::abi::map::encode(pairs).map_err(|e| format!("cannot encode the call: {e:?}"))
     }
 }
 
@@ -292,7 +281,7 @@ impl Remote {
     /// Takes the shared copy if it changed and is newer than the keys in use; returns whether
     /// the keys changed. Shared data that cannot be read changes nothing.
     pub fn adopt_shared(&self, v: &Validator) -> bool {
-        let Ok(Some((bytes, cas))) = host::shared_get(&self.key) else {
+        let Ok(Some((bytes, cas))) = sluice_sdk::shared::get_versioned::<Vec<u8>>(&self.key) else {
             return false;
         };
         {
@@ -362,12 +351,17 @@ impl Remote {
     }
 
     /// Runs on each tick of the root context: adopts the shared copy, and starts a periodic
-    /// fetch if one is due and no other VM holds the lease. Returns the call's token if it
-    /// sent one.
-    pub fn tick(&self, v: &Validator, now: u64) -> Result<Option<u32>, String> {
+    /// fetch if one is due and no other VM holds the lease; `on_response` runs with its
+    /// answer.
+    pub fn tick(
+        &self,
+        v: &Validator,
+        now: u64,
+        on_response: impl FnOnce(Result<CallResponse, CallError>) + 'static,
+    ) -> Result<(), String> {
         self.adopt_shared(v);
         if !self.due(now) {
-            return Ok(None);
+            return Ok(());
         }
         let hold = now.saturating_add(u64::from(self.source.timeout_ms) * 1_000_000 + SECOND);
         let claimed = sluice_sdk::shared::update(&self.lease_key, |until: Option<u64>| {
@@ -379,13 +373,14 @@ impl Remote {
         });
         // Shared data out of reach: fetch anyway (the failure delay still bounds it).
         if !claimed.unwrap_or(true) {
-            return Ok(None);
+            return Ok(());
         }
-        let headers = self.source.call_headers()?;
-        let token = host::http_call(&self.source.upstream, &headers, self.source.timeout_ms)
-            .map_err(|s| call_refused(&self.source, s))?;
+        self.source
+            .call()
+            .send_from_root(&self.source.upstream, on_response)
+            .map_err(|e| send_error(&self.source, &e))?;
         self.state.borrow_mut().in_flight_since = Some(now);
-        Ok(Some(token))
+        Ok(())
     }
 
     /// Whether a token with an unknown kid may fetch now; claims the slot (for every VM,
@@ -412,34 +407,6 @@ impl Remote {
                 true
             }
         }
-    }
-
-    /// Reads the answer to a root-context call being delivered (`headers` 0: it failed).
-    pub fn root_response(headers: usize, body_size: usize) -> Result<CallResponse, CallError> {
-        if headers == 0 {
-            return Err(CallError::Failed);
-        }
-        let unreadable = |s: Status| {
-            CallError::Unreadable(sluice_sdk::Error::Host {
-                call: "read the JWKS answer",
-                status: s,
-            })
-        };
-        let status = host::call_status()
-            .map_err(unreadable)?
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-            .ok_or(CallError::Unreadable(sluice_sdk::Error::Decode(
-                "the JWKS answer's :status",
-            )))?;
-        let body = if body_size == 0 {
-            Vec::new()
-        } else {
-            // One byte more than accepted is enough to tell a set too large.
-            host::call_body(body_size.min(MAX_JWKS_BYTES + 1))
-                .map_err(unreadable)?
-                .unwrap_or_default()
-        };
-        Ok(CallResponse::new(status, Vec::new(), body))
     }
 
     /// Takes the answer to a fetch (from the root context or a request) at `now`. Good keys
@@ -549,7 +516,7 @@ impl Remote {
     fn publish(&self, fetched_at: u64, body: &[u8]) {
         let value = envelope(fetched_at, body);
         for _ in 0..8 {
-            let cas = match host::shared_get(&self.key) {
+            let cas = match sluice_sdk::shared::get_versioned::<Vec<u8>>(&self.key) {
                 Ok(Some((bytes, cas))) => {
                     if open_envelope(&bytes).is_some_and(|(t, _)| t >= fetched_at) {
                         return;
@@ -559,9 +526,9 @@ impl Remote {
                 Ok(None) => 0,
                 Err(_) => return,
             };
-            match host::shared_set(&self.key, &value, cas) {
-                Err(Status::CasMismatch) => continue,
-                Ok(()) | Err(_) => return,
+            match sluice_sdk::shared::set_if_version(&self.key, &value, cas) {
+                Ok(false) => continue,
+                Ok(true) | Err(_) => return,
             }
         }
     }
@@ -577,7 +544,7 @@ fn call_refused(source: &Source, status: Status) -> String {
     }
 }
 
-/// Why a call from a request could not be sent, for the log.
+/// Why a call could not be sent, for the log.
 pub fn send_error(source: &Source, error: &sluice_sdk::Error) -> String {
     match error.status() {
         Some(status) => call_refused(source, status),
