@@ -5,9 +5,10 @@
 //! Callouts run on a small runtime of their own, so they work from any thread (pingora's
 //! workers, the ticker). They go through pingora's HTTP connector with the upstream's own
 //! peer settings, as proxied requests do: TLS with SNI and certificate verification when the
-//! upstream has `tls:`, HTTP/1.1, and connections kept alive in the connector's pool (a
-//! connection whose response was read to its end serves the next callout to that endpoint;
-//! idle ones are closed after [`IDLE_FOR`]). A request of an idempotent method that fails on
+//! upstream has `tls:`, the pool's protocol (HTTP/1.1, or HTTP/2 for `h2` and for `auto` when
+//! the endpoint picks it: many calls on one connection, response trailers read), and
+//! connections kept alive in the connector's pool (a connection whose response was read to its
+//! end serves the next callout to that endpoint; idle ones are closed after [`IDLE_FOR`]). A request of an idempotent method that fails on
 //! a reused connection before any response (the server closed it meanwhile) is sent again,
 //! on the next kept connection or a new one, as HTTP clients do.
 //!
@@ -44,7 +45,7 @@ pub struct CalloutResponse {
     pub headers: HeaderList,
     /// Body.
     pub body: Vec<u8>,
-    /// Trailers (HTTP/1.1 responses have none here).
+    /// Trailers (HTTP/2 only: pingora drops HTTP/1.1 trailers).
     pub trailers: HeaderList,
 }
 

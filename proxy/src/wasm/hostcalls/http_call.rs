@@ -80,7 +80,7 @@ fn http_call(
         Ok(b) => b,
         Err(s) => return Ok(st(s)),
     };
-    // Trailers are accepted and not sent (HTTP/1.1 callouts).
+    // Trailers are accepted and not sent (pingora's client writes no request trailers).
     if let Err(s) = read(&mut c, tp, tl, MAX_HEADER_MAP_BYTES as u32) {
         return Ok(st(s));
     }
