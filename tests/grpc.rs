@@ -78,19 +78,28 @@ mod server {
         const NAME: &'static str = "test.Echo";
     }
 
-    /// `Unary`: answers `echo:<message>`; the message `fail` gets PERMISSION_DENIED.
+    /// `Unary`: answers `echo:<message>` (then `|md=<x-md>` when that metadata came); the
+    /// message `fail` gets PERMISSION_DENIED.
     struct Unary;
     impl tonic::server::UnaryService<Bytes> for Unary {
         type Response = Bytes;
         type Future = BoxFuture<Result<Response<Bytes>, Status>>;
         fn call(&mut self, req: Request<Bytes>) -> Self::Future {
             Box::pin(async move {
+                let md = req
+                    .metadata()
+                    .get("x-md")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let m = req.into_inner();
                 if &m[..] == b"fail" {
                     return Err(Status::permission_denied("no entry"));
                 }
                 let mut out = b"echo:".to_vec();
                 out.extend_from_slice(&m);
+                if let Some(md) = md {
+                    out.extend_from_slice(format!("|md={md}").as_bytes());
+                }
                 Ok(Response::new(Bytes::from(out)))
             })
         }
@@ -597,4 +606,87 @@ async fn h2_pools_carry_http1_clients_and_health_checks() {
     }
     assert_eq!(healthy(&last, "grpc_h1"), Some(0.0), "{last}");
     assert_eq!(healthy(&last, "grpc_h2"), Some(1.0), "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_make_grpc_calls_and_streams() {
+    let (grpc, _echo) = server::start(None).await;
+    let up = upstream("backend").await;
+    let dir = temp_dir("grpc-calls");
+    let sdk = target_dir().join("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm");
+    assert!(
+        sdk.is_file(),
+        "build the test plugins with `make wasm` first"
+    );
+    std::fs::copy(sdk, dir.join("sdk.wasm")).unwrap();
+    let proxy = Sluice::start_in(
+        &config(
+            &format!(
+                "  grpc: {{ endpoints: ['{grpc}'], protocol: h2 }}\n\
+                 \x20 grpc_h1: {{ endpoints: ['{grpc}'] }}\n\
+                 \x20 backend: {{ endpoints: ['{up}'] }}\n"
+            ),
+            "  - { name: unary, match: { host: unary.test }, upstream: backend, plugins: [unary] }\n\
+             \x20 - { name: stream, match: { host: stream.test }, upstream: backend, plugins: [stream] }\n\
+             \x20 - { name: h1, match: { host: h1.test }, upstream: backend, plugins: [h1] }\n\
+             \x20 - { name: denied, match: { host: denied.test }, upstream: backend, plugins: [denied] }\n",
+            "plugins:\n\
+             \x20 unary: { path: sdk.wasm, allowed_upstreams: [grpc], config: { mode: grpc, upstream: grpc, tag: t1 } }\n\
+             \x20 stream: { path: sdk.wasm, allowed_upstreams: [grpc], config: { mode: grpc-stream, upstream: grpc } }\n\
+             \x20 h1: { path: sdk.wasm, allowed_upstreams: [grpc_h1], config: { mode: grpc, upstream: grpc_h1 } }\n\
+             \x20 denied: { path: sdk.wasm, config: { mode: grpc, upstream: grpc } }\n",
+        ),
+        dir,
+    )
+    .await;
+    let c = client();
+    let get = |host: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let mut r = c.get(proxy.url("/")).header("host", host);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move { echo(r.send().await.unwrap()).await }
+    };
+    // A unary call: its answer (with the plugin's metadata seen by the server).
+    let e = get("unary.test", &[("x-grpc-msg", "hello")]).await;
+    assert_eq!(
+        echo_header(&e, "x-grpc-reply"),
+        Some("echo:hello|md=t1"),
+        "{e}"
+    );
+    // An error status, with its message.
+    let e = get("unary.test", &[("x-grpc-msg", "fail")]).await;
+    assert_eq!(echo_header(&e, "x-grpc-status"), Some("7"), "{e}");
+    assert_eq!(echo_header(&e, "x-grpc-message"), Some("no%20entry"), "{e}");
+    assert_eq!(echo_header(&e, "x-grpc-reply"), None);
+    // The deadline: a method that never finishes (the server waits for a gate never opened).
+    let e = get(
+        "unary.test",
+        &[
+            ("x-grpc-msg", "2"),
+            ("x-grpc-method", "ServerStream"),
+            ("x-grpc-timeout-ms", "300"),
+        ],
+    )
+    .await;
+    assert_eq!(echo_header(&e, "x-grpc-status"), Some("4"), "{e}");
+    // Refused: an HTTP/1.1 pool, and an upstream not in allowed_upstreams (as an unknown
+    // cluster on Envoy).
+    for (host, status) in [
+        ("h1.test", "InternalFailure"),
+        ("denied.test", "ParseFailure"),
+    ] {
+        let e = get(host, &[("x-grpc-msg", "x")]).await;
+        assert_eq!(echo_header(&e, "x-grpc-error"), Some(status), "{host}: {e}");
+    }
+    // A bidirectional stream: each message sent after the answer to the previous one.
+    let e = get("stream.test", &[]).await;
+    let report = echo_header(&e, "x-grpc-stream")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        report.starts_with("re:a,re:b,re:c; status=0; initial="),
+        "{report}"
+    );
+    assert!(!report.ends_with("trailing=0"), "{report}");
 }

@@ -98,6 +98,14 @@ pub mod exports {
     pub const ON_HTTP_CALL_RESPONSE: &str = "proxy_on_http_call_response";
     /// `(root_id, queue_id)`.
     pub const ON_QUEUE_READY: &str = "proxy_on_queue_ready";
+    /// `(ctx, token, n_headers)`.
+    pub const ON_GRPC_RECEIVE_INITIAL_METADATA: &str = "proxy_on_grpc_receive_initial_metadata";
+    /// `(ctx, token, message_len)`.
+    pub const ON_GRPC_RECEIVE: &str = "proxy_on_grpc_receive";
+    /// `(ctx, token, n_trailers)`.
+    pub const ON_GRPC_RECEIVE_TRAILING_METADATA: &str = "proxy_on_grpc_receive_trailing_metadata";
+    /// `(ctx, token, status_code)`.
+    pub const ON_GRPC_CLOSE: &str = "proxy_on_grpc_close";
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::wasm::callout::{CalloutDone, CalloutSink};
+use crate::wasm::callout::{CalloutDone, CalloutEvent, CalloutSink};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::settings::FailurePolicy;
 use crate::wasm::stream::{list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
@@ -408,9 +408,12 @@ impl Chain {
 
     /// Calls `on_http_call_response` on the plugin that made the callout.
     fn deliver(&mut self, done: CalloutDone) -> Result<(), Reply> {
-        {
+        if done.ends_call() {
             let s = self.stream();
             s.pending_callouts = s.pending_callouts.saturating_sub(1);
+            if matches!(done.event, CalloutEvent::Grpc(_)) {
+                s.grpc_calls.remove(&done.token);
+            }
         }
         let j = done.member;
         let Some(m) = self.members.get(j) else {
@@ -421,17 +424,22 @@ impl Chain {
         };
         let (vm, id) = (ctx.vm.clone(), ctx.id);
         let token = done.token;
-        let (nh, len, nt, resp) = done.counts();
         self.stream().effects.local_response = None;
         let before = self.stream().cost;
-        let r = vm.call_stream(
-            id,
-            StreamCall::HttpCallResponse(token, nh, len, nt),
-            &mut self.stream,
-            j,
-            &CalloutSink::Stream,
-            Some(resp.unwrap_or_default()),
-        );
+        let r = match done.event {
+            CalloutEvent::Http(response) => {
+                let (nh, len, nt, resp) = CalloutDone::counts(response);
+                vm.call_stream(
+                    id,
+                    StreamCall::HttpCallResponse(token, nh, len, nt),
+                    &mut self.stream,
+                    j,
+                    &CalloutSink::Stream,
+                    Some(resp.unwrap_or_default()),
+                )
+            }
+            CalloutEvent::Grpc(event) => vm.call_grpc(id, token, event, &mut self.stream, j),
+        };
         self.take_receiver();
         if let Some(s) = self.stream.as_deref() {
             self.members[j].cost.add(s.cost.since(before));

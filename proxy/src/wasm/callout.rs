@@ -49,22 +49,50 @@ pub struct CalloutResponse {
     pub trailers: HeaderList,
 }
 
-/// A finished callout, addressed to the context that made it.
+/// What a call delivers to the context that made it.
+#[derive(Debug)]
+pub enum CalloutEvent {
+    /// An HTTP callout's response; `None` if the call failed (connect error, timeout, bad
+    /// response).
+    Http(Option<CalloutResponse>),
+    /// One event of a gRPC call or stream.
+    Grpc(super::grpc::GrpcEvent),
+}
+
+/// A finished callout (or one event of a gRPC call), addressed to the context that made it.
 #[derive(Debug)]
 pub struct CalloutDone {
     /// The token the plugin got.
     pub token: u32,
     /// Position of the plugin in the request's chain.
     pub member: usize,
-    /// The response; `None` if the call failed (connect error, timeout, bad response).
-    pub response: Option<CalloutResponse>,
+    /// What arrived.
+    pub event: CalloutEvent,
 }
 
 impl CalloutDone {
+    /// The HTTP response delivered (`None`: a failed HTTP call, or a gRPC event).
+    pub fn response(&self) -> Option<&CalloutResponse> {
+        match &self.event {
+            CalloutEvent::Http(r) => r.as_ref(),
+            CalloutEvent::Grpc(_) => None,
+        }
+    }
+
+    /// Whether the call is over with this event (an HTTP response, a gRPC close).
+    pub fn ends_call(&self) -> bool {
+        use super::grpc::GrpcEvent;
+        matches!(
+            self.event,
+            CalloutEvent::Http(_)
+                | CalloutEvent::Grpc(GrpcEvent::Close { .. } | GrpcEvent::UnaryReply(_))
+        )
+    }
+
     /// `(n_headers, body_len, n_trailers)` as `on_http_call_response` reports them, and the
-    /// response to make visible during that call.
-    pub fn counts(self) -> (u32, u32, u32, Option<CalloutResponse>) {
-        match self.response {
+    /// response to make visible during that call (an HTTP response).
+    pub fn counts(response: Option<CalloutResponse>) -> (u32, u32, u32, Option<CalloutResponse>) {
+        match response {
             None => (0, 0, 0, None),
             Some(r) => (
                 r.headers.len() as u32,
@@ -90,7 +118,7 @@ pub enum CalloutSink {
 }
 
 impl CalloutSink {
-    fn deliver(&self, done: CalloutDone) {
+    pub(super) fn deliver(&self, done: CalloutDone) {
         match self {
             CalloutSink::Request(tx) => {
                 // The request may be gone; then nobody waits for the answer.
@@ -124,12 +152,12 @@ pub struct CalloutRequest {
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 
 /// The connector callouts share (its pool holds their idle connections).
-fn connector() -> &'static Connector {
+pub(super) fn connector() -> &'static Connector {
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     CONNECTOR.get_or_init(|| Connector::new(None))
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(super) fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +188,7 @@ pub fn dispatch(req: CalloutRequest, token: u32, member: usize, sink: CalloutSin
         sink.deliver(CalloutDone {
             token,
             member,
-            response,
+            event: CalloutEvent::Http(response),
         });
     });
 }

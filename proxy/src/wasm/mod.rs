@@ -3,6 +3,7 @@
 
 pub mod callout;
 pub mod engine;
+pub mod grpc;
 pub mod guest_metrics;
 pub mod hostcalls;
 pub mod memory;

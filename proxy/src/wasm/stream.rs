@@ -209,6 +209,9 @@ pub struct Stream {
     pub effects: Effects,
     /// Callouts started and not yet delivered.
     pub pending_callouts: u32,
+    /// gRPC calls and streams this request's plugins opened, by token (cancelled when the
+    /// request ends: a call never outlives the request that made it).
+    pub grpc_calls: std::collections::HashMap<u32, super::grpc::GrpcHandle>,
     /// Callouts this request made (capped per plugin by `limits.max_callouts`).
     pub callouts_made: u32,
     /// `on_log` is running: a value that does not exist (the client left before any response)

@@ -17,8 +17,9 @@ use wasmtime::{
     WasmParams, WasmResults,
 };
 
-use super::callout::{CalloutDone, CalloutResponse, CalloutSink};
+use super::callout::{CalloutDone, CalloutEvent, CalloutResponse, CalloutSink};
 use super::engine::EPOCH_TICK;
+use super::grpc::GrpcEvent;
 use super::plugin::Plugin;
 use super::settings::PluginSettings;
 use super::shared::Namespace;
@@ -50,6 +51,9 @@ pub enum Phase {
     ResponseTrailers,
     /// `on_http_call_response`.
     HttpCallResponse,
+    /// The gRPC callbacks (`on_grpc_receive_initial_metadata`, `on_grpc_receive`,
+    /// `on_grpc_receive_trailing_metadata`, `on_grpc_close`).
+    Grpc,
     /// `on_queue_ready`.
     QueueReady,
     /// `on_log`.
@@ -60,7 +64,7 @@ pub enum Phase {
 
 impl Phase {
     /// All phases, in label order.
-    pub const ALL: [Phase; 14] = [
+    pub const ALL: [Phase; 15] = [
         Phase::Start,
         Phase::Configure,
         Phase::Tick,
@@ -72,6 +76,7 @@ impl Phase {
         Phase::ResponseBody,
         Phase::ResponseTrailers,
         Phase::HttpCallResponse,
+        Phase::Grpc,
         Phase::QueueReady,
         Phase::Log,
         Phase::Done,
@@ -91,6 +96,7 @@ impl Phase {
             Phase::ResponseBody => "response_body",
             Phase::ResponseTrailers => "response_trailers",
             Phase::HttpCallResponse => "http_call_response",
+            Phase::Grpc => "grpc",
             Phase::QueueReady => "queue_ready",
             Phase::Log => "log",
             Phase::Done => "done",
@@ -204,6 +210,10 @@ pub struct VmState {
     pub borrowed: Option<Arc<Parked>>,
     /// The HTTP-call response visible during `on_http_call_response`.
     pub callout_response: Option<CalloutResponse>,
+    /// The gRPC event being delivered (its metadata, message or status).
+    pub grpc_event: Option<super::grpc::GrpcEvent>,
+    /// gRPC calls made from the root context, by token (ended when the VM goes).
+    pub grpc_calls: std::collections::HashMap<u32, super::grpc::GrpcHandle>,
     /// Where callouts made during the current callback report.
     pub callout_sink: Option<CalloutSink>,
     /// The chain position of this plugin in the current request (callouts report it back).
@@ -246,6 +256,8 @@ impl VmState {
             stream_context: 0,
             borrowed: None,
             callout_response: None,
+            grpc_event: None,
+            grpc_calls: std::collections::HashMap::new(),
             callout_sink: None,
             member: 0,
             tick_period_ms: 0,
@@ -289,6 +301,7 @@ type F2R = TypedFunc<(u32, u32), u32>;
 type F3R = TypedFunc<(u32, u32, u32), u32>;
 type F1R = TypedFunc<u32, u32>;
 type F5 = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+type F3 = TypedFunc<(u32, u32, u32), ()>;
 
 /// The guest's callbacks (each optional).
 #[derive(Default)]
@@ -307,6 +320,10 @@ struct Exports {
     delete: Option<F1>,
     http_call_response: Option<F5>,
     queue_ready: Option<F2>,
+    grpc_initial_metadata: Option<F3>,
+    grpc_receive: Option<F3>,
+    grpc_trailing_metadata: Option<F3>,
+    grpc_close: Option<F3>,
 }
 
 struct Inner {
@@ -461,6 +478,8 @@ pub enum StreamCall {
     ResponseTrailers(u32),
     /// `on_http_call_response(token, n_headers, body_len, n_trailers)`.
     HttpCallResponse(u32, u32, u32, u32),
+    /// One of the gRPC callbacks, with the call's token and its count, length or status.
+    Grpc(GrpcCallback, u32, u32),
     /// `on_log`.
     Log,
 }
@@ -474,7 +493,45 @@ impl StreamCall {
             StreamCall::ResponseBody(..) => Phase::ResponseBody,
             StreamCall::ResponseTrailers(..) => Phase::ResponseTrailers,
             StreamCall::HttpCallResponse(..) => Phase::HttpCallResponse,
+            StreamCall::Grpc(..) => Phase::Grpc,
             StreamCall::Log => Phase::Log,
+        }
+    }
+}
+
+/// Which gRPC callback a [`StreamCall::Grpc`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcCallback {
+    /// `on_grpc_receive_initial_metadata(ctx, token, n_headers)`.
+    InitialMetadata,
+    /// `on_grpc_receive(ctx, token, message_len)`.
+    Receive,
+    /// `on_grpc_receive_trailing_metadata(ctx, token, n_trailers)`.
+    TrailingMetadata,
+    /// `on_grpc_close(ctx, token, status)`.
+    Close,
+}
+
+impl GrpcCallback {
+    /// The callback for `event`, and the number it is called with.
+    pub fn of(event: &super::grpc::GrpcEvent) -> (GrpcCallback, u32) {
+        use super::grpc::GrpcEvent as E;
+        match event {
+            E::InitialMetadata(h) => (GrpcCallback::InitialMetadata, h.len() as u32),
+            E::Message(m) | E::UnaryReply(m) => (GrpcCallback::Receive, m.len() as u32),
+            E::TrailingMetadata(t) => (GrpcCallback::TrailingMetadata, t.len() as u32),
+            E::Close { status, .. } => (GrpcCallback::Close, *status),
+        }
+    }
+}
+
+impl Exports {
+    fn grpc_callback(&self, kind: GrpcCallback) -> Option<&F3> {
+        match kind {
+            GrpcCallback::InitialMetadata => self.grpc_initial_metadata.as_ref(),
+            GrpcCallback::Receive => self.grpc_receive.as_ref(),
+            GrpcCallback::TrailingMetadata => self.grpc_trailing_metadata.as_ref(),
+            GrpcCallback::Close => self.grpc_close.as_ref(),
         }
     }
 }
@@ -695,6 +752,7 @@ impl Vm {
             StreamCall::ResponseBody(..) => ex.response_body.is_some(),
             StreamCall::ResponseTrailers(..) => ex.response_trailers.is_some(),
             StreamCall::HttpCallResponse(..) => ex.http_call_response.is_some(),
+            StreamCall::Grpc(kind, ..) => ex.grpc_callback(kind).is_some(),
             StreamCall::Log => ex.log.is_some(),
         }
     }
@@ -733,6 +791,42 @@ impl Vm {
         sink: &CalloutSink,
         callout: Option<CalloutResponse>,
     ) -> Result<u32, GuestError> {
+        self.call_stream_with(id, call, stream, member, sink, callout, None)
+    }
+
+    /// Delivers gRPC event `event` of call `token` to the plugin, for request context `id`
+    /// (see [`Vm::call_stream`]).
+    pub fn call_grpc(
+        self: &Arc<Self>,
+        id: u32,
+        token: u32,
+        event: super::grpc::GrpcEvent,
+        stream: &mut Option<Box<Stream>>,
+        member: usize,
+    ) -> Result<u32, GuestError> {
+        let (kind, n) = GrpcCallback::of(&event);
+        self.call_stream_with(
+            id,
+            StreamCall::Grpc(kind, token, n),
+            stream,
+            member,
+            &CalloutSink::Stream,
+            None,
+            Some(event),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_stream_with(
+        self: &Arc<Self>,
+        id: u32,
+        call: StreamCall,
+        stream: &mut Option<Box<Stream>>,
+        member: usize,
+        sink: &CalloutSink,
+        callout: Option<CalloutResponse>,
+        grpc: Option<super::grpc::GrpcEvent>,
+    ) -> Result<u32, GuestError> {
         if self.is_failed() {
             return Err(lost());
         }
@@ -748,7 +842,7 @@ impl Vm {
             // ABI v0.2.1 delivers a callout's response to the root context (the SDKs find
             // the request by its token and switch to it with proxy_set_effective_context).
             data.context = match call {
-                StreamCall::HttpCallResponse(..) => root,
+                StreamCall::HttpCallResponse(..) | StreamCall::Grpc(..) => root,
                 _ => id,
             };
             data.stream_context = id;
@@ -756,6 +850,7 @@ impl Vm {
             data.callout_sink = Some(sink.clone());
             data.member = member;
             data.callout_response = callout;
+            data.grpc_event = grpc;
         }
         let m = &self.metrics;
         let i = &mut inner;
@@ -805,6 +900,10 @@ impl Vm {
             (StreamCall::Log, Exports { log: Some(f), .. }) => {
                 guest_call(i, m, phase, f, id).map(|()| 0)
             }
+            (StreamCall::Grpc(kind, token, n), ex) => match ex.grpc_callback(kind) {
+                Some(f) => guest_call(i, m, phase, f, (root, token, n)).map(|()| 0),
+                None => Ok(0),
+            },
             _ => Ok(0),
         };
         let tick = {
@@ -812,6 +911,7 @@ impl Vm {
             *stream = data.stream.take();
             data.callout_sink = None;
             data.callout_response = None;
+            data.grpc_event = None;
             data.tick_period_ms
         };
         drop(inner);
@@ -935,9 +1035,30 @@ impl Vm {
                 ),
                 None => (Phase::QueueReady, Ok(())),
             },
-            Some(RootEvent::Callout(done)) => {
-                let token = done.token;
-                let (nh, len, nt, resp) = done.counts();
+            Some(RootEvent::Callout(CalloutDone {
+                token,
+                event: CalloutEvent::Grpc(event),
+                ..
+            })) => {
+                let (kind, n) = GrpcCallback::of(&event);
+                if matches!(event, GrpcEvent::Close { .. } | GrpcEvent::UnaryReply(_)) {
+                    inner.store.data_mut().grpc_calls.remove(&token);
+                }
+                inner.store.data_mut().grpc_event = Some(event);
+                match self.ex.grpc_callback(kind) {
+                    Some(f) => (
+                        Phase::Grpc,
+                        guest_call(&mut inner, &self.metrics, Phase::Grpc, f, (root, token, n)),
+                    ),
+                    None => (Phase::Grpc, Ok(())),
+                }
+            }
+            Some(RootEvent::Callout(CalloutDone {
+                token,
+                event: CalloutEvent::Http(response),
+                ..
+            })) => {
+                let (nh, len, nt, resp) = CalloutDone::counts(response);
                 inner.store.data_mut().callout_response = resp;
                 match &self.ex.http_call_response {
                     Some(f) => (
@@ -958,6 +1079,7 @@ impl Vm {
             let data = inner.store.data_mut();
             data.callout_sink = None;
             data.callout_response = None;
+            data.grpc_event = None;
             data.give_back();
             data.tick_period_ms
         };
@@ -1142,6 +1264,14 @@ fn init(
         delete: typed(store, &instance, exports::ON_DELETE)?,
         http_call_response: typed(store, &instance, exports::ON_HTTP_CALL_RESPONSE)?,
         queue_ready: typed(store, &instance, exports::ON_QUEUE_READY)?,
+        grpc_initial_metadata: typed(store, &instance, exports::ON_GRPC_RECEIVE_INITIAL_METADATA)?,
+        grpc_receive: typed(store, &instance, exports::ON_GRPC_RECEIVE)?,
+        grpc_trailing_metadata: typed(
+            store,
+            &instance,
+            exports::ON_GRPC_RECEIVE_TRAILING_METADATA,
+        )?,
+        grpc_close: typed(store, &instance, exports::ON_GRPC_CLOSE)?,
     };
     // WASI start-up: a reactor's `_initialize` (then `main(0, 0)` if exported), else a
     // command's `_start`, where `proc_exit(0)` is a normal end.

@@ -34,6 +34,13 @@ fn buffer(state: &VmState, t: u32) -> Result<(&[u8], bool), Status> {
     match t {
         BufferType::VmConfiguration => Ok((&state.settings.vm_config, true)),
         BufferType::PluginConfiguration => Ok((&state.settings.config, true)),
+        BufferType::GrpcMessage => match &state.grpc_event {
+            Some(
+                crate::wasm::grpc::GrpcEvent::Message(m)
+                | crate::wasm::grpc::GrpcEvent::UnaryReply(m),
+            ) => Ok((m.as_slice(), true)),
+            _ => Err(Status::NotFound),
+        },
         BufferType::HttpCallResponseBody => state
             .callout_response
             .as_ref()

@@ -95,7 +95,22 @@ fn view(state: &mut VmState, map: u32) -> Result<View<'_>, Status> {
                 changes: None,
             })
         }
-        MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => Err(Status::BadArgument),
+        MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => {
+            use crate::wasm::grpc::GrpcEvent;
+            let list = match (map, state.grpc_event.as_mut()) {
+                (MapType::GrpcInitialMetadata, Some(GrpcEvent::InitialMetadata(l)))
+                | (MapType::GrpcTrailingMetadata, Some(GrpcEvent::TrailingMetadata(l))) => l,
+                // Outside its callback the map does not exist (as on Envoy).
+                _ => return Err(UNAVAILABLE),
+            };
+            Ok(View {
+                list,
+                writable: false,
+                read_only: true,
+                sanitized: false,
+                changes: None,
+            })
+        }
         _ => {
             let s = state.stream.as_deref_mut().ok_or(UNAVAILABLE)?;
             Ok(match map {

@@ -11,6 +11,7 @@
 //!   fails or returns a pointer outside memory is an ABI violation: the call traps.
 
 mod buffers;
+mod grpc;
 mod headers;
 mod http_call;
 mod log;
@@ -160,6 +161,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<VmState>> {
     headers::add(&mut l)?;
     stream::add(&mut l)?;
     http_call::add(&mut l)?;
+    grpc::add(&mut l)?;
     shared::add(&mut l)?;
     metrics::add(&mut l)?;
     properties::add(&mut l)?;
@@ -168,37 +170,9 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<VmState>> {
     Ok(l)
 }
 
-/// gRPC calls and foreign functions: present, answering `UNIMPLEMENTED`.
+/// Foreign functions: present, answering `UNIMPLEMENTED`.
 fn add_unimplemented(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     let u = || Ok(st(Status::Unimplemented));
-    l.func_wrap(
-        ENV,
-        "proxy_grpc_call",
-        move |_: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32| u(),
-    )?;
-    l.func_wrap(
-        ENV,
-        "proxy_grpc_stream",
-        move |_: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| u(),
-    )?;
-    l.func_wrap(
-        ENV,
-        "proxy_grpc_send",
-        move |_: u32, _: u32, _: u32, _: u32| u(),
-    )?;
-    l.func_wrap(ENV, "proxy_grpc_cancel", move |_: u32| u())?;
-    l.func_wrap(ENV, "proxy_grpc_close", move |_: u32| u())?;
     l.func_wrap(
         ENV,
         "proxy_call_foreign_function",

@@ -49,6 +49,17 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         ENV,
         "proxy_get_status",
         |mut c: C<'_>, ret_code: u32, ret_ptr: u32, ret_len: u32| -> HostResult {
+            // The status of the gRPC call being closed, with its message.
+            if let Some(crate::wasm::grpc::GrpcEvent::Close { status, message }) =
+                c.data().grpc_event.clone()
+            {
+                if let Err(s) = put_u32(&mut c, ret_code, status) {
+                    return Ok(st(s));
+                }
+                return Ok(st(give(&mut c, message.as_bytes(), ret_ptr, ret_len)?
+                    .err()
+                    .unwrap_or(Status::Ok)));
+            }
             // The status of the HTTP call being delivered.
             let code = c.data().callout_response.as_ref().and_then(|r| {
                 r.headers

@@ -1699,7 +1699,7 @@ fn http_call_to_an_allowed_upstream() {
     );
     assert!(seen.contains("x-call: 1\r\n"), "{seen}");
     assert_eq!((done.token, done.member), (token, 0));
-    let response = done.response.expect("a response");
+    let response = done.response().cloned().expect("a response");
     assert_eq!(response.body, b"pong");
     assert_eq!(
         crate::wasm::stream::list_get(&response.headers, b":status"),
@@ -1719,21 +1719,77 @@ fn http_call_to_an_allowed_upstream() {
     t.assert_healthy();
 }
 
+/// gRPC calls are judged before anything is sent: an upstream the plugin may not call is
+/// PARSE_FAILURE (an unknown cluster on Envoy), an HTTP/1.1 one INTERNAL_FAILURE, pseudo-header
+/// metadata and names that cannot go into a path BAD_ARGUMENT; tokens of no call are
+/// NOT_FOUND. Foreign functions are UNIMPLEMENTED.
 #[test]
-fn grpc_and_foreign_functions_are_unimplemented() {
+fn grpc_arguments_are_judged_and_foreign_functions_are_unimplemented() {
     let mut w = Wat::new();
-    let cases = [
-        w.case(c("grpc_call", &[DATA; 12])),
-        w.case(c("grpc_stream", &[DATA; 9])),
-        w.case(c("grpc_send", &[1, DATA, 4, 0])),
-        w.case(c("grpc_cancel", &[1])),
-        w.case(c("grpc_close", &[1])),
-        w.case(c("foreign", &[DATA, 4, DATA, 4, RP, RL])),
+    let (gp, gl) = w.str("grpc");
+    let (hp, hl) = w.str("plain");
+    let (np, nl) = w.str("nowhere");
+    let (sp, sl) = w.str("test.Echo");
+    let (bp, bl) = w.str("bad/name");
+    let (mp, ml) = w.str("Unary");
+    let empty = map::encode(Vec::<(&[u8], &[u8])>::new()).unwrap();
+    let (ep, el) = w.bytes(&empty);
+    let pseudo = map::encode(vec![(&b":path"[..], &b"/x"[..])]).unwrap();
+    let (pp, pl) = w.bytes(&pseudo);
+    let (xp, xl) = w.str("msg");
+    let call = |w: &mut Wat, up: (u32, u32), svc: (u32, u32), md: (u32, u32)| {
+        w.case(c(
+            "grpc_call",
+            &[
+                up.0, up.1, svc.0, svc.1, mp, ml, md.0, md.1, xp, xl, 1000, R3,
+            ],
+        ))
+    };
+    let not_allowed = call(&mut w, (np, nl), (sp, sl), (ep, el));
+    let http1 = call(&mut w, (hp, hl), (sp, sl), (ep, el));
+    let bad_service = call(&mut w, (gp, gl), (bp, bl), (ep, el));
+    let pseudo_md = call(&mut w, (gp, gl), (sp, sl), (pp, pl));
+    let stream_not_allowed = w.case(c("grpc_stream", &[np, nl, sp, sl, mp, ml, ep, el, R3]));
+    let cases_not_found = [
+        w.case(c("grpc_send", &[77, xp, xl, 0])),
+        w.case(c("grpc_cancel", &[77])),
+        w.case(c("grpc_close", &[77])),
     ];
-    let mut t = start(&w, settings("hc-grpc"));
-    for case in cases {
-        assert_eq!(t.case(case), UNIMPLEMENTED, "case {case}");
+    let foreign = w.case(c("foreign", &[DATA, 4, DATA, 4, RP, RL]));
+    let mut s = settings("hc-grpc");
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let pool = |name: &str, protocol| {
+        Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
+            name: name.into(),
+            endpoints: vec![(addr.to_string(), addr)],
+            tls: None,
+            protocol,
+            balancing: crate::config::Balancing::RoundRobin,
+            health_check: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            host_header: crate::config::HostHeader::Preserve,
+        }))
+    };
+    s.callout_targets
+        .insert("grpc".into(), pool("grpc", crate::config::Protocol::H2));
+    s.callout_targets.insert(
+        "plain".into(),
+        pool("plain", crate::config::Protocol::Http1),
+    );
+    let mut t = start(&w, s);
+    const PARSE_FAILURE: u32 = 4;
+    const INTERNAL_FAILURE: u32 = 10;
+    assert_eq!(t.case(not_allowed), PARSE_FAILURE);
+    assert_eq!(t.case(stream_not_allowed), PARSE_FAILURE);
+    assert_eq!(t.case(http1), INTERNAL_FAILURE);
+    assert_eq!(t.case(bad_service), BAD_ARGUMENT);
+    assert_eq!(t.case(pseudo_md), BAD_ARGUMENT);
+    for case in cases_not_found {
+        assert_eq!(t.case(case), NOT_FOUND, "case {case}");
     }
+    assert_eq!(t.case(foreign), UNIMPLEMENTED);
+    assert_eq!(t.s().callouts_made, 0, "nothing refused was counted");
     t.assert_healthy();
 }
 
@@ -2883,7 +2939,7 @@ fn callout_result(t: &mut T) -> CalloutDone {
 
 /// The `:status` of a finished callout (`None`: the call failed).
 fn callout_status(done: &CalloutDone) -> Option<String> {
-    let r = done.response.as_ref()?;
+    let r = done.response()?;
     crate::wasm::stream::list_get(&r.headers, b":status")
         .map(|s| String::from_utf8_lossy(s).into_owned())
 }
@@ -2953,7 +3009,7 @@ fn http_call_timeouts_zero_huge_and_negative() {
             Some("200"),
             "timeout {what}"
         );
-        assert_eq!(done.response.unwrap().body, b"ok", "timeout {what}");
+        assert_eq!(done.response().unwrap().body, b"ok", "timeout {what}");
     }
     t.assert_healthy();
 }
@@ -2981,7 +3037,7 @@ fn http_call_with_timeout_zero_ends_at_the_upstream_read_timeout() {
     assert_eq!(t.case(call), OK);
     let done = callout_result(&mut t);
     assert!(
-        done.response.is_none(),
+        done.response().is_none(),
         "a response from a server that sent none"
     );
     assert!(
@@ -3108,7 +3164,7 @@ fn a_callout_to_a_tls_pool_speaks_tls() {
     };
     assert_eq!(done.token, 7);
     assert!(
-        done.response.is_none(),
+        done.response().is_none(),
         "a TLS pool got a plain-HTTP request"
     );
     // The same server behind a plain pool is reached: the failure above was TLS.
@@ -3124,7 +3180,7 @@ fn a_callout_to_a_tls_pool_speaks_tls() {
         }
     };
     assert_eq!(done.token, 8);
-    assert!(done.response.is_some());
+    assert!(done.response().is_some());
 }
 
 /// A callout to an `h2` pool speaks HTTP/2 with prior knowledge, reads the response trailers
@@ -3205,7 +3261,7 @@ fn a_callout_to_an_h2_pool_reads_trailers_and_shares_its_connection() {
             }
         };
         assert_eq!(done.token, token);
-        let r = done.response.expect("the h2 callout failed");
+        let r = done.response().cloned().expect("the h2 callout failed");
         assert!(r.headers.contains(&(b":status".to_vec(), b"200".to_vec())));
         assert!(r.headers.contains(&(b"x-h2".to_vec(), b"yes".to_vec())));
         assert_eq!(r.body, format!("pong /call/{token}").into_bytes());

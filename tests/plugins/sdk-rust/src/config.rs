@@ -33,6 +33,8 @@ pub enum Mode {
     ConfigureFalse,
     Trailers,
     TrailersHold,
+    Grpc,
+    GrpcStream,
 }
 
 /// A callback named by the `phase` field of the `panic` and `loop` modes.
@@ -155,6 +157,8 @@ impl Settings {
             "configure-false" => Mode::ConfigureFalse,
             "trailers" => Mode::Trailers,
             "trailers-hold" => Mode::TrailersHold,
+            "grpc" => Mode::Grpc,
+            "grpc-stream" => Mode::GrpcStream,
             other => return Err(format!("unknown mode {other:?}")),
         };
         Ok(Settings {

@@ -4,6 +4,7 @@ pub mod body;
 pub mod callout;
 pub mod deny;
 pub mod faults;
+pub mod grpc;
 pub mod headers;
 pub mod log;
 pub mod metrics;
@@ -47,6 +48,8 @@ pub fn new_http_context(settings: Option<Rc<Settings>>) -> Box<dyn HttpContext> 
         Mode::PauseForever => Box::new(faults::PauseForever),
         Mode::ConfigureFalse => Box::new(Passthrough),
         Mode::Trailers => Box::new(trailers::Trailers::new(settings, false)),
+        Mode::Grpc => Box::new(grpc::Unary::new(settings)),
+        Mode::GrpcStream => Box::new(grpc::Stream::new(settings)),
         Mode::TrailersHold => Box::new(trailers::Trailers::new(settings, true)),
     }
 }

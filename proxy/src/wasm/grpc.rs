@@ -1,0 +1,422 @@
+//! gRPC calls and streams made by plugins (`proxy_grpc_call`, `proxy_grpc_stream`,
+//! `proxy_grpc_send`, `proxy_grpc_cancel`, `proxy_grpc_close`).
+//!
+//! A call is an HTTP/2 stream to an endpoint of an upstream pool whose `protocol` is `h2` (or
+//! `auto`, when the endpoint picks HTTP/2), through the same pingora connector as HTTP
+//! callouts, so it shares the pool's TLS settings and connections. The request is
+//! `POST /<service>/<method>` with `content-type: application/grpc`, `te: trailers`, the
+//! plugin's initial metadata and, when the plugin set a deadline, `grpc-timeout`. Messages are
+//! framed as gRPC length-prefixed messages (uncompressed) both ways.
+//!
+//! What comes back is delivered to the plugin as events, in order: the initial metadata (the
+//! response headers), each message, the trailing metadata, then the close with the gRPC
+//! status (`grpc-status` of the trailers, or of the headers for a trailers-only answer). A
+//! failure to connect or a broken stream closes the call with UNAVAILABLE (14), a deadline
+//! with DEADLINE_EXCEEDED (4), a response that is not gRPC (HTTP status other than 200, or
+//! over HTTP/1.1) with UNKNOWN (2) or UNAVAILABLE, a message over [`MAX_MESSAGE`] with
+//! RESOURCE_EXHAUSTED (8). A cancelled call (`proxy_grpc_cancel`) delivers nothing more.
+//!
+//! A unary call (`proxy_grpc_call`) delivers one event, as on the reference host (and as the
+//! SDKs expect): its answer when it ended OK with one message, else its close with the status.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::callout::{connector, CalloutDone, CalloutEvent, CalloutSink, IDLE_FOR};
+use super::stream::HeaderList;
+use crate::upstream::{Pool, Tried};
+
+/// Largest message accepted from the server (and from the plugin).
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// gRPC status codes Sluice produces itself.
+pub mod code {
+    /// OK.
+    pub const OK: u32 = 0;
+    /// UNKNOWN.
+    pub const UNKNOWN: u32 = 2;
+    /// DEADLINE_EXCEEDED.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// RESOURCE_EXHAUSTED.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// INTERNAL.
+    pub const INTERNAL: u32 = 13;
+    /// UNAVAILABLE.
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+/// One thing a gRPC call delivers to the plugin.
+#[derive(Debug, Clone)]
+pub enum GrpcEvent {
+    /// The response headers (`on_grpc_receive_initial_metadata`).
+    InitialMetadata(HeaderList),
+    /// One message (`on_grpc_receive`).
+    Message(Vec<u8>),
+    /// The trailers (`on_grpc_receive_trailing_metadata`).
+    TrailingMetadata(HeaderList),
+    /// The answer to a unary call (`proxy_grpc_call`) that ended OK with one message
+    /// (`on_grpc_receive`, and nothing else: as on the reference host, a unary call delivers
+    /// either its answer or its close).
+    UnaryReply(Vec<u8>),
+    /// The end, with the gRPC status and its message (`on_grpc_close`).
+    Close {
+        /// The gRPC status code.
+        status: u32,
+        /// `grpc-message`, or why Sluice closed the call.
+        message: String,
+    },
+}
+
+/// A call to start.
+pub struct GrpcRequest {
+    /// The pool it goes to (HTTP/2).
+    pub pool: std::sync::Arc<Pool>,
+    /// Fully qualified service name (`package.Service`).
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Initial metadata (lowercase names, no pseudo-headers).
+    pub metadata: HeaderList,
+    /// Deadline of the whole call (`None`: none of the plugin's own).
+    pub timeout: Option<Duration>,
+}
+
+/// What the plugin sends on an open call.
+#[derive(Debug)]
+pub enum GrpcSend {
+    /// A message; `true`: the last one (the request half ends).
+    Message(Bytes, bool),
+    /// End the request half without a message (`proxy_grpc_close`).
+    Close,
+}
+
+/// The plugin's handle on a running call (kept by token in the request's state, or in the
+/// VM for root-context calls). Dropping it ends the call at once, with no further events:
+/// `proxy_grpc_cancel`, or the end of the request or VM that made it.
+#[derive(Debug)]
+pub struct GrpcHandle {
+    /// Messages to send.
+    pub sender: UnboundedSender<GrpcSend>,
+    /// A unary call (`proxy_grpc_call`), not a stream.
+    pub unary: bool,
+    abort: tokio::task::AbortHandle,
+}
+
+impl Drop for GrpcHandle {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+/// Frames `msg` as a gRPC length-prefixed message.
+pub fn frame(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + msg.len());
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.put_slice(msg);
+    b.freeze()
+}
+
+/// Takes the complete messages off the front of `buf`. Errors: a compressed message (none
+/// was asked for) or one over [`MAX_MESSAGE`].
+fn unframe(buf: &mut BytesMut) -> Result<Vec<Vec<u8>>, (u32, String)> {
+    let mut out = Vec::new();
+    while buf.len() >= 5 {
+        if buf[0] != 0 {
+            return Err((
+                code::INTERNAL,
+                "the server sent a compressed message (none was asked for)".into(),
+            ));
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > MAX_MESSAGE {
+            return Err((
+                code::RESOURCE_EXHAUSTED,
+                format!("a message of {len} bytes is over {MAX_MESSAGE}"),
+            ));
+        }
+        if buf.len() < 5 + len {
+            break;
+        }
+        buf.advance(5);
+        out.push(buf.split_to(len).to_vec());
+    }
+    Ok(out)
+}
+
+/// `grpc-timeout` for `d` (milliseconds, at most 8 digits as the protocol allows).
+fn grpc_timeout(d: Duration) -> String {
+    let ms = d.as_millis().clamp(1, 99_999_999);
+    format!("{ms}m")
+}
+
+/// Starts the call; events go to `sink` as `token` of chain member `member`. `first`: a
+/// message sent at once (`proxy_grpc_call`, then the request half ends).
+pub fn start(
+    req: GrpcRequest,
+    first: Option<Bytes>,
+    token: u32,
+    member: usize,
+    sink: CalloutSink,
+) -> GrpcHandle {
+    let (tx, rx) = unbounded_channel();
+    let unary = first.is_some();
+    if let Some(m) = first {
+        let _ = tx.send(GrpcSend::Message(m, true));
+    }
+    let task = async move {
+        let reply: std::sync::Mutex<Option<Result<Vec<u8>, ()>>> = Default::default();
+        let deliver = |event: GrpcEvent| {
+            sink.deliver(CalloutDone {
+                token,
+                member,
+                event: CalloutEvent::Grpc(event),
+            })
+        };
+        let emit = |event: GrpcEvent| {
+            if !unary {
+                return deliver(event);
+            }
+            // A unary call keeps its one message for the end.
+            if let GrpcEvent::Message(m) = event {
+                let mut r = reply.lock().unwrap_or_else(|p| p.into_inner());
+                *r = match r.take() {
+                    None => Some(Ok(m)),
+                    Some(_) => Some(Err(())),
+                };
+            }
+        };
+        let outcome = match req.timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange(&req, rx, &emit))
+                .await
+                .unwrap_or_else(|_| {
+                    Err((
+                        code::DEADLINE_EXCEEDED,
+                        format!("no answer within {} ms", limit.as_millis()),
+                    ))
+                }),
+            None => exchange(&req, rx, &emit).await,
+        };
+        let (status, message) = match outcome {
+            Ok(s) => s,
+            Err((status, message)) => {
+                tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, status, %message, "gRPC call failed");
+                (status, message)
+            }
+        };
+        if unary {
+            match (
+                status,
+                reply.into_inner().unwrap_or_else(|p| p.into_inner()),
+            ) {
+                (code::OK, Some(Ok(m))) => return deliver(GrpcEvent::UnaryReply(m)),
+                (code::OK, Some(Err(()))) => {
+                    return deliver(GrpcEvent::Close {
+                        status: code::INTERNAL,
+                        message: "a unary call was answered with several messages".into(),
+                    })
+                }
+                (code::OK, None) => {
+                    return deliver(GrpcEvent::Close {
+                        status: code::INTERNAL,
+                        message: "a unary call was answered with no message".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        deliver(GrpcEvent::Close { status, message });
+    };
+    let handle = super::callout::runtime().spawn(task);
+    GrpcHandle {
+        sender: tx,
+        unary,
+        abort: handle.abort_handle(),
+    }
+}
+
+type Failure = (u32, String);
+
+fn unavailable(e: impl std::fmt::Display) -> Failure {
+    (code::UNAVAILABLE, e.to_string())
+}
+
+/// Reads a header list out of pingora's map.
+fn list(map: &http::HeaderMap) -> HeaderList {
+    map.iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// `grpc-status` and `grpc-message` of `map`, if it has a status.
+fn status_of(map: &http::HeaderMap) -> Option<(u32, String)> {
+    let status = map.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    let message = map
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Some((status, message))
+}
+
+/// The call on one HTTP/2 stream: returns the final status, or why it failed.
+async fn exchange(
+    req: &GrpcRequest,
+    mut rx: UnboundedReceiver<GrpcSend>,
+    emit: &impl Fn(GrpcEvent),
+) -> Result<(u32, String), Failure> {
+    let idx = req
+        .pool
+        .select(None, Tried::default(), None)
+        .ok_or_else(|| unavailable("the upstream has no endpoint"))?;
+    let endpoint = &req.pool.endpoints[idx];
+    let peer = endpoint.peer();
+    let (session, _) = connector()
+        .get_http_session(&*peer)
+        .await
+        .map_err(|e| unavailable(format!("connect to {}: {e}", endpoint.label)))?;
+    let mut h2 = match session {
+        HttpSession::H2(h2) => h2,
+        other => {
+            connector()
+                .release_http_session(other, &*peer, Some(IDLE_FOR))
+                .await;
+            return Err(unavailable(format!(
+                "{} did not speak HTTP/2 (gRPC needs it)",
+                endpoint.label
+            )));
+        }
+    };
+    let path = format!("/{}/{}", req.service, req.method);
+    let bad = |e: &dyn std::fmt::Display| (code::INTERNAL, format!("bad gRPC request: {e}"));
+    let mut head = RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| bad(&e))?;
+    head.insert_header(http::header::HOST, endpoint.label.as_str())
+        .map_err(|e| bad(&e))?;
+    head.insert_header(http::header::CONTENT_TYPE, "application/grpc")
+        .map_err(|e| bad(&e))?;
+    head.insert_header(http::header::TE, "trailers")
+        .map_err(|e| bad(&e))?;
+    if let Some(t) = req.timeout {
+        head.insert_header("grpc-timeout", grpc_timeout(t))
+            .map_err(|e| bad(&e))?;
+    }
+    for (k, v) in &req.metadata {
+        let name = http::HeaderName::from_bytes(k).map_err(|e| bad(&e))?;
+        let value = http::HeaderValue::from_bytes(v).map_err(|e| bad(&e))?;
+        head.append_header(name, value).map_err(|e| bad(&e))?;
+    }
+    h2.write_request_header(Box::new(head), false)
+        .map_err(unavailable)?;
+    let mut writer = h2.take_request_body_writer();
+    let mut sending = true;
+    let send = |m: Option<GrpcSend>, writer: &mut Option<h2::SendStream<Bytes>>| -> bool {
+        let Some(w) = writer.as_mut() else {
+            return false;
+        };
+        let (data, end) = match m {
+            Some(GrpcSend::Message(b, end)) => (frame(&b), end),
+            Some(GrpcSend::Close) | None => (Bytes::new(), true),
+        };
+        let ok = w.send_data(data, end).is_ok();
+        if end || !ok {
+            *writer = None;
+        }
+        ok && !end
+    };
+    // The response head, while the plugin may already be sending.
+    loop {
+        tokio::select! {
+            m = rx.recv(), if sending => sending = send(m, &mut writer),
+            r = h2.read_response_header() => {
+                r.map_err(unavailable)?;
+                break;
+            }
+        }
+    }
+    let resp = h2
+        .response_header()
+        .ok_or_else(|| unavailable("no response head"))?;
+    if resp.status != http::StatusCode::OK {
+        return Err((
+            code::UNKNOWN,
+            format!("the server answered HTTP {}", resp.status.as_u16()),
+        ));
+    }
+    let head_status = status_of(&resp.headers);
+    emit(GrpcEvent::InitialMetadata(list(&resp.headers)));
+    if let Some(s) = head_status {
+        // Trailers-only: the status came with the head.
+        return Ok(s);
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = tokio::select! {
+            m = rx.recv(), if sending => {
+                sending = send(m, &mut writer);
+                continue;
+            }
+            c = h2.read_response_body() => c.map_err(unavailable)?,
+        };
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk);
+        for m in unframe(&mut buf)? {
+            emit(GrpcEvent::Message(m));
+        }
+    }
+    if !buf.is_empty() {
+        return Err((code::INTERNAL, "the stream ended inside a message".into()));
+    }
+    let trailers = h2
+        .read_trailers()
+        .await
+        .map_err(unavailable)?
+        .unwrap_or_default();
+    let status = status_of(&trailers);
+    emit(GrpcEvent::TrailingMetadata(list(&trailers)));
+    let (status, message) =
+        status.unwrap_or((code::UNKNOWN, "the server sent no grpc-status".into()));
+    if !sending {
+        connector()
+            .release_http_session(HttpSession::H2(h2), &*peer, Some(IDLE_FOR))
+            .await;
+    }
+    Ok((status, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&frame(b"one"));
+        b.extend_from_slice(&frame(b""));
+        let two = frame(b"two");
+        b.extend_from_slice(&two[..4]);
+        assert_eq!(unframe(&mut b).unwrap(), vec![b"one".to_vec(), Vec::new()]);
+        b.extend_from_slice(&two[4..]);
+        assert_eq!(unframe(&mut b).unwrap(), vec![b"two".to_vec()]);
+        assert!(b.is_empty());
+        let mut compressed = BytesMut::from(&[1u8, 0, 0, 0, 1, b'x'][..]);
+        assert_eq!(unframe(&mut compressed).unwrap_err().0, code::INTERNAL);
+        let mut huge = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(unframe(&mut huge).unwrap_err().0, code::RESOURCE_EXHAUSTED);
+    }
+
+    #[test]
+    fn timeouts_and_statuses() {
+        assert_eq!(grpc_timeout(Duration::from_millis(250)), "250m");
+        assert_eq!(grpc_timeout(Duration::from_micros(10)), "1m");
+        assert_eq!(grpc_timeout(Duration::from_secs(10_000_000)), "99999999m");
+        let mut m = http::HeaderMap::new();
+        assert_eq!(status_of(&m), None);
+        m.insert("grpc-status", "7".parse().unwrap());
+        m.insert("grpc-message", "no%20entry".parse().unwrap());
+        assert_eq!(status_of(&m), Some((7, "no%20entry".into())));
+    }
+}
