@@ -378,6 +378,18 @@ async fn unary(addr: SocketAddr, host: &str, msg: &[u8]) -> (u16, String, String
     (status, get("grpc-status"), get("grpc-message"), msgs)
 }
 
+/// A temp dir holding the Rust-SDK test plugin as `sdk.wasm`.
+fn sdk_plugin_dir(tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    let sdk = target_dir().join("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm");
+    assert!(
+        sdk.is_file(),
+        "build the test plugins with `make wasm` first"
+    );
+    std::fs::copy(sdk, dir.join("sdk.wasm")).unwrap();
+    dir
+}
+
 fn config(upstreams: &str, routes: &str, plugins: &str) -> String {
     format!(
         "server: {{ threads: 2, grace_period_seconds: 1 }}\n\
@@ -495,13 +507,7 @@ async fn grpc_over_tls_with_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_see_and_edit_response_trailers() {
     let (grpc, echo) = server::start(None).await;
-    let dir = temp_dir("grpc-plugins");
-    let sdk = target_dir().join("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm");
-    assert!(
-        sdk.is_file(),
-        "build the test plugins with `make wasm` first"
-    );
-    std::fs::copy(sdk, dir.join("sdk.wasm")).unwrap();
+    let dir = sdk_plugin_dir("grpc-plugins");
     let proxy = Sluice::start_in(
         &config(
             &format!("  grpc: {{ endpoints: ['{grpc}'], protocol: h2 }}\n"),
@@ -612,13 +618,7 @@ async fn h2_pools_carry_http1_clients_and_health_checks() {
 async fn plugins_make_grpc_calls_and_streams() {
     let (grpc, _echo) = server::start(None).await;
     let up = upstream("backend").await;
-    let dir = temp_dir("grpc-calls");
-    let sdk = target_dir().join("wasm32-wasip1/release/sluice_test_plugin_sdk_rust.wasm");
-    assert!(
-        sdk.is_file(),
-        "build the test plugins with `make wasm` first"
-    );
-    std::fs::copy(sdk, dir.join("sdk.wasm")).unwrap();
+    let dir = sdk_plugin_dir("grpc-calls");
     let proxy = Sluice::start_in(
         &config(
             &format!(

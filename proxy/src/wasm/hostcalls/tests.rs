@@ -1759,17 +1759,14 @@ fn grpc_arguments_are_judged_and_foreign_functions_are_unimplemented() {
     let mut s = settings("hc-grpc");
     let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let pool = |name: &str, protocol| {
-        Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
-            name: name.into(),
-            endpoints: vec![(addr.to_string(), addr)],
-            tls: None,
+        pool_speaking(
+            name,
+            "127.0.0.1:9",
+            addr,
+            false,
+            Duration::from_secs(1),
             protocol,
-            balancing: crate::config::Balancing::RoundRobin,
-            health_check: None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            host_header: crate::config::HostHeader::Preserve,
-        }))
+        )
     };
     s.callout_targets
         .insert("grpc".into(), pool("grpc", crate::config::Protocol::H2));
@@ -2841,6 +2838,25 @@ fn callout_pool_reading(
     tls: bool,
     read_timeout: Duration,
 ) -> Arc<crate::upstream::Pool> {
+    pool_speaking(
+        name,
+        label,
+        addr,
+        tls,
+        read_timeout,
+        crate::config::Protocol::Http1,
+    )
+}
+
+/// A pool of one endpoint at `addr` speaking `protocol` (plain, or TLS without verification).
+fn pool_speaking(
+    name: &str,
+    label: &str,
+    addr: std::net::SocketAddr,
+    tls: bool,
+    read_timeout: Duration,
+    protocol: crate::config::Protocol,
+) -> Arc<crate::upstream::Pool> {
     Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
         name: name.into(),
         endpoints: vec![(label.to_string(), addr)],
@@ -2849,7 +2865,7 @@ fn callout_pool_reading(
             verify: false,
             ca: None,
         }),
-        protocol: crate::config::Protocol::Http1,
+        protocol,
         balancing: crate::config::Balancing::RoundRobin,
         health_check: None,
         connect_timeout: Duration::from_secs(2),
@@ -3228,17 +3244,14 @@ fn a_callout_to_an_h2_pool_reads_trailers_and_shares_its_connection() {
             }
         });
     });
-    let pool = Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
-        name: "h2".into(),
-        endpoints: vec![(addr.to_string(), addr)],
-        tls: None,
-        protocol: crate::config::Protocol::H2,
-        balancing: crate::config::Balancing::RoundRobin,
-        health_check: None,
-        connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(5),
-        host_header: crate::config::HostHeader::Preserve,
-    }));
+    let pool = pool_speaking(
+        "h2",
+        &addr.to_string(),
+        addr,
+        false,
+        Duration::from_secs(5),
+        crate::config::Protocol::H2,
+    );
     let (tx, mut rx) = unbounded_channel();
     for token in [1, 2, 3] {
         let request = crate::wasm::callout::CalloutRequest {
