@@ -742,6 +742,15 @@ impl Chain {
         Ok(())
     }
 
+    /// Whether a plugin of the chain can hold response body back (it has `on_response_body`).
+    pub fn may_hold_response_body(&self) -> bool {
+        self.members.iter().any(|m| {
+            m.ctx
+                .as_ref()
+                .is_some_and(|c| c.vm.exports_body(BodyKind::Response))
+        })
+    }
+
     /// `on_response_body` for one chunk (synchronous: pingora's response body hook is). A
     /// plugin still pausing at the end of the body gets what it held released as is.
     pub fn response_body(&mut self, chunk: &mut Option<Bytes>, end: bool) -> Result<(), Reply> {

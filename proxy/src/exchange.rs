@@ -140,6 +140,11 @@ impl Exchange {
         Ok(())
     }
 
+    /// Whether a plugin can hold response body back (see [`Chain::may_hold_response_body`]).
+    pub fn may_hold_response_body(&self) -> bool {
+        self.chain.may_hold_response_body()
+    }
+
     /// Whether the forwarding headers are on the client's request already.
     pub fn forwarded_early(&self) -> bool {
         self.forwarded_early

@@ -718,10 +718,16 @@ impl ProxyHttp for SluiceProxy {
         if let Err(reply) = ex.response_head(upstream_response, head, h2).await {
             return Err(reply_error(ctx, reply));
         }
+        // Kept only where response_trailer_filter may need it: body held back by a plugin
+        // when trailers from an HTTP/2 upstream reach an HTTP/2 client.
         let trailers_may_follow = ctx
             .route()
             .is_some_and(|r| r.pool.protocol != crate::config::Protocol::Http1);
-        if h2 && trailers_may_follow {
+        let may_hold = ctx
+            .exchange
+            .as_ref()
+            .is_some_and(Exchange::may_hold_response_body);
+        if h2 && trailers_may_follow && may_hold {
             ctx.response_head = Some(Box::new(upstream_response.clone()));
         }
         Ok(())

@@ -23,7 +23,7 @@ use sluice_abi::Status;
 use wasmtime::Linker;
 
 use super::headers::{valid_name, valid_value};
-use super::http_call::deadline;
+use super::http_call::{claim_call, deadline, Refused};
 use super::{done, put_u32, read, st, HostResult, C};
 use crate::config::Protocol;
 use crate::wasm::callout::CalloutSink;
@@ -167,7 +167,11 @@ fn open(
         );
         return Err(Status::InternalFailure);
     }
-    let sink = state.callout_sink.clone().ok_or(Status::BadArgument)?;
+    let (sink, token) = claim_call(state).map_err(|why| match why {
+        Refused::NoSink => Status::BadArgument,
+        // The SDKs accept only OK, PARSE_FAILURE and INTERNAL_FAILURE from these calls.
+        Refused::OverLimit => Status::InternalFailure,
+    })?;
     let request = GrpcRequest {
         pool,
         service: t.service,
@@ -175,30 +179,13 @@ fn open(
         metadata: t.metadata,
         timeout,
     };
-    state.next_token = state.next_token.wrapping_add(1).max(1);
-    let token = state.next_token;
-    let member = state.member;
-    match sink {
-        CalloutSink::Request(_) | CalloutSink::Stream => {
-            let max = state.settings.limits.max_callouts;
-            let s = state.stream.as_deref_mut().ok_or(Status::BadArgument)?;
-            if s.callouts_made >= max {
-                return Err(Status::BadArgument);
-            }
-            s.callouts_made += 1;
-            s.pending_callouts += 1;
-            let sink = match sink {
-                CalloutSink::Stream => CalloutSink::Request(s.callout_sender()),
-                other => other,
-            };
-            let h = grpc::start(request, first, token, member, sink);
-            s.grpc_calls.insert(token, h);
-        }
-        root => {
-            let h = grpc::start(request, first, token, member, root);
-            state.grpc_calls.insert(token, h);
-        }
-    }
+    // A request's call ends with the request (its handle is dropped with it).
+    let for_request = matches!(sink, CalloutSink::Request(_));
+    let h = grpc::start(request, first, token, state.member, sink);
+    match state.stream.as_deref_mut() {
+        Some(s) if for_request => s.grpc_calls.insert(token, h),
+        _ => state.grpc_calls.insert(token, h),
+    };
     Ok(token)
 }
 
@@ -230,10 +217,21 @@ fn grpc_call(
         Ok(t) => t,
         Err(s) => return Ok(st(s)),
     };
+    start_call(c, t, timeout, Some(Bytes::from(message)), ret_token)
+}
+
+/// Checks the token slot, opens the call, writes its token.
+fn start_call(
+    mut c: C<'_>,
+    t: Target,
+    timeout: Option<std::time::Duration>,
+    first: Option<Bytes>,
+    ret_token: u32,
+) -> HostResult {
     if let Err(s) = put_u32(&mut c, ret_token, 0) {
         return Ok(st(s));
     }
-    match open(c.data_mut(), t, timeout, Some(Bytes::from(message))) {
+    match open(c.data_mut(), t, timeout, first) {
         Ok(token) => done(put_u32(&mut c, ret_token, token)),
         Err(s) => Ok(st(s)),
     }
@@ -256,13 +254,7 @@ fn grpc_stream(
         Ok(t) => t,
         Err(s) => return Ok(st(s)),
     };
-    if let Err(s) = put_u32(&mut c, ret_token, 0) {
-        return Ok(st(s));
-    }
-    match open(c.data_mut(), t, None, None) {
-        Ok(token) => done(put_u32(&mut c, ret_token, token)),
-        Err(s) => Ok(st(s)),
-    }
+    start_call(c, t, None, None, ret_token)
 }
 
 fn grpc_send(mut c: C<'_>, token: u32, mp: u32, ml: u32, end: u32) -> HostResult {

@@ -48,6 +48,39 @@ pub fn deadline(timeout_ms: u32) -> Result<Option<Duration>, Status> {
     }
 }
 
+/// Why [`claim_call`] refused a call.
+pub(super) enum Refused {
+    /// No callback is running that may call out (e.g. `on_vm_start`).
+    NoSink,
+    /// The request made `max_callouts` calls already.
+    OverLimit,
+}
+
+/// Takes a token for a call (HTTP or gRPC) made in the current callback and where its result
+/// goes: a request's call is counted against `max_callouts` and as pending (the request waits
+/// for it), and reports to the request's channel; a root-context call to the VM.
+pub(super) fn claim_call(state: &mut VmState) -> Result<(CalloutSink, u32), Refused> {
+    let sink = state.callout_sink.clone().ok_or(Refused::NoSink)?;
+    let sink = match sink {
+        CalloutSink::Request(_) | CalloutSink::Stream => {
+            let max = state.settings.limits.max_callouts;
+            let s = state.stream.as_deref_mut().ok_or(Refused::NoSink)?;
+            if s.callouts_made >= max {
+                return Err(Refused::OverLimit);
+            }
+            s.callouts_made += 1;
+            s.pending_callouts += 1;
+            match sink {
+                CalloutSink::Stream => CalloutSink::Request(s.callout_sender()),
+                other => other,
+            }
+        }
+        root => root,
+    };
+    state.next_token = state.next_token.wrapping_add(1).max(1);
+    Ok((sink, state.next_token))
+}
+
 pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(ENV, "proxy_http_call", http_call)?;
     Ok(())
@@ -126,29 +159,10 @@ fn http_call(
         );
         return Ok(st(Status::BadArgument));
     };
-    let Some(sink) = state.callout_sink.clone() else {
-        return Ok(st(Status::BadArgument));
+    let (sink, token) = match claim_call(state) {
+        Ok(c) => c,
+        Err(_) => return Ok(st(Status::BadArgument)),
     };
-    let sink = match sink {
-        CalloutSink::Request(_) | CalloutSink::Stream => {
-            let max = state.settings.limits.max_callouts;
-            let Some(s) = state.stream.as_deref_mut() else {
-                return Ok(st(Status::BadArgument));
-            };
-            if s.callouts_made >= max {
-                return Ok(st(Status::BadArgument));
-            }
-            s.callouts_made += 1;
-            s.pending_callouts += 1;
-            match sink {
-                CalloutSink::Stream => CalloutSink::Request(s.callout_sender()),
-                other => other,
-            }
-        }
-        root => root,
-    };
-    state.next_token = state.next_token.wrapping_add(1).max(1);
-    let token = state.next_token;
     let member = state.member;
     dispatch(
         CalloutRequest {
