@@ -3,13 +3,14 @@
 //! one filter per request) and the HTTP calls waiting for a response.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use sluice_abi::{Action as RawAction, BufferType, StreamType};
+use sluice_abi::{Action as RawAction, BufferType, MapType, StreamType};
 
 use crate::body::BodyState;
 use crate::error::{Context, Error};
+use crate::grpc::{GrpcEvent, GrpcStatus, GrpcStream, GrpcStreamHandler};
 use crate::headers::encode_pairs;
 use crate::hostcalls;
 use crate::http_call::{CallError, CallResponse};
@@ -81,10 +82,29 @@ pub(crate) enum Side {
 /// A request's filter; `None` while it runs.
 type FilterSlot = Option<Box<dyn HttpFilter>>;
 
+/// What runs when a call made by a request returns.
+enum Answer {
+    Http(OnCallResponse),
+    Grpc(OnGrpcReply),
+}
+
+/// What runs when a call made from the root context returns.
+enum RootAnswer {
+    Http(OnRootCallResponse),
+    Grpc(OnRootGrpcReply),
+}
+
 struct Waiting {
     context: u32,
     side: Side,
-    on_response: OnCallResponse,
+    on_response: Answer,
+}
+
+/// An open gRPC stream: the request that opened it (`None`: the root context) and its handler
+/// (`None` while one of its events runs).
+struct OpenStream {
+    context: Option<u32>,
+    handler: Option<Box<dyn GrpcStreamHandler>>,
 }
 
 thread_local! {
@@ -94,7 +114,12 @@ thread_local! {
     static CALLS: RefCell<HashMap<u32, Waiting>> = RefCell::new(HashMap::new());
     /// Calls made from the plugin's root context (see [`crate::Call::send_from_root`]), by
     /// token.
-    static ROOT_CALLS: RefCell<HashMap<u32, OnRootCallResponse>> = RefCell::new(HashMap::new());
+    static ROOT_CALLS: RefCell<HashMap<u32, RootAnswer>> = RefCell::new(HashMap::new());
+    /// Open gRPC streams, by token.
+    static STREAMS: RefCell<HashMap<u32, OpenStream>> = RefCell::new(HashMap::new());
+    /// Requests whose last request-side callback paused them: the ones a call's answer or a
+    /// stream's event may resume.
+    static PAUSED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
     /// The request context a callback is running for.
     static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
@@ -214,10 +239,24 @@ fn body_state(in_body: bool, size: usize, end_of_stream: u32) -> BodyState {
     }
 }
 
+/// Records whether a request-side callback left the request paused.
+fn note_pause(context: u32, r: &Option<Result<Action, Error>>) {
+    let paused = matches!(r, Some(Ok(Action::Pause)));
+    PAUSED.with(|p| {
+        let mut p = p.borrow_mut();
+        if paused {
+            p.insert(context);
+        } else {
+            p.remove(&context);
+        }
+    });
+}
+
 /// `proxy_on_request_headers`.
 pub fn on_request_headers(context: u32, _headers: usize, end_of_stream: u32) -> u32 {
     let mut req = Request::new(body_state(false, 0, end_of_stream));
     let r = with_filter(context, |f| f.on_request_headers(&mut req));
+    note_pause(context, &r);
     finish(context, "on_request_headers", r)
 }
 
@@ -225,6 +264,7 @@ pub fn on_request_headers(context: u32, _headers: usize, end_of_stream: u32) -> 
 pub fn on_request_body(context: u32, size: usize, end_of_stream: u32) -> u32 {
     let mut req = Request::new(body_state(true, size, end_of_stream));
     let r = with_filter(context, |f| f.on_request_body(&mut req));
+    note_pause(context, &r);
     finish(context, "on_request_body", r)
 }
 
@@ -263,6 +303,9 @@ pub fn on_delete(context: u32) {
     let was_filter = FILTERS.with(|m| m.borrow_mut().remove(&context)).is_some();
     if was_filter {
         CALLS.with(|c| c.borrow_mut().retain(|_, w| w.context != context));
+        // The host cancels the request's streams with it.
+        STREAMS.with(|s| s.borrow_mut().retain(|_, o| o.context != Some(context)));
+        PAUSED.with(|p| p.borrow_mut().remove(&context));
     } else {
         ROOTS.with(|r| r.borrow_mut().remove(&context));
     }
@@ -273,12 +316,29 @@ pub(crate) type OnRootCallResponse = Box<dyn FnOnce(Result<CallResponse, CallErr
 
 /// Registers the closure to run when call `token`, made from the root context, returns.
 pub(crate) fn await_root_call(token: u32, on_response: OnRootCallResponse) {
-    ROOT_CALLS.with(|c| c.borrow_mut().insert(token, on_response));
+    ROOT_CALLS.with(|c| c.borrow_mut().insert(token, RootAnswer::Http(on_response)));
 }
 
-/// Registers the closure to run when call `token`, made by the current request, returns.
-pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
-    let context = CURRENT.with(Cell::get);
+/// What runs when a unary gRPC call made by a request returns.
+pub(crate) type OnGrpcReply =
+    Box<dyn FnOnce(&mut Request, Result<Vec<u8>, GrpcStatus>) -> Result<Action, Error>>;
+
+/// What runs when a unary gRPC call made from the root context returns.
+pub(crate) type OnRootGrpcReply = Box<dyn FnOnce(Result<Vec<u8>, GrpcStatus>)>;
+
+/// Registers the closure to run when unary gRPC call `token`, made from the root context,
+/// returns.
+pub(crate) fn await_root_grpc(token: u32, on_reply: OnRootGrpcReply) {
+    ROOT_CALLS.with(|c| c.borrow_mut().insert(token, RootAnswer::Grpc(on_reply)));
+}
+
+/// The request context the current callback runs for.
+pub(crate) fn current_context() -> u32 {
+    CURRENT.with(Cell::get)
+}
+
+fn await_answer(token: u32, side: Side, on_response: Answer) {
+    let context = current_context();
     CALLS.with(|c| {
         c.borrow_mut().insert(
             token,
@@ -291,6 +351,67 @@ pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
     });
 }
 
+/// Registers the closure to run when call `token`, made by the current request, returns.
+pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
+    await_answer(token, side, Answer::Http(on_response));
+}
+
+/// Registers the closure to run when unary gRPC call `token`, made by the current request,
+/// returns.
+pub(crate) fn await_grpc(token: u32, on_reply: OnGrpcReply) {
+    await_answer(token, Side::Request, Answer::Grpc(on_reply));
+}
+
+/// Registers the handler of gRPC stream `token`, opened by request `context` (`None`: the root
+/// context).
+pub(crate) fn await_stream(token: u32, context: Option<u32>, handler: Box<dyn GrpcStreamHandler>) {
+    STREAMS.with(|s| {
+        s.borrow_mut().insert(
+            token,
+            OpenStream {
+                context,
+                handler: Some(handler),
+            },
+        )
+    });
+}
+
+/// Forgets stream `token` (cancelled): its handler is dropped, even from inside one of its
+/// events.
+pub(crate) fn forget_stream(token: u32) {
+    // Taken out before dropping: the handler's drop may use the table.
+    let gone = STREAMS.with(|s| s.borrow_mut().remove(&token));
+    drop(gone);
+}
+
+/// Runs `f` for request `context` outside its own callbacks (a call's answer, a stream's
+/// event): the host is switched to the request, then `f`'s decision is carried out;
+/// `Continue` resumes the request if its last request-side callback paused it.
+fn on_request_event(
+    context: u32,
+    what: &'static str,
+    f: impl FnOnce(&mut Request) -> Result<Action, Error>,
+) {
+    if FILTERS.with(|m| !m.borrow().contains_key(&context)) {
+        return;
+    }
+    if let Err(status) = hostcalls::set_effective_context(context) {
+        crate::error!("cannot switch to the request of {what}: {status:?}");
+        return;
+    }
+    CURRENT.with(|c| c.set(context));
+    let mut req = Request::new(BodyState::default());
+    let r = f(&mut req);
+    let resume =
+        matches!(r, Ok(Action::Continue)) && PAUSED.with(|p| p.borrow_mut().remove(&context));
+    finish(context, what, Some(r));
+    if resume {
+        if let Err(status) = hostcalls::continue_stream(StreamType::Request) {
+            crate::error!("cannot resume the request: {status:?}");
+        }
+    }
+}
+
 /// `proxy_on_http_call_response`: runs the closure of call `token` on the request that made
 /// it and does what it decides.
 pub fn on_http_call_response(
@@ -300,42 +421,119 @@ pub fn on_http_call_response(
     body_size: usize,
     _trailers: usize,
 ) {
-    if let Some(on_response) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
-        // The host delivers it in the root context: nothing to switch to.
-        let response = if headers == 0 {
+    let response = || {
+        if headers == 0 {
             Err(CallError::Failed)
         } else {
             CallResponse::from_host(body_size).map_err(CallError::Unreadable)
-        };
-        on_response(response);
+        }
+    };
+    if let Some(answer) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
+        // The host delivers it in the root context: nothing to switch to.
+        if let RootAnswer::Http(on_response) = answer {
+            on_response(response());
+        }
         return;
     }
     let Some(w) = CALLS.with(|c| c.borrow_mut().remove(&token)) else {
         return;
     };
-    if FILTERS.with(|m| !m.borrow().contains_key(&w.context)) {
+    let Answer::Http(on_response) = w.on_response else {
         return;
-    }
-    if let Err(status) = hostcalls::set_effective_context(w.context) {
-        crate::error!("cannot switch to the request of an HTTP call: {status:?}");
-        return;
-    }
-    CURRENT.with(|c| c.set(w.context));
-    let response = if headers == 0 {
-        Err(CallError::Failed)
-    } else {
-        CallResponse::from_host(body_size).map_err(CallError::Unreadable)
     };
-    let mut req = Request::new(BodyState::default());
-    let r = (w.on_response)(&mut req, response);
-    let resume = match (&r, w.side) {
-        (Ok(Action::Continue), Side::Request) => Some(StreamType::Request),
-        _ => None,
-    };
-    finish(w.context, "HTTP call response", Some(r));
-    if let Some(stream) = resume {
-        if let Err(status) = hostcalls::continue_stream(stream) {
-            crate::error!("cannot resume the request: {status:?}");
+    let Side::Request = w.side;
+    on_request_event(w.context, "an HTTP call's response", |req| {
+        on_response(req, response())
+    });
+}
+
+/// A unary gRPC call ended: its closure runs with the answer or the status.
+fn grpc_answer(token: u32, result: impl FnOnce() -> Result<Vec<u8>, GrpcStatus>) -> bool {
+    if let Some(answer) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
+        if let RootAnswer::Grpc(on_reply) = answer {
+            on_reply(result());
         }
+        return true;
+    }
+    let Some(w) = CALLS.with(|c| c.borrow_mut().remove(&token)) else {
+        return false;
+    };
+    if let Answer::Grpc(on_reply) = w.on_response {
+        on_request_event(w.context, "a gRPC call's answer", |req| {
+            on_reply(req, result())
+        });
+    }
+    true
+}
+
+/// Runs a stream's handler for `event` (read from the host by `read`).
+fn stream_event(token: u32, read: impl FnOnce() -> Result<GrpcEvent, Error>) {
+    let taken = STREAMS.with(|s| {
+        let mut s = s.borrow_mut();
+        let open = s.get_mut(&token)?;
+        Some((open.context, open.handler.take()?))
+    });
+    let Some((context, mut handler)) = taken else {
+        return;
+    };
+    let event = read();
+    let last = matches!(event, Ok(GrpcEvent::Close(_)));
+    let stream = GrpcStream::from_token(token);
+    match context {
+        None => match event.and_then(|e| e.run(handler.as_mut(), stream, None)) {
+            Ok(_) => {}
+            Err(e) => crate::error!("gRPC stream {token}: {e}"),
+        },
+        Some(context) => on_request_event(context, "a gRPC stream's event", |req| {
+            event.and_then(|e| e.run(handler.as_mut(), stream, Some(req)))
+        }),
+    }
+    let gone = STREAMS.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.get_mut(&token) {
+            // Still open (not cancelled by its own event): the handler goes back.
+            Some(open) if !last => {
+                open.handler = Some(handler);
+                None
+            }
+            _ => {
+                s.remove(&token);
+                Some(handler)
+            }
+        }
+    });
+    // Dropped outside the table: the handler's drop may use it.
+    drop(gone);
+}
+
+/// `proxy_on_grpc_receive_initial_metadata`.
+pub fn on_grpc_receive_initial_metadata(_context: u32, token: u32, count: u32) {
+    stream_event(token, || {
+        GrpcEvent::metadata(MapType::GrpcInitialMetadata, count).map(GrpcEvent::InitialMetadata)
+    });
+}
+
+/// `proxy_on_grpc_receive`: a unary call's answer, or a stream's message.
+pub fn on_grpc_receive(_context: u32, token: u32, size: usize) {
+    let unary = grpc_answer(token, || {
+        GrpcEvent::message(size).map_err(|e| GrpcStatus::new(13, e.to_string()))
+    });
+    if !unary {
+        stream_event(token, || GrpcEvent::message(size).map(GrpcEvent::Message));
+    }
+}
+
+/// `proxy_on_grpc_receive_trailing_metadata`.
+pub fn on_grpc_receive_trailing_metadata(_context: u32, token: u32, count: u32) {
+    stream_event(token, || {
+        GrpcEvent::metadata(MapType::GrpcTrailingMetadata, count).map(GrpcEvent::TrailingMetadata)
+    });
+}
+
+/// `proxy_on_grpc_close`: a unary call that failed, or a stream's end.
+pub fn on_grpc_close(_context: u32, token: u32, code: u32) {
+    let unary = grpc_answer(token, || Err(GrpcStatus::from_host(code)));
+    if !unary {
+        stream_event(token, || Ok(GrpcEvent::Close(GrpcStatus::from_host(code))));
     }
 }

@@ -128,6 +128,40 @@ mod raw {
         pub fn proxy_increment_metric(id: u32, delta: i64) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
         pub fn proxy_get_metric(id: u32, ret: *mut u64) -> u32;
+        pub fn proxy_get_status(
+            code: *mut u32,
+            message: *mut *mut u8,
+            message_len: *mut usize,
+        ) -> u32;
+        pub fn proxy_grpc_call(
+            upstream: *const u8,
+            upstream_len: usize,
+            service: *const u8,
+            service_len: usize,
+            method: *const u8,
+            method_len: usize,
+            metadata: *const u8,
+            metadata_len: usize,
+            message: *const u8,
+            message_len: usize,
+            timeout_ms: u32,
+            token: *mut u32,
+        ) -> u32;
+        pub fn proxy_grpc_stream(
+            upstream: *const u8,
+            upstream_len: usize,
+            service: *const u8,
+            service_len: usize,
+            method: *const u8,
+            method_len: usize,
+            metadata: *const u8,
+            metadata_len: usize,
+            token: *mut u32,
+        ) -> u32;
+        pub fn proxy_grpc_send(token: u32, message: *const u8, message_len: usize, end: u32)
+            -> u32;
+        pub fn proxy_grpc_cancel(token: u32) -> u32;
+        pub fn proxy_grpc_close(token: u32) -> u32;
     }
 }
 
@@ -348,6 +382,91 @@ host! {
             )
         })?;
         Ok(token)
+    }
+}
+
+host! {
+    /// `proxy_grpc_call`: a unary call of `service/method` on `upstream`; returns its token.
+    fn grpc_call(upstream: &str, service: &str, method: &str, metadata: &[u8], message: &[u8], timeout_ms: u32) -> Result<u32, Status> {
+        let mut token = 0u32;
+        // SAFETY: every pointer is to a borrowed slice or a local that outlives the call; the
+        // host reads the slices and writes the token once.
+        check(unsafe {
+            raw::proxy_grpc_call(
+                upstream.as_ptr(),
+                upstream.len(),
+                service.as_ptr(),
+                service.len(),
+                method.as_ptr(),
+                method.len(),
+                metadata.as_ptr(),
+                metadata.len(),
+                message.as_ptr(),
+                message.len(),
+                timeout_ms,
+                &mut token,
+            )
+        })?;
+        Ok(token)
+    }
+}
+
+host! {
+    /// `proxy_grpc_stream`: opens a stream of `service/method` on `upstream`; returns its token.
+    fn grpc_stream(upstream: &str, service: &str, method: &str, metadata: &[u8]) -> Result<u32, Status> {
+        let mut token = 0u32;
+        // SAFETY: as for `grpc_call`: borrowed slices and a local token the host writes once.
+        check(unsafe {
+            raw::proxy_grpc_stream(
+                upstream.as_ptr(),
+                upstream.len(),
+                service.as_ptr(),
+                service.len(),
+                method.as_ptr(),
+                method.len(),
+                metadata.as_ptr(),
+                metadata.len(),
+                &mut token,
+            )
+        })?;
+        Ok(token)
+    }
+}
+
+host! {
+    /// `proxy_grpc_send`: one message on stream `token` (`end`: the last one).
+    fn grpc_send(token: u32, message: &[u8], end: bool) -> Result<(), Status> {
+        // SAFETY: `message` is borrowed for the call; the host reads `len` bytes at `ptr`.
+        check(unsafe { raw::proxy_grpc_send(token, message.as_ptr(), message.len(), u32::from(end)) })
+    }
+}
+
+host! {
+    /// `proxy_grpc_cancel`.
+    fn grpc_cancel(token: u32) -> Result<(), Status> {
+        // SAFETY: no pointers.
+        check(unsafe { raw::proxy_grpc_cancel(token) })
+    }
+}
+
+host! {
+    /// `proxy_grpc_close`.
+    fn grpc_close(token: u32) -> Result<(), Status> {
+        // SAFETY: no pointers.
+        check(unsafe { raw::proxy_grpc_close(token) })
+    }
+}
+
+host! {
+    /// `proxy_get_status`: the status code and message of the call being delivered.
+    fn status() -> Result<(u32, Vec<u8>), Status> {
+        let mut code = 0u32;
+        let message = bytes_out(|p, l| {
+            // SAFETY: `code` is a local the host writes once; the out-pointers point to
+            // locals of `bytes_out` that outlive the call.
+            unsafe { raw::proxy_get_status(&mut code, p, l) }
+        })?;
+        Ok((code, message.unwrap_or_default()))
     }
 }
 

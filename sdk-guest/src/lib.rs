@@ -18,6 +18,7 @@
 mod body;
 pub mod dispatcher;
 mod error;
+mod grpc;
 mod headers;
 mod hostcalls;
 mod http_call;
@@ -31,6 +32,7 @@ mod response;
 pub mod shared;
 
 pub use error::Error;
+pub use grpc::{GrpcCall, GrpcStatus, GrpcStream, GrpcStreamHandler, Metadata};
 pub use headers::Headers;
 pub use http_call::{Call, CallError, CallResponse};
 pub use plugin::{HttpFilter, Plugin};
@@ -132,6 +134,26 @@ macro_rules! plugin {
             trailers: usize,
         ) {
             $crate::dispatcher::on_http_call_response(context, token, headers, body, trailers)
+        }
+
+        #[no_mangle]
+        extern "C" fn proxy_on_grpc_receive_initial_metadata(context: u32, token: u32, n: u32) {
+            $crate::dispatcher::on_grpc_receive_initial_metadata(context, token, n)
+        }
+
+        #[no_mangle]
+        extern "C" fn proxy_on_grpc_receive(context: u32, token: u32, size: usize) {
+            $crate::dispatcher::on_grpc_receive(context, token, size)
+        }
+
+        #[no_mangle]
+        extern "C" fn proxy_on_grpc_receive_trailing_metadata(context: u32, token: u32, n: u32) {
+            $crate::dispatcher::on_grpc_receive_trailing_metadata(context, token, n)
+        }
+
+        #[no_mangle]
+        extern "C" fn proxy_on_grpc_close(context: u32, token: u32, code: u32) {
+            $crate::dispatcher::on_grpc_close(context, token, code)
         }
     };
 }

@@ -2,6 +2,8 @@
 //! its configuration), each reporting what it saw in headers so that the tests in `tests/`
 //! can check every API path against the real host.
 
+mod grpc;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,6 +53,12 @@ pub enum Mode {
     /// A call from the root context (the first tick) whose closure stores what it got in
     /// shared data (`root-call`); requests report it.
     RootCall,
+    /// A unary gRPC call from a request (see the `grpc` module).
+    Grpc,
+    /// A gRPC stream from a request.
+    GrpcStream,
+    /// A unary call and a server stream from the root context (the first tick).
+    GrpcRoot,
 }
 
 /// The plugin.
@@ -92,7 +100,8 @@ impl Plugin for Api {
     }
 
     fn tick_period(&self) -> Option<Duration> {
-        matches!(self.mode, Mode::Tick | Mode::RootCall).then_some(Duration::from_millis(10))
+        matches!(self.mode, Mode::Tick | Mode::RootCall | Mode::GrpcRoot)
+            .then_some(Duration::from_millis(10))
     }
 
     fn on_tick(&self) {
@@ -101,6 +110,10 @@ impl Plugin for Api {
             return;
         }
         if self.called.replace(true) {
+            return;
+        }
+        if self.mode == Mode::GrpcRoot {
+            grpc::from_root(&self.upstream);
             return;
         }
         let sent = Call::get("/root?status=200")
@@ -283,6 +296,9 @@ impl HttpFilter for ApiFilter {
                 req.set_header("x-ticks", ticks.to_string())?;
                 Ok(Action::Continue)
             }
+            Mode::Grpc => grpc::unary(req, &self.plugin.upstream),
+            Mode::GrpcStream => grpc::stream(req, &self.plugin.upstream),
+            Mode::GrpcRoot => grpc::report_root(req),
             Mode::Reply => Ok(Action::Continue),
         }
     }

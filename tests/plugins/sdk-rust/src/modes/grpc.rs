@@ -69,13 +69,20 @@ impl HttpContext for Unary {
     }
 }
 
-/// Mode `grpc-stream`: opens `test.Echo/Bidi`, sends `a`, then on each message the next of
-/// `b`, `c` (the last ends the request half). The request resumes on the close with
-/// `x-grpc-stream: <messages, comma-separated>; status=<code>; initial=<n>; trailing=<n>`.
+/// Mode `grpc-stream`: opens `test.Echo/<x-grpc-method, default Bidi>` and sends the
+/// comma-separated messages of `x-grpc-msgs` (default `a,b,c`): `ServerStream` sends the first
+/// and ends its half, `ClientStream` sends them all at once (the last ends its half), `Bidi`
+/// sends the first, then the next on each message received (the last ends its half). The
+/// request resumes on the close with
+/// `x-grpc-stream: <messages, comma-separated>; status=<code>; initial=<n>; trailing=<n>`,
+/// or, with `x-grpc-cancel-after: N`, right after the N-th message with
+/// `x-grpc-stream: <messages>; cancelled` (the stream cancelled).
 #[derive(Default)]
 pub struct Stream {
     settings: Option<Rc<Settings>>,
-    token: u32,
+    sends: Vec<String>,
+    bidi: bool,
+    cancel_after: Option<usize>,
     seen: Vec<String>,
     initial: u32,
     trailing: u32,
@@ -90,8 +97,6 @@ impl Stream {
     }
 }
 
-const SENDS: [&[u8]; 3] = [b"a", b"b", b"c"];
-
 impl Context for Stream {
     fn on_grpc_stream_initial_metadata(&mut self, _token_id: u32, num_elements: u32) {
         self.initial = num_elements;
@@ -102,9 +107,19 @@ impl Context for Stream {
             .get_grpc_stream_message(0, message_size)
             .unwrap_or_default();
         self.seen.push(String::from_utf8_lossy(&m).into_owned());
-        if let Some(next) = SENDS.get(self.seen.len()) {
-            let last = self.seen.len() + 1 == SENDS.len();
-            self.send_grpc_stream_message(token_id, Some(next), last);
+        if self.cancel_after == Some(self.seen.len()) {
+            self.cancel_grpc_stream(token_id);
+            let report = format!("{}; cancelled", self.seen.join(","));
+            self.set_http_request_header("x-grpc-stream", Some(&report));
+            self.resume_http_request();
+            return;
+        }
+        if !self.bidi {
+            return;
+        }
+        if let Some(next) = self.sends.get(self.seen.len()) {
+            let last = self.seen.len() + 1 == self.sends.len();
+            self.send_grpc_stream_message(token_id, Some(next.as_bytes()), last);
         }
     }
 
@@ -131,16 +146,34 @@ impl HttpContext for Stream {
             .as_ref()
             .map(|s| s.upstream.clone())
             .unwrap_or_default();
-        match self.open_grpc_stream(&upstream, "test.Echo", "Bidi", vec![]) {
-            Ok(token) => {
-                self.token = token;
-                self.send_grpc_stream_message(token, Some(SENDS[0]), false);
-                Action::Pause
-            }
+        let method = self
+            .get_http_request_header("x-grpc-method")
+            .unwrap_or_else(|| "Bidi".into());
+        self.sends = self
+            .get_http_request_header("x-grpc-msgs")
+            .unwrap_or_else(|| "a,b,c".into())
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        self.cancel_after = self
+            .get_http_request_header("x-grpc-cancel-after")
+            .and_then(|n| n.parse().ok());
+        self.bidi = method == "Bidi";
+        let token = match self.open_grpc_stream(&upstream, "test.Echo", &method, vec![]) {
+            Ok(token) => token,
             Err(status) => {
                 self.set_http_request_header("x-grpc-error", Some(&format!("{status:?}")));
-                Action::Continue
+                return Action::Continue;
             }
+        };
+        let count = match method.as_str() {
+            "ClientStream" => self.sends.len(),
+            _ => 1,
+        };
+        for (i, m) in self.sends.iter().take(count).enumerate() {
+            let last = method == "ServerStream" || i + 1 == self.sends.len();
+            self.send_grpc_stream_message(token, Some(m.as_bytes()), last);
         }
+        Action::Pause
     }
 }
