@@ -3,13 +3,16 @@
 //! one filter per request) and the HTTP calls waiting for a response.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 
-use sluice_abi::{Action as RawAction, BufferType, MapType, StreamType};
+#[cfg(feature = "grpc")]
+use sluice_abi::MapType;
+use sluice_abi::{Action as RawAction, BufferType, StreamType};
 
 use crate::body::BodyState;
 use crate::error::{Context, Error};
+#[cfg(feature = "grpc")]
 use crate::grpc::{GrpcEvent, GrpcStatus, GrpcStream, GrpcStreamHandler};
 use crate::headers::encode_pairs;
 use crate::hostcalls;
@@ -79,18 +82,25 @@ pub(crate) enum Side {
     Request,
 }
 
-/// A request's filter; `None` while it runs.
-type FilterSlot = Option<Box<dyn HttpFilter>>;
+/// A request: its filter (`None` while it runs), and whether its last request-side callback
+/// paused it (the requests a call's answer or a stream's event may resume).
+#[derive(Default)]
+struct FilterSlot {
+    filter: Option<Box<dyn HttpFilter>>,
+    paused: bool,
+}
 
 /// What runs when a call made by a request returns.
 enum Answer {
     Http(OnCallResponse),
+    #[cfg(feature = "grpc")]
     Grpc(OnGrpcReply),
 }
 
 /// What runs when a call made from the root context returns.
 enum RootAnswer {
     Http(OnRootCallResponse),
+    #[cfg(feature = "grpc")]
     Grpc(OnRootGrpcReply),
 }
 
@@ -100,6 +110,7 @@ struct Waiting {
     on_response: Answer,
 }
 
+#[cfg(feature = "grpc")]
 /// An open gRPC stream: the request that opened it (`None`: the root context) and its handler
 /// (`None` while one of its events runs).
 struct OpenStream {
@@ -116,10 +127,8 @@ thread_local! {
     /// token.
     static ROOT_CALLS: RefCell<HashMap<u32, RootAnswer>> = RefCell::new(HashMap::new());
     /// Open gRPC streams, by token.
+    #[cfg(feature = "grpc")]
     static STREAMS: RefCell<HashMap<u32, OpenStream>> = RefCell::new(HashMap::new());
-    /// Requests whose last request-side callback paused them: the ones a call's answer or a
-    /// stream's event may resume.
-    static PAUSED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
     /// The request context a callback is running for.
     static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
@@ -151,7 +160,11 @@ pub fn on_context_create<P: Plugin>(context: u32, parent: u32) {
         Some(root) => root.filter(),
         None => Box::new(PassThrough),
     };
-    FILTERS.with(|f| f.borrow_mut().insert(context, Some(filter)));
+    let slot = FilterSlot {
+        filter: Some(filter),
+        paused: false,
+    };
+    FILTERS.with(|f| f.borrow_mut().insert(context, slot));
 }
 
 /// `proxy_on_vm_start`: accepted.
@@ -190,12 +203,12 @@ pub fn on_tick(root: u32) {
 /// Runs `f` on the filter of `context` (taken out of the table meanwhile, so that the
 /// filter may register calls). `None` if there is no such request.
 fn with_filter<R>(context: u32, f: impl FnOnce(&mut dyn HttpFilter) -> R) -> Option<R> {
-    let mut filter = FILTERS.with(|m| m.borrow_mut().get_mut(&context)?.take())?;
+    let mut filter = FILTERS.with(|m| m.borrow_mut().get_mut(&context)?.filter.take())?;
     CURRENT.with(|c| c.set(context));
     let r = f(filter.as_mut());
     FILTERS.with(|m| {
         if let Some(slot) = m.borrow_mut().get_mut(&context) {
-            *slot = Some(filter);
+            slot.filter = Some(filter);
         }
     });
     Some(r)
@@ -242,12 +255,9 @@ fn body_state(in_body: bool, size: usize, end_of_stream: u32) -> BodyState {
 /// Records whether a request-side callback left the request paused.
 fn note_pause(context: u32, r: &Option<Result<Action, Error>>) {
     let paused = matches!(r, Some(Ok(Action::Pause)));
-    PAUSED.with(|p| {
-        let mut p = p.borrow_mut();
-        if paused {
-            p.insert(context);
-        } else {
-            p.remove(&context);
+    FILTERS.with(|m| {
+        if let Some(slot) = m.borrow_mut().get_mut(&context) {
+            slot.paused = paused;
         }
     });
 }
@@ -304,8 +314,8 @@ pub fn on_delete(context: u32) {
     if was_filter {
         CALLS.with(|c| c.borrow_mut().retain(|_, w| w.context != context));
         // The host cancels the request's streams with it.
+        #[cfg(feature = "grpc")]
         STREAMS.with(|s| s.borrow_mut().retain(|_, o| o.context != Some(context)));
-        PAUSED.with(|p| p.borrow_mut().remove(&context));
     } else {
         ROOTS.with(|r| r.borrow_mut().remove(&context));
     }
@@ -319,13 +329,16 @@ pub(crate) fn await_root_call(token: u32, on_response: OnRootCallResponse) {
     ROOT_CALLS.with(|c| c.borrow_mut().insert(token, RootAnswer::Http(on_response)));
 }
 
+#[cfg(feature = "grpc")]
 /// What runs when a unary gRPC call made by a request returns.
 pub(crate) type OnGrpcReply =
     Box<dyn FnOnce(&mut Request, Result<Vec<u8>, GrpcStatus>) -> Result<Action, Error>>;
 
+#[cfg(feature = "grpc")]
 /// What runs when a unary gRPC call made from the root context returns.
 pub(crate) type OnRootGrpcReply = Box<dyn FnOnce(Result<Vec<u8>, GrpcStatus>)>;
 
+#[cfg(feature = "grpc")]
 /// Registers the closure to run when unary gRPC call `token`, made from the root context,
 /// returns.
 pub(crate) fn await_root_grpc(token: u32, on_reply: OnRootGrpcReply) {
@@ -356,12 +369,14 @@ pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
     await_answer(token, side, Answer::Http(on_response));
 }
 
+#[cfg(feature = "grpc")]
 /// Registers the closure to run when unary gRPC call `token`, made by the current request,
 /// returns.
 pub(crate) fn await_grpc(token: u32, on_reply: OnGrpcReply) {
     await_answer(token, Side::Request, Answer::Grpc(on_reply));
 }
 
+#[cfg(feature = "grpc")]
 /// Registers the handler of gRPC stream `token`, opened by request `context` (`None`: the root
 /// context).
 pub(crate) fn await_stream(token: u32, context: Option<u32>, handler: Box<dyn GrpcStreamHandler>) {
@@ -376,6 +391,7 @@ pub(crate) fn await_stream(token: u32, context: Option<u32>, handler: Box<dyn Gr
     });
 }
 
+#[cfg(feature = "grpc")]
 /// Forgets stream `token` (cancelled): its handler is dropped, even from inside one of its
 /// events.
 pub(crate) fn forget_stream(token: u32) {
@@ -402,8 +418,12 @@ fn on_request_event(
     CURRENT.with(|c| c.set(context));
     let mut req = Request::new(BodyState::default());
     let r = f(&mut req);
-    let resume =
-        matches!(r, Ok(Action::Continue)) && PAUSED.with(|p| p.borrow_mut().remove(&context));
+    let resume = matches!(r, Ok(Action::Continue))
+        && FILTERS.with(|m| {
+            m.borrow_mut()
+                .get_mut(&context)
+                .is_some_and(|slot| std::mem::take(&mut slot.paused))
+        });
     finish(context, what, Some(r));
     if resume {
         if let Err(status) = hostcalls::continue_stream(StreamType::Request) {
@@ -430,6 +450,7 @@ pub fn on_http_call_response(
     };
     if let Some(answer) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
         // The host delivers it in the root context: nothing to switch to.
+        #[allow(irrefutable_let_patterns)]
         if let RootAnswer::Http(on_response) = answer {
             on_response(response());
         }
@@ -438,7 +459,9 @@ pub fn on_http_call_response(
     let Some(w) = CALLS.with(|c| c.borrow_mut().remove(&token)) else {
         return;
     };
-    let Answer::Http(on_response) = w.on_response else {
+    #[allow(irrefutable_let_patterns)]
+    let Answer::Http(on_response) = w.on_response
+    else {
         return;
     };
     let Side::Request = w.side;
@@ -447,6 +470,7 @@ pub fn on_http_call_response(
     });
 }
 
+#[cfg(feature = "grpc")]
 /// A unary gRPC call ended: its closure runs with the answer or the status.
 fn grpc_answer(token: u32, result: impl FnOnce() -> Result<Vec<u8>, GrpcStatus>) -> bool {
     if let Some(answer) = ROOT_CALLS.with(|c| c.borrow_mut().remove(&token)) {
@@ -466,6 +490,7 @@ fn grpc_answer(token: u32, result: impl FnOnce() -> Result<Vec<u8>, GrpcStatus>)
     true
 }
 
+#[cfg(feature = "grpc")]
 /// Runs a stream's handler for `event` (read from the host by `read`).
 fn stream_event(token: u32, read: impl FnOnce() -> Result<GrpcEvent, Error>) {
     let taken = STREAMS.with(|s| {
@@ -506,6 +531,7 @@ fn stream_event(token: u32, read: impl FnOnce() -> Result<GrpcEvent, Error>) {
     drop(gone);
 }
 
+#[cfg(feature = "grpc")]
 /// `proxy_on_grpc_receive_initial_metadata`.
 pub fn on_grpc_receive_initial_metadata(_context: u32, token: u32, count: u32) {
     stream_event(token, || {
@@ -513,6 +539,7 @@ pub fn on_grpc_receive_initial_metadata(_context: u32, token: u32, count: u32) {
     });
 }
 
+#[cfg(feature = "grpc")]
 /// `proxy_on_grpc_receive`: a unary call's answer, or a stream's message.
 pub fn on_grpc_receive(_context: u32, token: u32, size: usize) {
     let unary = grpc_answer(token, || {
@@ -523,6 +550,7 @@ pub fn on_grpc_receive(_context: u32, token: u32, size: usize) {
     }
 }
 
+#[cfg(feature = "grpc")]
 /// `proxy_on_grpc_receive_trailing_metadata`.
 pub fn on_grpc_receive_trailing_metadata(_context: u32, token: u32, count: u32) {
     stream_event(token, || {
@@ -530,6 +558,7 @@ pub fn on_grpc_receive_trailing_metadata(_context: u32, token: u32, count: u32) 
     });
 }
 
+#[cfg(feature = "grpc")]
 /// `proxy_on_grpc_close`: a unary call that failed, or a stream's end.
 pub fn on_grpc_close(_context: u32, token: u32, code: u32) {
     let unary = grpc_answer(token, || Err(GrpcStatus::from_host(code)));

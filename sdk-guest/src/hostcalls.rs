@@ -128,6 +128,12 @@ mod raw {
         pub fn proxy_increment_metric(id: u32, delta: i64) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
         pub fn proxy_get_metric(id: u32, ret: *mut u64) -> u32;
+    }
+
+    // The gRPC imports (the SDK's `grpc` feature).
+    #[cfg(feature = "grpc")]
+    #[link(wasm_import_module = "env")]
+    extern "C" {
         pub fn proxy_get_status(
             code: *mut u32,
             message: *mut *mut u8,
@@ -385,6 +391,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_grpc_call`: a unary call of `service/method` on `upstream`; returns its token.
     fn grpc_call(upstream: &str, service: &str, method: &str, metadata: &[u8], message: &[u8], timeout_ms: u32) -> Result<u32, Status> {
@@ -411,6 +418,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_grpc_stream`: opens a stream of `service/method` on `upstream`; returns its token.
     fn grpc_stream(upstream: &str, service: &str, method: &str, metadata: &[u8]) -> Result<u32, Status> {
@@ -433,6 +441,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_grpc_send`: one message on stream `token` (`end`: the last one).
     fn grpc_send(token: u32, message: &[u8], end: bool) -> Result<(), Status> {
@@ -441,6 +450,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_grpc_cancel`.
     fn grpc_cancel(token: u32) -> Result<(), Status> {
@@ -449,6 +459,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_grpc_close`.
     fn grpc_close(token: u32) -> Result<(), Status> {
@@ -457,6 +468,7 @@ host! {
     }
 }
 
+#[cfg(feature = "grpc")]
 host! {
     /// `proxy_get_status`: the status code and message of the call being delivered.
     fn status() -> Result<(u32, Vec<u8>), Status> {

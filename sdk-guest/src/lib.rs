@@ -11,6 +11,9 @@
 //! the SDK uses nothing but ABI v0.2.1. Every call that can fail returns a `Result`; the SDK
 //! never panics on a status the host returns. Start with `docs/sdk.md`.
 //!
+//! gRPC calls and streams (`GrpcCall`, `Request::grpc_call`, `Request::grpc_stream`)
+//! need the `grpc` feature.
+//!
 //! Layout: raw imports and their `unsafe` live in the private `hostcalls` module; the
 //! `proxy_on_*` callbacks in [`dispatcher`]; everything else is safe API.
 #![deny(missing_docs)]
@@ -18,6 +21,7 @@
 mod body;
 pub mod dispatcher;
 mod error;
+#[cfg(feature = "grpc")]
 mod grpc;
 mod headers;
 mod hostcalls;
@@ -32,6 +36,7 @@ mod response;
 pub mod shared;
 
 pub use error::Error;
+#[cfg(feature = "grpc")]
 pub use grpc::{GrpcCall, GrpcStatus, GrpcStream, GrpcStreamHandler, Metadata};
 pub use headers::Headers;
 pub use http_call::{Call, CallError, CallResponse};
@@ -136,6 +141,16 @@ macro_rules! plugin {
             $crate::dispatcher::on_http_call_response(context, token, headers, body, trailers)
         }
 
+        $crate::__grpc_exports!();
+    };
+}
+
+/// The gRPC callbacks, exported by [`plugin!`] when the SDK's `grpc` feature is on.
+#[cfg(feature = "grpc")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __grpc_exports {
+    () => {
         #[no_mangle]
         extern "C" fn proxy_on_grpc_receive_initial_metadata(context: u32, token: u32, n: u32) {
             $crate::dispatcher::on_grpc_receive_initial_metadata(context, token, n)
@@ -156,4 +171,12 @@ macro_rules! plugin {
             $crate::dispatcher::on_grpc_close(context, token, code)
         }
     };
+}
+
+/// Without the `grpc` feature, no gRPC callbacks (and none of their code in the plugin).
+#[cfg(not(feature = "grpc"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __grpc_exports {
+    () => {};
 }
