@@ -242,6 +242,29 @@ async fn plugins_stream_grpc_both_ways_and_cancel() {
     }
     // Both SDKs saw the same events, metadata counts included.
     assert_eq!(reports[0], reports[1]);
+    // A stream the request does not wait for: its events, which arrive while the upstream
+    // takes its time, reach the plugin before the response headers (sluice-sdk's mode copies
+    // its report into them), as the reference host delivers them whenever they come.
+    echo.gate.add_permits(2);
+    let resp = client()
+        .get(proxy.url("/?delay_ms=500"))
+        .header("host", "stream.sluice.test")
+        .header("x-grpc-method", "ServerStream")
+        .header("x-grpc-msgs", "2")
+        .header("x-grpc-no-wait", "1")
+        .send()
+        .await
+        .unwrap();
+    let report = resp
+        .headers()
+        .get("x-grpc-stream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let e = support::echo(resp).await;
+    assert!(report.starts_with("part-0,part-1; status=0;"), "{report:?}");
+    // The upstream got the request before any of it.
+    assert_eq!(echo_header(&e, "x-grpc-stream"), None, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -406,6 +406,27 @@ impl Chain {
         }
     }
 
+    /// Delivers the callout answers and gRPC events that arrived while no plugin waited (a
+    /// plugin made a call or opened a stream and let the request go on). Runs before each
+    /// later phase's callbacks, so that plugins see them as soon as the request's task is free,
+    /// as on the reference host (which delivers them from its event loop whenever they come).
+    /// A resume they ask for changes nothing: the request is not paused.
+    fn deliver_arrived(&mut self) -> Result<(), Reply> {
+        while let Some(done) = self.rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            let member = done.member;
+            self.deliver(done)?;
+            let s = self.stream();
+            if std::mem::take(&mut s.effects.close) {
+                let name = &self.members[member].plugin.settings.name;
+                return Err(Reply::reset(name));
+            }
+        }
+        let s = self.stream();
+        s.effects.resume_request = false;
+        s.effects.resume_response = false;
+        Ok(())
+    }
+
     /// Calls `on_http_call_response` on the plugin that made the callout.
     fn deliver(&mut self, done: CalloutDone) -> Result<(), Reply> {
         if done.ends_call() {
@@ -626,6 +647,7 @@ impl Chain {
             // Its header ended the stream: no body callbacks (as on Envoy).
             return Ok(());
         }
+        self.deliver_arrived()?;
         let mut waiting = self.body_chunk(BodyKind::Request, chunk, end)?;
         while let Some(i) = waiting {
             self.wait_resume(i, true).await?;
@@ -728,6 +750,7 @@ impl Chain {
     /// while its body streams).
     pub async fn response_headers(&mut self, end_of_stream: bool) -> Result<(), Reply> {
         self.response_has_body = !end_of_stream;
+        self.deliver_arrived()?;
         for i in (0..self.members.len()).rev() {
             let n = self.stream().response_headers.len() as u32;
             if let Some(Step::Pause) =
@@ -758,6 +781,7 @@ impl Chain {
             // Its header ended the stream: no body callbacks (as on Envoy).
             return Ok(());
         }
+        self.deliver_arrived()?;
         let mut waiting = self.body_chunk(BodyKind::Response, chunk, end)?;
         while let Some(i) = waiting {
             tracing::debug!(
@@ -792,6 +816,7 @@ impl Chain {
         &mut self,
         trailers: &mut http::HeaderMap,
     ) -> Result<Option<Bytes>, Reply> {
+        self.deliver_arrived()?;
         let mut out: Vec<u8> = Vec::new();
         let n = self.members.len();
         for i in (0..n).rev() {

@@ -2,6 +2,8 @@
 //! `test.Echo` service of the tests, results written into request headers (or, from the root
 //! context, into shared data that requests report).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use sluice_sdk::shared;
@@ -55,8 +57,14 @@ fn report_status(req: &mut Request, status: &GrpcStatus) -> Result<(), Error> {
 /// [`GrpcStream::close`]; `ClientStream`: all, the last with `send_last`; `Bidi`: one per
 /// answer). The request resumes on the close with
 /// `x-grpc-stream: <answers>; status=<code>; initial=<n>; trailing=<n>`, or with
-/// `x-grpc-cancel-after: N` right after the N-th answer with `<answers>; cancelled`.
-pub fn stream(req: &mut Request, upstream: &str) -> Result<Action, Error> {
+/// `x-grpc-cancel-after: N` right after the N-th answer with `<answers>; cancelled`. The same
+/// report goes into `report`, which the filter copies into the response headers. With
+/// `x-grpc-no-wait`, the request goes on at once instead of waiting for the stream.
+pub fn stream(
+    req: &mut Request,
+    upstream: &str,
+    report: &Rc<RefCell<Option<String>>>,
+) -> Result<Action, Error> {
     let method = req
         .header("x-grpc-method")?
         .unwrap_or_else(|| "Bidi".into());
@@ -72,6 +80,7 @@ pub fn stream(req: &mut Request, upstream: &str) -> Result<Action, Error> {
             .header("x-grpc-cancel-after")?
             .and_then(|n| n.parse().ok()),
         sends: sends.clone(),
+        report: report.clone(),
         seen: Vec::new(),
         initial: 0,
         trailing: 0,
@@ -103,6 +112,9 @@ pub fn stream(req: &mut Request, upstream: &str) -> Result<Action, Error> {
         _ if sends.len() == 1 => stream.send_last(sends[0].as_bytes())?,
         _ => stream.send(sends[0].as_bytes())?,
     }
+    if req.header("x-grpc-no-wait")?.is_some() {
+        return Ok(Action::Continue);
+    }
     Ok(Action::Pause)
 }
 
@@ -111,6 +123,7 @@ struct Echo {
     bidi: bool,
     cancel_after: Option<usize>,
     sends: Vec<String>,
+    report: Rc<RefCell<Option<String>>>,
     seen: Vec<String>,
     initial: usize,
     trailing: usize,
@@ -137,11 +150,10 @@ impl GrpcStreamHandler for Echo {
             .push(String::from_utf8_lossy(&message).into_owned());
         if self.cancel_after == Some(self.seen.len()) {
             stream.cancel()?;
+            let report = format!("{}; cancelled", self.seen.join(","));
+            *self.report.borrow_mut() = Some(report.clone());
             if let Some(req) = req {
-                req.set_header(
-                    "x-grpc-stream",
-                    format!("{}; cancelled", self.seen.join(",")),
-                )?;
+                req.set_header("x-grpc-stream", report)?;
             }
             return Ok(Action::Continue);
         }
@@ -173,17 +185,16 @@ impl GrpcStreamHandler for Echo {
         req: Option<&mut Request>,
         status: GrpcStatus,
     ) -> Result<Action, Error> {
+        let report = format!(
+            "{}; status={}; initial={}; trailing={}",
+            self.seen.join(","),
+            status.code(),
+            self.initial,
+            self.trailing
+        );
+        *self.report.borrow_mut() = Some(report.clone());
         if let Some(req) = req {
-            req.set_header(
-                "x-grpc-stream",
-                format!(
-                    "{}; status={}; initial={}; trailing={}",
-                    self.seen.join(","),
-                    status.code(),
-                    self.initial,
-                    self.trailing
-                ),
-            )?;
+            req.set_header("x-grpc-stream", report)?;
         }
         Ok(Action::Continue)
     }

@@ -4,7 +4,7 @@
 
 mod grpc;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -96,6 +96,7 @@ impl Plugin for Api {
         ApiFilter {
             plugin: plugin.clone(),
             seen: Vec::new(),
+            grpc_report: Rc::default(),
         }
     }
 
@@ -141,6 +142,8 @@ pub struct ApiFilter {
     plugin: Rc<Api>,
     /// Headers to add to the response.
     seen: Vec<(String, String)>,
+    /// What the gRPC stream of mode `grpc-stream` reported, once it closed.
+    grpc_report: Rc<RefCell<Option<String>>>,
 }
 
 fn opt(v: Option<String>) -> String {
@@ -297,7 +300,7 @@ impl HttpFilter for ApiFilter {
                 Ok(Action::Continue)
             }
             Mode::Grpc => grpc::unary(req, &self.plugin.upstream),
-            Mode::GrpcStream => grpc::stream(req, &self.plugin.upstream),
+            Mode::GrpcStream => grpc::stream(req, &self.plugin.upstream, &self.grpc_report),
             Mode::GrpcRoot => grpc::report_root(req),
             Mode::Reply => Ok(Action::Continue),
         }
@@ -320,6 +323,9 @@ impl HttpFilter for ApiFilter {
     fn on_response_headers(&mut self, resp: &mut Response) -> Result<Action, Error> {
         for (k, v) in std::mem::take(&mut self.seen) {
             resp.set_header(&k, v)?;
+        }
+        if let Some(report) = self.grpc_report.borrow().as_ref() {
+            resp.set_header("x-grpc-stream", report)?;
         }
         match self.plugin.mode {
             Mode::Headers => {
