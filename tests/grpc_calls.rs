@@ -242,6 +242,31 @@ async fn plugins_stream_grpc_both_ways_and_cancel() {
     }
     // Both SDKs saw the same events, metadata counts included.
     assert_eq!(reports[0], reports[1]);
+    // Messages larger than the server's flow-control windows go out as it reads them ...
+    let e = get(
+        &proxy,
+        "stream.rust.test",
+        &[
+            ("x-grpc-method", "ClientStream"),
+            ("x-grpc-flood", "5x1048576"),
+        ],
+    )
+    .await;
+    let report = header(&e, "x-grpc-stream");
+    assert!(
+        report.starts_with("count=5 total=5242880; status=0;"),
+        "{report}"
+    );
+    // ... and a plugin sending faster than the server reads fills the call's queue (8 MiB)
+    // and its call ends with RESOURCE_EXHAUSTED rather than the host buffering without bound.
+    let e = get(
+        &proxy,
+        "stream.rust.test",
+        &[("x-grpc-method", "Stall"), ("x-grpc-flood", "12x1048576")],
+    )
+    .await;
+    let report = header(&e, "x-grpc-stream");
+    assert!(report.starts_with("; status=8;"), "{report}");
     // A stream the request does not wait for: its events, which arrive while the upstream
     // takes its time, reach the plugin before the response headers (sluice-sdk's mode copies
     // its report into them), as the reference host delivers them whenever they come.

@@ -180,6 +180,19 @@ pub mod server {
         }
     }
 
+    /// `Stall`: never reads the messages sent to it nor answers (until the client goes).
+    struct Stall;
+    impl tonic::server::ClientStreamingService<Bytes> for Stall {
+        type Response = Bytes;
+        type Future = BoxFuture<Result<Response<Bytes>, Status>>;
+        fn call(&mut self, req: Request<Streaming<Bytes>>) -> Self::Future {
+            Box::pin(async move {
+                let _unread = req;
+                std::future::pending().await
+            })
+        }
+    }
+
     /// `Bidi`: answers each message with `re:<message>` as it arrives.
     struct Bidi;
     impl tonic::server::StreamingService<Bytes> for Bidi {
@@ -223,6 +236,7 @@ pub mod server {
                     }
                     "/test.Echo/ClientStream" => grpc.client_streaming(ClientStream, req).await,
                     "/test.Echo/Bidi" => grpc.streaming(Bidi, req).await,
+                    "/test.Echo/Stall" => grpc.client_streaming(Stall, req).await,
                     _ => Status::unimplemented("no such method").into_http(),
                 })
             })

@@ -18,7 +18,14 @@
 //!
 //! A unary call (`proxy_grpc_call`) delivers one event, as on the reference host (and as the
 //! SDKs expect): its answer when it ended OK with one message, else its close with the status.
+//!
+//! Messages go out as HTTP/2 flow control lets them (as fast as the server reads). What the
+//! plugin sent and the server has not yet made room for waits in the call's queue, up to
+//! [`MAX_QUEUED`] bytes; a send beyond that closes the call with RESOURCE_EXHAUSTED, so that a
+//! plugin sending faster than the server reads cannot make the host buffer without bound.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -32,6 +39,10 @@ use crate::upstream::{Pool, Tried};
 
 /// Largest message accepted from the server (and from the plugin).
 pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Most bytes of framed messages a call holds for the server (sent by the plugin, not yet
+/// allowed out by HTTP/2 flow control): two of the largest messages.
+pub const MAX_QUEUED: usize = 2 * (MAX_MESSAGE + 5);
 
 /// gRPC status codes Sluice produces itself.
 pub mod code {
@@ -103,7 +114,28 @@ pub struct GrpcHandle {
     pub sender: UnboundedSender<GrpcSend>,
     /// A unary call (`proxy_grpc_call`), not a stream.
     pub unary: bool,
+    /// Bytes of framed messages sent and not yet handed to HTTP/2.
+    queued: Arc<AtomicUsize>,
+    /// Signalled when a send would pass [`MAX_QUEUED`] (the queue itself is stuck behind
+    /// what the server does not read, so it cannot carry the news).
+    overflow: Arc<tokio::sync::Notify>,
     abort: tokio::task::AbortHandle,
+}
+
+impl GrpcHandle {
+    /// Queues `message` (`end`: the last one), or, past [`MAX_QUEUED`], ends the call with
+    /// RESOURCE_EXHAUSTED. A call whose transport already ended takes it and drops it: for the
+    /// plugin the call lasts until its close is delivered (as on the reference host, where
+    /// nothing ends between two calls of one callback).
+    pub fn send(&self, message: Bytes, end: bool) {
+        let framed = message.len() + 5;
+        let queued = self.queued.fetch_add(framed, Ordering::SeqCst) + framed;
+        if queued > MAX_QUEUED {
+            self.overflow.notify_one();
+            return;
+        }
+        let _ = self.sender.send(GrpcSend::Message(message, end));
+    }
 }
 
 impl Drop for GrpcHandle {
@@ -165,9 +197,19 @@ pub fn start(
 ) -> GrpcHandle {
     let (tx, rx) = unbounded_channel();
     let unary = first.is_some();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let overflow = Arc::new(tokio::sync::Notify::new());
     if let Some(m) = first {
+        queued.store(m.len() + 5, Ordering::SeqCst);
         let _ = tx.send(GrpcSend::Message(m, true));
     }
+    let outgoing = Outgoing {
+        writer: None,
+        pending: None,
+        rx,
+        queued: queued.clone(),
+        overflow: overflow.clone(),
+    };
     let task = async move {
         let reply: std::sync::Mutex<Option<Result<Vec<u8>, ()>>> = Default::default();
         let deliver = |event: GrpcEvent| {
@@ -191,7 +233,7 @@ pub fn start(
             }
         };
         let outcome = match req.timeout {
-            Some(limit) => tokio::time::timeout(limit, exchange(&req, rx, &emit))
+            Some(limit) => tokio::time::timeout(limit, exchange(&req, outgoing, &emit))
                 .await
                 .unwrap_or_else(|_| {
                     Err((
@@ -199,7 +241,7 @@ pub fn start(
                         format!("no answer within {} ms", limit.as_millis()),
                     ))
                 }),
-            None => exchange(&req, rx, &emit).await,
+            None => exchange(&req, outgoing, &emit).await,
         };
         let (status, message) = match outcome {
             Ok(s) => s,
@@ -235,6 +277,8 @@ pub fn start(
     GrpcHandle {
         sender: tx,
         unary,
+        queued,
+        overflow,
         abort: handle.abort_handle(),
     }
 }
@@ -264,9 +308,79 @@ fn status_of(map: &http::HeaderMap) -> Option<(u32, String)> {
 }
 
 /// The call on one HTTP/2 stream: returns the final status, or why it failed.
+/// The request half of a call: the plugin's messages, sent as flow control allows.
+struct Outgoing {
+    /// The request body (`None` before the head went out, and once the half ended).
+    writer: Option<h2::SendStream<Bytes>>,
+    /// The framed message being sent (what is left of it), and whether the half ends with it.
+    pending: Option<(Bytes, bool)>,
+    rx: UnboundedReceiver<GrpcSend>,
+    /// Shared with the handle: bytes not yet handed to HTTP/2.
+    queued: Arc<AtomicUsize>,
+    /// Shared with the handle: the plugin sent past [`MAX_QUEUED`].
+    overflow: Arc<tokio::sync::Notify>,
+}
+
+impl Outgoing {
+    /// Whether the half is still open (something may still be sent).
+    fn open(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// One step: takes the next message from the plugin, or sends what flow control allows of
+    /// the current one. Cancel-safe: state changes only after each await. Never ends while
+    /// the half is closed (a `select!` branch guarded by [`Outgoing::open`]).
+    async fn step(&mut self) -> Result<(), Failure> {
+        let Some(w) = self.writer.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some((data, end)) = self.pending.as_mut() else {
+            self.pending = Some(match self.rx.recv().await {
+                Some(GrpcSend::Message(b, end)) => (frame(&b), end),
+                // The plugin's handle is gone (cancelled calls are aborted): end the half.
+                Some(GrpcSend::Close) | None => (Bytes::new(), true),
+            });
+            return Ok(());
+        };
+        let piece = if data.is_empty() {
+            Bytes::new()
+        } else {
+            w.reserve_capacity(data.len());
+            match std::future::poll_fn(|cx| w.poll_capacity(cx)).await {
+                Some(Ok(0)) => return Ok(()),
+                Some(Ok(n)) => data.split_to(n.min(data.len())),
+                // The stream was reset: the response side says how the call ended.
+                Some(Err(_)) | None => {
+                    self.writer = None;
+                    return Ok(());
+                }
+            }
+        };
+        self.queued.fetch_sub(piece.len(), Ordering::SeqCst);
+        let last = data.is_empty();
+        let fin = last && *end;
+        if w.send_data(piece, fin).is_err() || fin {
+            self.writer = None;
+        }
+        if last {
+            self.pending = None;
+        }
+        Ok(())
+    }
+}
+
+/// Ends when the plugin sent past [`MAX_QUEUED`], with the failure to close the call with.
+async fn overflowed(overflow: &tokio::sync::Notify) -> Failure {
+    overflow.notified().await;
+    (
+        code::RESOURCE_EXHAUSTED,
+        format!("the plugin sent more than {MAX_QUEUED} bytes the server did not read"),
+    )
+}
+
 async fn exchange(
     req: &GrpcRequest,
-    mut rx: UnboundedReceiver<GrpcSend>,
+    mut out: Outgoing,
     emit: &impl Fn(GrpcEvent),
 ) -> Result<(u32, String), Failure> {
     let idx = req
@@ -311,26 +425,13 @@ async fn exchange(
     }
     h2.write_request_header(Box::new(head), false)
         .map_err(unavailable)?;
-    let mut writer = h2.take_request_body_writer();
-    let mut sending = true;
-    let send = |m: Option<GrpcSend>, writer: &mut Option<h2::SendStream<Bytes>>| -> bool {
-        let Some(w) = writer.as_mut() else {
-            return false;
-        };
-        let (data, end) = match m {
-            Some(GrpcSend::Message(b, end)) => (frame(&b), end),
-            Some(GrpcSend::Close) | None => (Bytes::new(), true),
-        };
-        let ok = w.send_data(data, end).is_ok();
-        if end || !ok {
-            *writer = None;
-        }
-        ok && !end
-    };
+    out.writer = h2.take_request_body_writer();
+    let overflow = out.overflow.clone();
     // The response head, while the plugin may already be sending.
     loop {
         tokio::select! {
-            m = rx.recv(), if sending => sending = send(m, &mut writer),
+            r = out.step(), if out.open() => r?,
+            f = overflowed(&overflow) => return Err(f),
             r = h2.read_response_header() => {
                 r.map_err(unavailable)?;
                 break;
@@ -355,10 +456,11 @@ async fn exchange(
     let mut buf = BytesMut::new();
     loop {
         let chunk = tokio::select! {
-            m = rx.recv(), if sending => {
-                sending = send(m, &mut writer);
+            r = out.step(), if out.open() => {
+                r?;
                 continue;
             }
+            f = overflowed(&overflow) => return Err(f),
             c = h2.read_response_body() => c.map_err(unavailable)?,
         };
         let Some(chunk) = chunk else { break };
@@ -379,7 +481,7 @@ async fn exchange(
     emit(GrpcEvent::TrailingMetadata(list(&trailers)));
     let (status, message) =
         status.unwrap_or((code::UNKNOWN, "the server sent no grpc-status".into()));
-    if !sending {
+    if !out.open() {
         connector()
             .release_http_session(HttpSession::H2(h2), &*peer, Some(IDLE_FOR))
             .await;

@@ -268,14 +268,9 @@ fn grpc_send(mut c: C<'_>, token: u32, mp: u32, ml: u32, end: u32) -> HostResult
     if h.unary {
         return Ok(st(Status::BadArgument));
     }
-    Ok(st(
-        match h
-            .sender
-            .send(GrpcSend::Message(Bytes::from(message), end != 0))
-        {
-            Ok(()) => Status::Ok,
-            // The call is over (its close is on the way).
-            Err(_) => Status::NotFound,
-        },
-    ))
+    // Queued (or, past the queue's limit, the call ends with RESOURCE_EXHAUSTED: the SDKs
+    // trap on any other answer than OK here). A call whose close was delivered has no handle
+    // any more: NOT_FOUND above.
+    h.send(Bytes::from(message), end != 0);
+    Ok(st(Status::Ok))
 }

@@ -76,7 +76,8 @@ impl HttpContext for Unary {
 /// request resumes on the close with
 /// `x-grpc-stream: <messages, comma-separated>; status=<code>; initial=<n>; trailing=<n>`,
 /// or, with `x-grpc-cancel-after: N`, right after the N-th message with
-/// `x-grpc-stream: <messages>; cancelled` (the stream cancelled).
+/// `x-grpc-stream: <messages>; cancelled` (the stream cancelled). With `x-grpc-flood: <n>x<size>`
+/// it sends `n` messages of `size` bytes at once instead (the last ends its half).
 #[derive(Default)]
 pub struct Stream {
     settings: Option<Rc<Settings>>,
@@ -166,6 +167,17 @@ impl HttpContext for Stream {
                 return Action::Continue;
             }
         };
+        let flood = self.get_http_request_header("x-grpc-flood").and_then(|f| {
+            let (n, size) = f.split_once('x')?;
+            Some((n.parse::<usize>().ok()?, size.parse::<usize>().ok()?))
+        });
+        if let Some((n, size)) = flood {
+            let message = vec![b'x'; size];
+            for i in 0..n {
+                self.send_grpc_stream_message(token, Some(&message), i + 1 == n);
+            }
+            return Action::Pause;
+        }
         let count = match method.as_str() {
             "ClientStream" => self.sends.len(),
             _ => 1,
