@@ -38,8 +38,14 @@ async fn proxy(grpc: SocketAddr, tag: &str, root: bool) -> Sluice {
                 "  - {{ name: {plugin}, match: {{ host: {name}.{sdk}.test }}, upstream: backend, plugins: [{plugin}] }}\n"
             ));
             let tag = if sdk == "rust" { ", tag: sluice" } else { "" };
+            // The floods (12 MiB sent in one callback) take a while on a loaded machine.
+            let limits = if name == "stream" {
+                ", limits: { timeout_ms: 5000 }"
+            } else {
+                ""
+            };
             plugins.push_str(&format!(
-                "  {plugin}: {{ path: {file}, allowed_upstreams: [{allowed}], config: {{ mode: {mode}, upstream: {pool}{tag} }} }}\n"
+                "  {plugin}: {{ path: {file}, allowed_upstreams: [{allowed}]{limits}, config: {{ mode: {mode}, upstream: {pool}{tag} }} }}\n"
             ));
         }
     }
@@ -312,4 +318,40 @@ async fn sluice_sdk_grpc_from_the_root_context() {
         "part-0,part-1; status=0",
         "{e}"
     );
+}
+
+/// The test kit (`sluice::testkit`, what plugin authors test with) reaches a gRPC server too:
+/// `sluice-sdk`'s unary call and stream, driven by the same exchange as the proxy.
+#[test]
+fn the_test_kit_runs_grpc_calls() {
+    use sluice::testkit::{Kit, Options, TestRequest, TestResponse};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (grpc, _echo) = rt.block_on(server::start(None));
+    let wasm = std::fs::read(sdk_plugin_dir("grpc-kit").join("sluice.wasm")).unwrap();
+    let kit = |mode: &str| {
+        let mut options = Options::default()
+            .config_json(&serde_json::json!({ "mode": mode, "upstream": "grpc" }));
+        options.grpc_upstreams = vec![("grpc".into(), grpc)];
+        Kit::from_bytes("grpc-kit", &wasm, options).unwrap()
+    };
+    let forwarded = |kit: &Kit, req: TestRequest| {
+        let out = kit.run(&req, &TestResponse::ok("ok"));
+        out.forwarded.expect("the request reaches the upstream")
+    };
+    let unary = kit("grpc");
+    let f = forwarded(&unary, TestRequest::get("/").header("x-grpc-msg", "kit"));
+    assert_eq!(f.header("x-grpc-reply"), Some("echo:kit|md=sluice"));
+    let f = forwarded(&unary, TestRequest::get("/").header("x-grpc-msg", "fail"));
+    assert_eq!(f.header("x-grpc-status"), Some("7 PERMISSION_DENIED"));
+    let f = forwarded(&kit("grpc-stream"), TestRequest::get("/"));
+    let report = f.header("x-grpc-stream").unwrap_or_default();
+    assert!(report.starts_with("re:a,re:b,re:c; status=0;"), "{report}");
+    // Without the upstream among its HTTP/2 ones, the call is refused (an HTTP/1.1 pool).
+    let mut options =
+        Options::default().config_json(&serde_json::json!({ "mode": "grpc", "upstream": "grpc" }));
+    options.upstreams = vec![("grpc".into(), grpc)];
+    let h1 = Kit::from_bytes("grpc-kit-h1", &wasm, options).unwrap();
+    let f = forwarded(&h1, TestRequest::get("/").header("x-grpc-msg", "x"));
+    let error = f.header("x-grpc-error").unwrap_or_default();
+    assert!(error.ends_with("InternalFailure"), "{error}");
 }

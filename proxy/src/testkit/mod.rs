@@ -28,7 +28,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::chain::Reply;
-use crate::config::{Balancing, HostHeader, Upstream};
+use crate::config::{Balancing, HostHeader, Protocol, Upstream};
 use crate::exchange::{reply_parts, response_has_body, Answer, Exchange, Head};
 use crate::proxy::{Forwarding, RequestId};
 use crate::upstream::Pool;
@@ -60,6 +60,9 @@ pub struct Options {
     pub on_error: FailurePolicy,
     /// Upstreams the plugin may call out to: name and a real address.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// Upstreams speaking HTTP/2 with prior knowledge (`protocol: h2`), which gRPC calls
+    /// need: name and a real address (a gRPC server the test starts).
+    pub grpc_upstreams: Vec<(String, SocketAddr)>,
     /// VMs (the default 1 keeps a test deterministic).
     pub vms: usize,
     /// The route name plugins see (`route_name`).
@@ -86,6 +89,7 @@ impl Default for Options {
             },
             on_error: FailurePolicy::FailClosed,
             upstreams: Vec::new(),
+            grpc_upstreams: Vec::new(),
             vms: 1,
             route: "test".into(),
             sluice_properties: true,
@@ -342,10 +346,14 @@ impl Kit {
         let host = crate::wasm::host().map_err(KitError::Host)?;
         let name = next_name(name);
         let vm_id = options.vm_id.clone().unwrap_or_else(|| name.clone());
-        let callout_targets: HashMap<String, Arc<Pool>> = options
-            .upstreams
-            .iter()
-            .map(|(n, addr)| (n.clone(), Arc::new(Pool::new(&callout_upstream(n, *addr)))))
+        let http1 = options.upstreams.iter().map(|u| (u, Protocol::Http1));
+        let h2 = options.grpc_upstreams.iter().map(|u| (u, Protocol::H2));
+        let callout_targets: HashMap<String, Arc<Pool>> = http1
+            .chain(h2)
+            .map(|((n, addr), protocol)| {
+                let pool = Pool::new(&callout_upstream(n, *addr, protocol));
+                (n.clone(), Arc::new(pool))
+            })
             .collect();
         let sanitizer = if options.sanitize {
             Sanitizer::new(&options.expose, &[])
@@ -574,12 +582,12 @@ impl Kit {
 }
 
 /// An upstream the plugin may call out to, at a real address.
-fn callout_upstream(name: &str, addr: SocketAddr) -> Upstream {
+fn callout_upstream(name: &str, addr: SocketAddr, protocol: Protocol) -> Upstream {
     Upstream {
         name: name.to_string(),
         endpoints: vec![(addr.to_string(), addr)],
         tls: None,
-        protocol: crate::config::Protocol::Http1,
+        protocol,
         balancing: Balancing::RoundRobin,
         health_check: None,
         connect_timeout: Duration::from_secs(1),
