@@ -2,6 +2,7 @@
 //!
 //! This crate is the proxy host (the `sluice` binary and its library). See `docs/architecture.md`
 //! for how the pieces fit together.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_client;

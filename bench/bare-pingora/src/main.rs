@@ -7,6 +7,7 @@
 //! ratio to what pingora itself costs on the same machine in the same run.
 //!
 //! Usage: `bare-pingora --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT --threads N`
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

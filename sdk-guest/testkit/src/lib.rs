@@ -17,6 +17,7 @@
 //! ```
 //!
 //! The same from the command line, with cases in YAML: `sluice plugin test`.
+#![forbid(unsafe_code)]
 
 pub use serde_json::json;
 pub use sluice::testkit::*;
