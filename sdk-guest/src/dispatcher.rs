@@ -76,12 +76,6 @@ struct PassThrough;
 
 impl HttpFilter for PassThrough {}
 
-/// Which stream a call's closure resumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Request,
-}
-
 /// A request: its filter (`None` while it runs), and whether its last request-side callback
 /// paused it (the requests a call's answer or a stream's event may resume).
 #[derive(Default)]
@@ -106,7 +100,6 @@ enum RootAnswer {
 
 struct Waiting {
     context: u32,
-    side: Side,
     on_response: Answer,
 }
 
@@ -350,14 +343,13 @@ pub(crate) fn current_context() -> u32 {
     CURRENT.with(Cell::get)
 }
 
-fn await_answer(token: u32, side: Side, on_response: Answer) {
+fn await_answer(token: u32, on_response: Answer) {
     let context = current_context();
     CALLS.with(|c| {
         c.borrow_mut().insert(
             token,
             Waiting {
                 context,
-                side,
                 on_response,
             },
         )
@@ -365,15 +357,15 @@ fn await_answer(token: u32, side: Side, on_response: Answer) {
 }
 
 /// Registers the closure to run when call `token`, made by the current request, returns.
-pub(crate) fn await_call(token: u32, side: Side, on_response: OnCallResponse) {
-    await_answer(token, side, Answer::Http(on_response));
+pub(crate) fn await_call(token: u32, on_response: OnCallResponse) {
+    await_answer(token, Answer::Http(on_response));
 }
 
 #[cfg(feature = "grpc")]
 /// Registers the closure to run when unary gRPC call `token`, made by the current request,
 /// returns.
 pub(crate) fn await_grpc(token: u32, on_reply: OnGrpcReply) {
-    await_answer(token, Side::Request, Answer::Grpc(on_reply));
+    await_answer(token, Answer::Grpc(on_reply));
 }
 
 #[cfg(feature = "grpc")]
@@ -464,7 +456,6 @@ pub fn on_http_call_response(
     else {
         return;
     };
-    let Side::Request = w.side;
     on_request_event(w.context, "an HTTP call's response", |req| {
         on_response(req, response())
     });

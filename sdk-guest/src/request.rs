@@ -115,7 +115,7 @@ impl Request {
             + 'static,
     ) -> Result<(), Error> {
         let token = call.send(upstream)?;
-        dispatcher::await_call(token, dispatcher::Side::Request, Box::new(on_response));
+        dispatcher::await_call(token, Box::new(on_response));
         Ok(())
     }
 }

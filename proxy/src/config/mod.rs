@@ -139,7 +139,7 @@ pub struct Config {
     pub admin: Admin,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<Upstream>,
-    /// Routes in match order; `upstream` is an index into `upstreams`.
+    /// Routes in match order; `upstream` is the name of one of `upstreams`.
     pub routes: Vec<Route>,
     /// Plugins, sorted by name.
     pub plugins: Vec<PluginSpec>,
