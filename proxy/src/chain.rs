@@ -420,10 +420,10 @@ impl Chain {
                 let name = &self.members[member].plugin.settings.name;
                 return Err(Reply::reset(name));
             }
+            // Nothing waits: a resume asked for now must not end a later pause at once.
+            s.effects.resume_request = false;
+            s.effects.resume_response = false;
         }
-        let s = self.stream();
-        s.effects.resume_request = false;
-        s.effects.resume_response = false;
         Ok(())
     }
 

@@ -111,7 +111,7 @@ pub enum GrpcSend {
 #[derive(Debug)]
 pub struct GrpcHandle {
     /// Messages to send.
-    pub sender: UnboundedSender<GrpcSend>,
+    sender: UnboundedSender<GrpcSend>,
     /// A unary call (`proxy_grpc_call`), not a stream.
     pub unary: bool,
     /// Bytes of framed messages sent and not yet handed to HTTP/2.
@@ -135,6 +135,12 @@ impl GrpcHandle {
             return;
         }
         let _ = self.sender.send(GrpcSend::Message(message, end));
+    }
+
+    /// Ends the request half (`proxy_grpc_close` on a stream); what the server still sends is
+    /// delivered.
+    pub fn close(&self) {
+        let _ = self.sender.send(GrpcSend::Close);
     }
 }
 

@@ -27,7 +27,7 @@ use super::http_call::{claim_call, deadline, Refused};
 use super::{done, put_u32, read, st, HostResult, C};
 use crate::config::Protocol;
 use crate::wasm::callout::CalloutSink;
-use crate::wasm::grpc::{self, GrpcHandle, GrpcRequest, GrpcSend, MAX_MESSAGE};
+use crate::wasm::grpc::{self, GrpcHandle, GrpcRequest, MAX_MESSAGE};
 use crate::wasm::stream::{HeaderList, MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_PAIRS};
 use crate::wasm::vm::VmState;
 
@@ -60,7 +60,7 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 }
                 Some(h) => {
                     // The request half ends; what the server still sends is delivered.
-                    let _ = h.sender.send(GrpcSend::Close);
+                    h.close();
                     Status::Ok
                 }
                 None => Status::NotFound,
