@@ -23,6 +23,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc::unbounded_channel;
 
 use sluice::chain::Chain;
+use sluice::heads::{Req, Resp};
 use sluice::wasm::callout::CalloutSink;
 use sluice::wasm::plugin::Plugin;
 use sluice::wasm::sanitize::Sanitizer;
@@ -176,7 +177,7 @@ fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
         vms: 1,
         vm_start: Default::default(),
         sluice_properties: true,
-        shared_data: Default::default(),
+        shared_store: None,
     }
 }
 
@@ -240,7 +241,7 @@ fn instantiation(c: &mut Criterion, name: &str, bytes: &[u8]) {
     let (module, _) = host.engine.compile(bytes).expect("compiles");
     let pre = host.linker.instantiate_pre(&module).expect("links");
     let settings = Arc::new(settings("bench-instantiate", b""));
-    let shared = sluice::wasm::shared::namespace("bench-instantiate", &Default::default());
+    let shared = sluice::wasm::shared::namespace("bench-instantiate", None);
     c.bench_function(&format!("instantiation: {name}"), |b| {
         b.iter(|| {
             let mut store = VmState::store(
@@ -274,11 +275,11 @@ fn request(c: &mut Criterion, name: &str, plugins: &[Arc<Plugin>], body: &Bytes)
                 let mut chain = Chain::new(plugins, RequestInfo::default()).expect("chain");
                 chain.load_request(&req, "http", []);
                 rt.block_on(chain.request_headers(true)).expect("headers");
-                chain.apply_request(&mut req).unwrap();
+                chain.apply_request(&mut Req(&mut req)).unwrap();
                 chain.load_response(&resp);
                 rt.block_on(chain.response_headers(false))
                     .expect("response");
-                chain.apply_response(&mut resp).unwrap();
+                chain.apply_response(&mut Resp(&mut resp)).unwrap();
                 chain.response_body(&mut chunk, true).expect("body");
                 chain.log(200);
                 drop(chain);

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::config::shared_data::RedisSettings;
-use sluice::config::SharedData;
 use sluice::redis::resp::Reply;
 use sluice_abi::Status;
 use support::*;
@@ -34,8 +33,8 @@ fn settings(redis: &RedisServer, prefix: &str) -> RedisSettings {
 #[test]
 fn compare_and_swap_holds_in_redis_across_stores() {
     let redis = RedisServer::start();
-    let backend = SharedData::Redis(settings(&redis, "cas-test:"));
-    let ns = sluice::wasm::shared::namespace("counter", &backend);
+    let backend = Some(sluice::redis::shared_store(&settings(&redis, "cas-test:")));
+    let ns = sluice::wasm::shared::namespace("counter", backend.as_ref());
     // The rules of the in-process store.
     assert!(ns.get(b"k").unwrap().is_none());
     assert_eq!(
@@ -65,7 +64,7 @@ fn compare_and_swap_holds_in_redis_across_stores() {
         Reply::Bulk(Some(b"3".to_vec()))
     );
     // Another namespace does not see it.
-    let other = sluice::wasm::shared::namespace("other", &backend);
+    let other = sluice::wasm::shared::namespace("other", backend.as_ref());
     assert!(other.get(b"k").unwrap().is_none());
 
     // Four threads (as four VMs or replicas would) increment one counter 250 times each with
@@ -73,7 +72,7 @@ fn compare_and_swap_holds_in_redis_across_stores() {
     assert_eq!(ns.set(b"n", &0u64.to_le_bytes(), 0).unwrap(), Status::Ok);
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let ns = sluice::wasm::shared::namespace("counter", &backend);
+            let ns = sluice::wasm::shared::namespace("counter", backend.as_ref());
             std::thread::spawn(move || {
                 let mut retries = 0u32;
                 for _ in 0..250 {

@@ -4,16 +4,18 @@
 //! for how the pieces fit together.
 #![forbid(unsafe_code)]
 
+// The plugin host (engine, VMs, host calls, exchange driver, test kit) is its own crate; its
+// modules are re-exported under their old names.
+pub use sluice_host::{chain, exchange, forwarding, hash, head, metrics, testkit, wasm};
+
 pub mod admin;
 pub mod admin_client;
-pub mod chain;
 pub mod config;
 pub mod connections;
 pub mod demo;
-pub mod exchange;
-pub mod hash;
+pub mod heads;
 pub mod logging;
-pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod redis;
 pub mod reload;
@@ -22,6 +24,4 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod source;
-pub mod testkit;
 pub mod upstream;
-pub mod wasm;

@@ -24,6 +24,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::chain::Reply;
 use crate::config::{Balancing, HashKey, HostHeader};
 use crate::exchange::{reply_parts, Answer, Exchange, Head, PREREAD_MAX};
+use crate::forwarding::{valid_request_id, Forwarding, RequestId};
+use crate::head::content_length;
+use crate::heads::{head_error, Req, Resp};
 use crate::metrics::{RouteMetrics, UpstreamResult, UNMATCHED_ROUTE};
 use crate::router::{request_host, RouteEntry};
 use crate::runtime::{InFlight, Runtime, State};
@@ -31,11 +34,7 @@ use crate::upstream::{Endpoint, Tried};
 use crate::wasm::stream::RequestInfo;
 
 const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const HTTP: HeaderValue = HeaderValue::from_static("http");
-const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The proxy of one listener.
 pub struct SluiceProxy {
@@ -161,7 +160,8 @@ impl SluiceProxy {
             }
         };
         if reply.is_none() {
-            ex.apply_request(session.req_header_mut(), &forwarding)?;
+            ex.apply_request(&mut Req(session.req_header_mut()), &forwarding)
+                .map_err(head_error)?;
         }
         Ok(reply)
     }
@@ -178,14 +178,18 @@ impl SluiceProxy {
     ) -> u16 {
         let id = ctx.request_id(session).map(str::to_string);
         let answer = match ctx.exchange.as_mut() {
-            Some(ex) => ex.answer(reply, id.as_deref()).await,
-            None => match reply_parts(&reply, id.as_deref()) {
+            Some(ex) => {
+                ex.answer::<Resp<ResponseHeader>>(reply, id.as_deref())
+                    .await
+            }
+            None => match reply_parts::<Resp<ResponseHeader>>(&reply, id.as_deref()) {
                 Ok((resp, body)) => Answer::Send(Box::new(resp), body),
                 Err(_) => Answer::Reset,
             },
         };
         match answer {
             Answer::Send(resp, body) => {
+                let resp = Box::new(resp.0);
                 let status = resp.status.as_u16();
                 let sent = if keepalive {
                     match session.write_response_header(resp, false).await {
@@ -307,107 +311,6 @@ impl RequestCtx {
     }
 }
 
-/// A client-sent request id is kept if it is 1-128 characters of `[A-Za-z0-9._:-]`.
-fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// A request id made by Sluice: 32 random hex digits, kept inline (no allocation).
-#[derive(Clone, Copy)]
-pub struct RequestId([u8; 32]);
-
-impl Default for RequestId {
-    fn default() -> Self {
-        RequestId::new()
-    }
-}
-
-impl RequestId {
-    /// A new random id.
-    pub fn new() -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let r = fastrand::u128(..);
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = HEX[((r >> (i * 4)) & 0xf) as usize];
-        }
-        RequestId(out)
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
-    }
-}
-
-/// The forwarding headers Sluice sets on the upstream request.
-pub struct Forwarding {
-    /// `x-request-id`, when Sluice made the id.
-    request_id: Option<RequestId>,
-    /// `x-forwarded-for`: what the client sent, with its address appended.
-    forwarded_for: Option<String>,
-    /// `x-forwarded-proto`.
-    proto: HeaderValue,
-}
-
-impl Forwarding {
-    /// The headers for `req` from `client` (`new_id`: the id Sluice made, if any).
-    pub fn new(
-        req: &RequestHeader,
-        new_id: Option<&RequestId>,
-        client: Option<IpAddr>,
-        tls: bool,
-    ) -> Self {
-        let forwarded_for = client.map(|ip| {
-            let mut prior = req
-                .headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .peekable();
-            if prior.peek().is_some() {
-                let mut joined = prior.collect::<Vec<_>>().join(", ");
-                joined.push_str(", ");
-                joined.push_str(&ip.to_string());
-                joined
-            } else {
-                ip.to_string()
-            }
-        });
-        Forwarding {
-            request_id: new_id.copied(),
-            forwarded_for,
-            proto: if tls { HTTPS } else { HTTP },
-        }
-    }
-
-    /// `(name, value)` of each header to set.
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
-        [
-            self.request_id
-                .as_ref()
-                .map(|id| (X_REQUEST_ID, id.0.as_slice())),
-            self.forwarded_for
-                .as_ref()
-                .map(|v| (X_FORWARDED_FOR, v.as_bytes())),
-            Some((X_FORWARDED_PROTO, self.proto.as_bytes())),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    /// Sets them on `req`.
-    pub fn apply(&self, req: &mut RequestHeader) -> Result<()> {
-        for (name, value) in self.headers() {
-            req.insert_header(name, value)?;
-        }
-        Ok(())
-    }
-}
-
 /// Sets `x-request-id` (if Sluice made the id), appends the client address to
 /// `x-forwarded-for` and sets `x-forwarded-proto`.
 fn add_forwarding(
@@ -416,7 +319,9 @@ fn add_forwarding(
     client: Option<IpAddr>,
     tls: bool,
 ) -> Result<()> {
-    Forwarding::new(req, new_id, client, tls).apply(req)
+    Forwarding::new(req, new_id, client, tls)
+        .apply(&mut Req(req))
+        .map_err(head_error)
 }
 
 /// The error that makes pingora call `fail_to_proxy`, which sends `ctx.reply`.
@@ -480,17 +385,6 @@ fn request_info(
         tls_version: ssl.and_then(|d| RequestInfo::tls_version_name(&d.version)),
         ..RequestInfo::default()
     }
-}
-
-/// The `content-length` of a header, if it has a valid one.
-pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Writes a small local text response.
@@ -715,7 +609,10 @@ impl ProxyHttp for SluiceProxy {
         };
         let head = session.req_header().method == http::Method::HEAD;
         let h2 = session.req_header().version == http::Version::HTTP_2;
-        if let Err(reply) = ex.response_head(upstream_response, head, h2).await {
+        if let Err(reply) = ex
+            .response_head(&mut Resp(&mut *upstream_response), head, h2)
+            .await
+        {
             return Err(reply_error(ctx, reply));
         }
         // Kept only where response_trailer_filter may need it: body held back by a plugin
@@ -902,7 +799,8 @@ impl ProxyHttp for SluiceProxy {
             )?;
         }
         if let Some(ex) = ctx.exchange.as_mut() {
-            ex.upstream_request(upstream_request, !session.is_body_empty())?;
+            ex.upstream_request(&mut Req(&mut *upstream_request), !session.is_body_empty())
+                .map_err(head_error)?;
         }
         if let Some(route) = ctx.route() {
             match &route.pool.host_header {

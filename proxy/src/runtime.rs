@@ -168,7 +168,7 @@ impl Runtime {
                 }
             }
             let started = Instant::now();
-            let plugin = crate::wasm::load_plugin(
+            let plugin = crate::plugins::load_plugin(
                 spec,
                 binary,
                 &pools,
@@ -208,7 +208,10 @@ impl Runtime {
     pub fn build_blocking(config: Config, threads: usize) -> Result<Runtime, BuildError> {
         // The first build sizes the engine (it is made on first use and fixed from then on).
         let vms = config.plugins.iter().map(|p| p.vm_count(threads)).sum();
-        crate::wasm::configure_engine(&config.engine, vms);
+        crate::wasm::configure_engine(crate::wasm::EngineSizing {
+            instance_slots: config.engine.slots(vms),
+            on_demand: config.engine.on_demand,
+        });
         let fetched = crate::source::fetch_all_blocking(&config.plugins)?;
         Runtime::build(config, 1, threads, &fetched, None)
     }

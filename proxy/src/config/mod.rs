@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::wasm::settings::{encode_config, LimitsFile};
 pub use admin::{read_token_file, Admin, AdminFile, AdminToken};
 pub use engine::{EngineFile, EngineSettings};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
-pub(crate) use plugin::encode_config;
-pub use plugin::{LimitsFile, PluginFile, PluginSpec, SanitizeFile, SignatureFile};
+pub use plugin::{PluginFile, PluginSpec, SanitizeFile, SignatureFile};
 pub use reload::{ReloadFile, ReloadSettings};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};

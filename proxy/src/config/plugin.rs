@@ -18,10 +18,7 @@ use super::upstream::UpstreamFile;
 use super::ConfigError;
 use crate::source::{OciReference, PluginSource, SignatureCheck};
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
-use crate::wasm::settings::{
-    FailurePolicy, Limits, DEFAULT_FUEL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CALLOUTS,
-    DEFAULT_MEMORY_MB, DEFAULT_PAUSE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS,
-};
+use crate::wasm::settings::{encode_config, FailurePolicy, Limits, LimitsFile};
 
 /// One entry of `plugins:` as written. Exactly one of `path`, `url` and `oci` says where the
 /// `.wasm` comes from.
@@ -70,30 +67,6 @@ pub struct PluginFile {
     /// VMs to run (default: one per worker thread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vms: Option<usize>,
-}
-
-/// `limits:` of a plugin.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsFile {
-    /// Fuel per guest call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fuel: Option<u64>,
-    /// Wall-clock deadline per guest call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// Linear memory cap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
-    /// Body buffering cap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_body_bytes: Option<u64>,
-    /// How long a paused request may wait for the plugin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pause_timeout_ms: Option<u64>,
-    /// HTTP callouts per request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_callouts: Option<u32>,
 }
 
 /// `signature:` of a plugin: exactly one of `public_key` and `public_key_file`.
@@ -155,17 +128,6 @@ impl PluginSpec {
             threads.max(1)
         } else {
             self.vms
-        }
-    }
-}
-
-/// Encodes a `config`/`vm_config` value: a string as is, anything else as JSON.
-pub(crate) fn encode_config(v: &Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
-    match v {
-        None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
-        Some(serde_yaml::Value::String(s)) => Ok(s.clone().into_bytes()),
-        Some(other) => {
-            serde_json::to_vec(other).map_err(|e| format!("cannot be encoded as JSON: {e}"))
         }
     }
 }
@@ -247,11 +209,17 @@ impl PluginFile {
             errors.push(ConfigError::invalid(format!("{field}.vm_config"), m));
             Vec::new()
         });
+        let mut limit_errors = Vec::new();
         let limits = self
             .limits
             .clone()
             .unwrap_or_default()
-            .validate(&field, errors);
+            .validate(&field, &mut limit_errors);
+        errors.extend(
+            limit_errors
+                .into_iter()
+                .map(|e| ConfigError::invalid(e.field, e.message)),
+        );
         if self.vms == Some(0) || self.vms.is_some_and(|n| n > 256) {
             errors.push(ConfigError::invalid(
                 format!("{field}.vms"),
@@ -413,53 +381,6 @@ impl SignatureFile {
                 ));
                 None
             }
-        }
-    }
-}
-
-impl LimitsFile {
-    pub(crate) fn validate(self, plugin_field: &str, errors: &mut Vec<ConfigError>) -> Limits {
-        let mut check = |name: &str, v: Option<u64>, default: u64, min: u64, max: u64| -> u64 {
-            let v = v.unwrap_or(default);
-            if v < min || v > max {
-                errors.push(ConfigError::invalid(
-                    format!("{plugin_field}.limits.{name}"),
-                    format!("{v} is outside {min}..={max}"),
-                ));
-            }
-            v
-        };
-        let fuel = check("fuel", self.fuel, DEFAULT_FUEL, 10_000, u64::MAX / 2);
-        let timeout_ms = check("timeout_ms", self.timeout_ms, DEFAULT_TIMEOUT_MS, 1, 60_000);
-        let memory_mb = check("memory_mb", self.memory_mb, DEFAULT_MEMORY_MB, 1, 4096);
-        let max_body = check(
-            "max_body_bytes",
-            self.max_body_bytes,
-            DEFAULT_MAX_BODY_BYTES,
-            0,
-            1 << 30,
-        );
-        let pause = check(
-            "pause_timeout_ms",
-            self.pause_timeout_ms,
-            DEFAULT_PAUSE_TIMEOUT_MS,
-            1,
-            3_600_000,
-        );
-        let callouts = check(
-            "max_callouts",
-            self.max_callouts.map(u64::from),
-            DEFAULT_MAX_CALLOUTS.into(),
-            0,
-            10_000,
-        );
-        Limits {
-            fuel,
-            timeout: std::time::Duration::from_millis(timeout_ms),
-            memory_bytes: (memory_mb << 20) as usize,
-            max_body_bytes: max_body as usize,
-            pause_timeout: std::time::Duration::from_millis(pause),
-            max_callouts: callouts as u32,
         }
     }
 }

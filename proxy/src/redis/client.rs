@@ -53,15 +53,7 @@ fn script_sha() -> &'static str {
     })
 }
 
-/// Why a call did not reach a result.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("shared data in Redis at {at}: {message}")]
-pub struct Unavailable {
-    /// The Redis URL (without password).
-    pub at: String,
-    /// What went wrong.
-    pub message: String,
-}
+pub use crate::wasm::shared::Unavailable;
 
 struct Conn {
     r: BufReader<TcpStream>,
@@ -165,6 +157,11 @@ impl From<io::Error> for Failure {
 }
 
 impl RedisStore {
+    /// Its settings.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
     /// The value of `key` and its version, or `None`.
     pub fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
         let reply = self.call(Op::Get, |c| {
@@ -241,6 +238,7 @@ impl RedisStore {
 
     fn unavailable(&self, message: String) -> Unavailable {
         Unavailable {
+            store: "Redis",
             at: self.settings.display.clone(),
             message,
         }

@@ -1,6 +1,7 @@
 //! Upstream pools: endpoints, their health, and endpoint selection.
 
 mod balancer;
+pub mod callout;
 pub mod health;
 
 use std::net::SocketAddr;

@@ -20,5 +20,5 @@
 #![forbid(unsafe_code)]
 
 pub use serde_json::json;
-pub use sluice::testkit::*;
-pub use sluice::wasm::settings::{FailurePolicy, Limits};
+pub use sluice_host::testkit::*;
+pub use sluice_host::wasm::settings::{FailurePolicy, Limits};

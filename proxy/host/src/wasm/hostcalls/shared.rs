@@ -7,7 +7,7 @@ use sluice_abi::Status;
 use wasmtime::Linker;
 
 use super::{done, give, give_status, put_u32, read, st, HostResult, C};
-use crate::redis::Unavailable;
+use crate::wasm::shared::Unavailable;
 use crate::wasm::shared::{self, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::wasm::vm::VmState;
 

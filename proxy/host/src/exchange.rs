@@ -1,6 +1,7 @@
 //! One request's exchange with its route's plugin chain: the per-request driver that both the
 //! proxy's pingora hooks and the test kit call, hook by hook, so that the test kit tests the
-//! code that serves traffic.
+//! code that serves traffic. Heads are read as `http` parts and rewritten through
+//! [`crate::head`]'s traits (pingora's heads in the proxy, plain ones in the test kit).
 //!
 //! ```text
 //!  client request head ─▶ load_request ─▶ request_headers ─┬─▶ apply_request ─▶ upstream head
@@ -19,13 +20,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
-
 use crate::chain::{Chain, HeadersDone, Reply};
-use crate::proxy::{content_length, Forwarding};
+use crate::forwarding::Forwarding;
+use crate::head::{content_length, HeadError, NewResponseHead, RequestHeadMut, ResponseHeadMut};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::stream::{BodyKind, RequestInfo, Stream};
+use bytes::Bytes;
 
 /// Most request body bytes held before forwarding, for a plugin that waits for the whole
 /// body in its request-headers callback: what pingora can replay to the upstream.
@@ -45,9 +45,9 @@ pub enum Head {
 
 /// What to do instead of going on.
 #[derive(Debug)]
-pub enum Answer {
+pub enum Answer<R> {
     /// Send this response.
-    Send(Box<ResponseHeader>, Bytes),
+    Send(Box<R>, Bytes),
     /// Reset the stream: HTTP/2 `RST_STREAM`, HTTP/1 close the connection, no response.
     Reset,
 }
@@ -83,7 +83,12 @@ impl Exchange {
 
     /// Loads the client's request head, with the forwarding headers the upstream will get set
     /// on top (plugins see them, as behind Envoy).
-    pub fn load_request(&mut self, req: &RequestHeader, scheme: &str, forwarding: &Forwarding) {
+    pub fn load_request(
+        &mut self,
+        req: &http::request::Parts,
+        scheme: &str,
+        forwarding: &Forwarding,
+    ) {
         self.chain.load_request(req, scheme, forwarding.headers());
     }
 
@@ -122,9 +127,9 @@ impl Exchange {
     /// changed headers and pseudo-headers; a body read before forwarding gets its length.
     pub fn apply_request(
         &mut self,
-        req: &mut RequestHeader,
+        req: &mut impl RequestHeadMut,
         forwarding: &Forwarding,
-    ) -> pingora::Result<()> {
+    ) -> Result<(), HeadError> {
         if [X_REQUEST_ID, "x-forwarded-for", "x-forwarded-proto"]
             .iter()
             .any(|n| self.chain.request_header_changed(n.as_bytes()))
@@ -134,8 +139,8 @@ impl Exchange {
         }
         self.chain.apply_request(req)?;
         if let Some(pre) = &self.prebody {
-            req.remove_header(&http::header::TRANSFER_ENCODING);
-            req.insert_header(http::header::CONTENT_LENGTH, pre.len())?;
+            req.remove_header("transfer-encoding");
+            req.insert_header("content-length", pre.len().to_string().as_bytes())?;
         }
         Ok(())
     }
@@ -155,20 +160,19 @@ impl Exchange {
     /// checked as the body flows. `has_body`: the client's request has a body.
     pub fn upstream_request(
         &mut self,
-        upstream: &mut RequestHeader,
+        upstream: &mut impl RequestHeadMut,
         has_body: bool,
-    ) -> pingora::Result<()> {
+    ) -> Result<(), HeadError> {
         if self.prebody.is_some() || !has_body {
             return Ok(());
         }
-        let declared = content_length(&upstream.headers);
+        let head = upstream.parts();
+        let declared = content_length(&head.headers);
         if declared.is_none()
-            && !upstream
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING)
-            && upstream.version != http::Version::HTTP_2
+            && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && head.version != http::Version::HTTP_2
         {
-            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            upstream.insert_header("transfer-encoding", b"chunked")?;
         }
         self.chain.set_declared_length(BodyKind::Request, declared);
         Ok(())
@@ -198,14 +202,14 @@ impl Exchange {
     /// `HEAD`; `h2_downstream`: the client speaks HTTP/2 (no chunked framing).
     pub async fn response_head(
         &mut self,
-        resp: &mut ResponseHeader,
+        resp: &mut impl ResponseHeadMut,
         head_request: bool,
         h2_downstream: bool,
     ) -> Result<(), Reply> {
         self.response_started = true;
         self.chain.stream().info.set_code_details("via_upstream");
-        let no_body = !response_has_body(head_request, resp);
-        self.chain.load_response(resp);
+        let no_body = !response_has_body(head_request, resp.parts());
+        self.chain.load_response(resp.parts());
         self.chain.response_headers(no_body).await?;
         self.chain
             .apply_response(resp)
@@ -213,12 +217,13 @@ impl Exchange {
         if !no_body {
             // As for requests: a plugin that changes the body's length has removed
             // content-length; a kept one is checked as the body flows.
-            let declared = content_length(&resp.headers);
+            let headers = &resp.parts().headers;
+            let declared = content_length(headers);
             if declared.is_none()
-                && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+                && !headers.contains_key(http::header::TRANSFER_ENCODING)
                 && !h2_downstream
             {
-                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                resp.insert_header("transfer-encoding", b"chunked")
                     .map_err(|e| Reply::internal(&e.to_string()))?;
             }
             self.chain.set_declared_length(BodyKind::Response, declared);
@@ -251,7 +256,11 @@ impl Exchange {
     /// through the response callbacks of the plugins that saw the request (they may add
     /// headers, read `:status`, rewrite the body), as on the reference host; one made in a
     /// response phase is sent as it is.
-    pub async fn answer(&mut self, mut reply: Reply, request_id: Option<&str>) -> Answer {
+    pub async fn answer<R: NewResponseHead>(
+        &mut self,
+        mut reply: Reply,
+        request_id: Option<&str>,
+    ) -> Answer<R> {
         {
             let info = &mut self.chain.stream().info;
             let details = std::mem::take(&mut reply.details);
@@ -265,7 +274,7 @@ impl Exchange {
                 return Answer::Reset;
             }
         }
-        let (mut resp, mut body) = match reply_parts(&reply, request_id) {
+        let (mut resp, mut body) = match reply_parts::<R>(&reply, request_id) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(plugin = %reply.plugin, error = %e, "plugin reply cannot be sent");
@@ -274,7 +283,7 @@ impl Exchange {
         };
         if std::mem::replace(&mut self.response_started, true) {
             // What the client gets is what `on_log` reads (`:status`, response headers).
-            self.chain.load_response(&resp);
+            self.chain.load_response(resp.parts());
             self.chain.stream().response_headers_writable = false;
             self.chain.stream().info.add_response_body(body.len());
             return Answer::Send(Box::new(resp), body);
@@ -301,7 +310,7 @@ impl Exchange {
 
 /// Whether a response to the request has a body (RFC 9110 §6.4.1): not for `HEAD`, 1xx, 204
 /// or 304, nor when it declares `content-length: 0`.
-pub fn response_has_body(head_request: bool, resp: &ResponseHeader) -> bool {
+pub fn response_has_body(head_request: bool, resp: &http::response::Parts) -> bool {
     let code = resp.status.as_u16();
     !(head_request
         || code == 204
@@ -312,17 +321,17 @@ pub fn response_has_body(head_request: bool, resp: &ResponseHeader) -> bool {
 
 /// The head and body of a reply (a plugin's local response, or the host's answer to a plugin
 /// failure): its headers, `content-length`, and the request's id.
-pub fn reply_parts(
+pub fn reply_parts<R: NewResponseHead>(
     reply: &Reply,
     request_id: Option<&str>,
-) -> pingora::Result<(ResponseHeader, Bytes)> {
-    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+) -> Result<(R, Bytes), HeadError> {
+    let mut resp = R::build(reply.status, reply.headers.len() + 2)?;
     for (k, v) in &reply.headers {
-        resp.append_header(String::from_utf8_lossy(k).into_owned(), v.as_slice())?;
+        resp.append_header(String::from_utf8_lossy(k).into_owned(), v.clone())?;
     }
-    resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+    resp.insert_header("content-length", reply.body.len().to_string().as_bytes())?;
     if let Some(id) = request_id {
-        resp.insert_header(X_REQUEST_ID, id.to_string())?;
+        resp.insert_header(X_REQUEST_ID, id.as_bytes())?;
     }
     Ok((resp, reply.body.clone()))
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// Where this `sluice` was built from: its SDK, if the checkout is still there.
-pub const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk-guest");
+pub const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk-guest");
 
 /// Why a crate could not be made.
 #[derive(Debug, thiserror::Error)]

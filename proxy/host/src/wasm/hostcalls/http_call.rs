@@ -150,7 +150,7 @@ fn http_call(
     };
     let state = c.data_mut();
     let name = String::from_utf8_lossy(&upstream);
-    let Some(pool) = state.settings.callout_targets.get(name.as_ref()).cloned() else {
+    let Some(target) = state.settings.callout_targets.get(name.as_ref()).cloned() else {
         tracing::debug!(
             target: "sluice::plugin",
             plugin = %state.settings.name,
@@ -166,7 +166,7 @@ fn http_call(
     let member = state.member;
     dispatch(
         CalloutRequest {
-            pool,
+            target,
             headers,
             body: body.into(),
             timeout,

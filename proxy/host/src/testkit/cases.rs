@@ -32,8 +32,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Kit, Options, Outcome, TestRequest, TestResponse};
-use crate::config::{encode_config, ConfigError, LimitsFile};
-use crate::wasm::settings::FailurePolicy;
+use crate::wasm::settings::{encode_config, FailurePolicy, LimitError, LimitsFile};
 
 /// The options file.
 #[derive(Debug, Default, Deserialize)]
@@ -226,7 +225,7 @@ pub fn load_options(path: Option<&Path>) -> Result<Options, CaseError> {
         path: where_.clone(),
         message,
     };
-    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut errors: Vec<LimitError> = Vec::new();
     let limits_file = file.limits.unwrap_or_default();
     let timeout_given = limits_file.timeout_ms.is_some();
     let mut limits = limits_file.validate("", &mut errors);
@@ -235,7 +234,11 @@ pub fn load_options(path: Option<&Path>) -> Result<Options, CaseError> {
         limits.timeout = Options::default().limits.timeout;
     }
     if let Some(e) = errors.first() {
-        return Err(err(e.to_string().trim_start_matches('.').to_string()));
+        return Err(err(format!(
+            "{}: {}",
+            e.field.trim_start_matches('.'),
+            e.message
+        )));
     }
     let on_error = match file.on_error.as_deref() {
         None | Some("fail_closed") => FailurePolicy::FailClosed,

@@ -4,7 +4,7 @@
 //! client got, what the plugin logged, counted and stored.
 //!
 //! ```no_run
-//! use sluice::testkit::{Kit, Options, TestRequest, TestResponse};
+//! use sluice_host::testkit::{Kit, Options, TestRequest, TestResponse};
 //! let kit = Kit::load("target/wasm32-wasip1/release/my_plugin.wasm", Options::default()).unwrap();
 //! let out = kit.run(&TestRequest::get("/x").header("x-in", "1"), &TestResponse::ok("hi"));
 //! assert_eq!(out.response.status, 200);
@@ -16,6 +16,7 @@
 pub mod capture;
 pub mod cases;
 pub mod scaffold;
+pub(crate) mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,17 +26,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::chain::Reply;
-use crate::config::{Balancing, HostHeader, Protocol, Upstream};
 use crate::exchange::{reply_parts, response_has_body, Answer, Exchange, Head};
-use crate::proxy::{Forwarding, RequestId};
-use crate::upstream::Pool;
+use crate::forwarding::{Forwarding, RequestId};
+use crate::head::{PlainRequest, PlainResponse, RequestHeadMut, ResponseHeadMut};
 use crate::wasm::plugin::{Plugin, PluginError};
 use crate::wasm::sanitize::Sanitizer;
 use crate::wasm::settings::{FailurePolicy, Limits, PluginSettings};
 use crate::wasm::stream::RequestInfo;
+use crate::wasm::target::{CalloutTarget, TargetProtocol};
+use transport::PlainTarget;
 
 pub use capture::LogLine;
 
@@ -346,13 +347,16 @@ impl Kit {
         let host = crate::wasm::host().map_err(KitError::Host)?;
         let name = next_name(name);
         let vm_id = options.vm_id.clone().unwrap_or_else(|| name.clone());
-        let http1 = options.upstreams.iter().map(|u| (u, Protocol::Http1));
-        let h2 = options.grpc_upstreams.iter().map(|u| (u, Protocol::H2));
-        let callout_targets: HashMap<String, Arc<Pool>> = http1
+        let http1 = options.upstreams.iter().map(|u| (u, TargetProtocol::Http1));
+        let h2 = options
+            .grpc_upstreams
+            .iter()
+            .map(|u| (u, TargetProtocol::H2));
+        let callout_targets: HashMap<String, Arc<dyn CalloutTarget>> = http1
             .chain(h2)
             .map(|((n, addr), protocol)| {
-                let pool = Pool::new(&callout_upstream(n, *addr, protocol));
-                (n.clone(), Arc::new(pool))
+                let target: Arc<dyn CalloutTarget> = Arc::new(PlainTarget::new(n, *addr, protocol));
+                (n.clone(), target)
             })
             .collect();
         let sanitizer = if options.sanitize {
@@ -376,7 +380,7 @@ impl Kit {
                 idle: None,
             },
             sluice_properties: options.sluice_properties,
-            shared_data: Default::default(),
+            shared_store: None,
         };
         let plugin = Plugin::load(&host.engine, &host.linker, settings, bytes)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -410,7 +414,7 @@ impl Kit {
 
     /// Sets the plugin's shared data `key` (unconditionally), as another VM would.
     pub fn set_shared(&self, key: &str, value: &[u8]) {
-        let ns = crate::wasm::shared::namespace(&self.vm_id, &Default::default());
+        let ns = crate::wasm::shared::namespace(&self.vm_id, None);
         let _ = ns.set(key.as_bytes(), value, 0);
     }
 
@@ -441,7 +445,7 @@ impl Kit {
 
     /// The plugin's shared data under `key`.
     pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
-        crate::wasm::shared::namespace(&self.vm_id, &Default::default())
+        crate::wasm::shared::namespace(&self.vm_id, None)
             .get(key.as_bytes())
             .ok()
             .flatten()
@@ -466,7 +470,7 @@ impl Kit {
     /// One request, driven hook by hook through the same [`Exchange`] the proxy drives.
     async fn run_async(&self, t: &TestRequest, upstream: &TestResponse) -> Outcome {
         let mut req = request_header(t);
-        let new_id = (!req.headers.contains_key("x-request-id")).then(RequestId::new);
+        let new_id = (!req.0.headers.contains_key("x-request-id")).then(RequestId::new);
         let id = new_id.map_or_else(
             || header_str(&req, "x-request-id"),
             |id| id.as_str().to_string(),
@@ -487,17 +491,17 @@ impl Kit {
             start: Some(std::time::Instant::now()),
             ..RequestInfo::default()
         };
-        let forwarding = Forwarding::new(&req, new_id.as_ref(), Some(t.client.ip()), false);
+        let forwarding = Forwarding::new(&req.0, new_id.as_ref(), Some(t.client.ip()), false);
         let mut ex = match Exchange::start(std::slice::from_ref(&self.plugin), info) {
             Ok(e) => e,
             Err(reply) => {
-                return match reply_parts(&reply, Some(&id)) {
+                return match reply_parts::<PlainResponse>(&reply, Some(&id)) {
                     Ok((resp, body)) => local(Answer::Send(Box::new(resp), body), None),
                     Err(_) => local(Answer::Reset, None),
                 }
             }
         };
-        ex.load_request(&req, "http", &forwarding);
+        ex.load_request(&req.0, "http", &forwarding);
         let has_body = !t.body.is_empty();
         let head = match ex.request_headers(!has_body).await {
             Ok(h) => h,
@@ -532,12 +536,13 @@ impl Kit {
         }
         let forwarded = Some(Message {
             status: 0,
-            method: upstream_req.method.as_str().to_string(),
+            method: upstream_req.0.method.as_str().to_string(),
             path: upstream_req
+                .0
                 .uri
                 .path_and_query()
                 .map_or("/".to_string(), |p| p.as_str().to_string()),
-            headers: header_list(&upstream_req.headers),
+            headers: header_list(&upstream_req.0.headers),
             body,
         });
         ex.stream().info.upstream_address = Some("127.0.0.1:1".into());
@@ -549,7 +554,7 @@ impl Kit {
         }
         let mut body = Vec::new();
         let mut cut = false;
-        if response_has_body(head_request, &resp) {
+        if response_has_body(head_request, resp.parts()) {
             for (chunk, end) in parts(&upstream.body, upstream.chunk) {
                 let mut c = Some(Bytes::copy_from_slice(chunk));
                 if let Err(reply) = ex.response_body(&mut c, end) {
@@ -563,14 +568,14 @@ impl Kit {
                 body.extend_from_slice(c.as_deref().unwrap_or_default());
             }
         }
-        let status = resp.status.as_u16();
+        let status = resp.0.status.as_u16();
         ex.log(status);
         drop(ex);
         Outcome {
             forwarded,
             response: Message {
                 status,
-                headers: header_list(&resp.headers),
+                headers: header_list(&resp.0.headers),
                 body,
                 ..Message::default()
             },
@@ -578,21 +583,6 @@ impl Kit {
             cut,
             reset: false,
         }
-    }
-}
-
-/// An upstream the plugin may call out to, at a real address.
-fn callout_upstream(name: &str, addr: SocketAddr, protocol: Protocol) -> Upstream {
-    Upstream {
-        name: name.to_string(),
-        endpoints: vec![(addr.to_string(), addr)],
-        tls: None,
-        protocol,
-        balancing: Balancing::RoundRobin,
-        health_check: None,
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(5),
-        host_header: HostHeader::Preserve,
     }
 }
 
@@ -608,35 +598,36 @@ fn parts(body: &[u8], size: usize) -> Vec<(&[u8], bool)> {
         .collect()
 }
 
-fn request_header(t: &TestRequest) -> RequestHeader {
-    let mut req = RequestHeader::build(t.method.as_str(), t.path.as_bytes(), None)
-        .unwrap_or_else(|_| RequestHeader::build("GET", b"/", None).expect("a valid request"));
+fn request_header(t: &TestRequest) -> PlainRequest {
+    let mut req = PlainRequest::new(t.method.as_str(), t.path.as_bytes())
+        .unwrap_or_else(|_| PlainRequest::new("GET", b"/").expect("a valid request"));
     for (k, v) in &t.headers {
-        let _ = req.append_header(k.clone(), v.as_str());
+        let _ = req.append_header(k.clone(), v.clone().into_bytes());
     }
-    if !req.headers.contains_key("host") {
-        let _ = req.insert_header("host", "test.local");
+    if !req.0.headers.contains_key("host") {
+        let _ = req.insert_header("host", b"test.local");
     }
-    if !t.body.is_empty() && !req.headers.contains_key("content-length") {
-        let _ = req.insert_header("content-length", t.body.len());
+    if !t.body.is_empty() && !req.0.headers.contains_key("content-length") {
+        let _ = req.insert_header("content-length", t.body.len().to_string().as_bytes());
     }
     req
 }
 
-fn response_header(t: &TestResponse) -> ResponseHeader {
-    let mut resp = ResponseHeader::build(t.status, None)
-        .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("a valid status"));
+fn response_header(t: &TestResponse) -> PlainResponse {
+    let mut resp = PlainResponse::new(t.status)
+        .unwrap_or_else(|_| PlainResponse::new(500).expect("a valid status"));
     for (k, v) in &t.headers {
-        let _ = resp.append_header(k.clone(), v.as_str());
+        let _ = resp.append_header(k.clone(), v.clone().into_bytes());
     }
-    if !t.chunked && !resp.headers.contains_key("content-length") {
-        let _ = resp.insert_header("content-length", t.body.len());
+    if !t.chunked && !resp.0.headers.contains_key("content-length") {
+        let _ = resp.insert_header("content-length", t.body.len().to_string().as_bytes());
     }
     resp
 }
 
-fn header_str(req: &RequestHeader, name: &str) -> String {
-    req.headers
+fn header_str(req: &PlainRequest, name: &str) -> String {
+    req.0
+        .headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -655,13 +646,13 @@ fn header_list(h: &http::HeaderMap) -> Vec<(String, String)> {
 }
 
 /// The client's side of a reply: a response, or a reset stream.
-fn local(answer: Answer, forwarded: Option<Message>) -> Outcome {
+fn local(answer: Answer<PlainResponse>, forwarded: Option<Message>) -> Outcome {
     match answer {
         Answer::Send(resp, body) => Outcome {
             forwarded,
             response: Message {
-                status: resp.status.as_u16(),
-                headers: header_list(&resp.headers),
+                status: resp.0.status.as_u16(),
+                headers: header_list(&resp.0.headers),
                 body: body.to_vec(),
                 ..Message::default()
             },
@@ -681,9 +672,9 @@ fn local(answer: Answer, forwarded: Option<Message>) -> Outcome {
 
 /// Sends `reply` as the proxy does (see [`Exchange::answer`]), then ends the request.
 async fn finish(mut ex: Exchange, reply: Reply, id: &str, forwarded: Option<Message>) -> Outcome {
-    let answer = ex.answer(reply, Some(id)).await;
+    let answer = ex.answer::<PlainResponse>(reply, Some(id)).await;
     let status = match &answer {
-        Answer::Send(resp, _) => resp.status.as_u16(),
+        Answer::Send(resp, _) => resp.0.status.as_u16(),
         Answer::Reset => 0,
     };
     ex.log(status);

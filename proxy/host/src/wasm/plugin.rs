@@ -146,7 +146,7 @@ impl Plugin {
                 message: format!("{e:#}"),
             })?;
         let settings = Arc::new(settings);
-        let shared = shared::namespace(&settings.vm_id, &settings.shared_data);
+        let shared = shared::namespace(&settings.vm_id, settings.shared_store.as_ref());
         let metrics = Arc::new(PhaseMetrics::new(&settings.name));
         let n = settings.vms.max(1);
         // The first VM always starts here (it proves the plugin starts and configures); the

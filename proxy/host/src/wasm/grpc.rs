@@ -2,8 +2,9 @@
 //! `proxy_grpc_send`, `proxy_grpc_cancel`, `proxy_grpc_close`).
 //!
 //! A call is an HTTP/2 stream to an endpoint of an upstream pool whose `protocol` is `h2` (or
-//! `auto`, when the endpoint picks HTTP/2), through the same pingora connector as HTTP
-//! callouts, so it shares the pool's TLS settings and connections. The request is
+//! `auto`, when the endpoint picks HTTP/2), opened by the target's transport
+//! ([`CalloutTarget::open_h2`]; in the proxy, the same connector as HTTP callouts, so it
+//! shares the pool's TLS settings and connections). The request is
 //! `POST /<service>/<method>` with `content-type: application/grpc`, `te: trailers`, the
 //! plugin's initial metadata and, when the plugin set a deadline, `grpc-timeout`. Messages are
 //! framed as gRPC length-prefixed messages (uncompressed) both ways.
@@ -29,13 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::callout::{connector, CalloutDone, CalloutEvent, CalloutSink, IDLE_FOR};
+use super::callout::{CalloutDone, CalloutEvent, CalloutSink};
 use super::stream::HeaderList;
-use crate::upstream::{Pool, Tried};
+use super::target::{CalloutTarget, H2Call};
 
 /// Largest message accepted from the server (and from the plugin).
 pub const MAX_MESSAGE: usize = 4 << 20;
@@ -84,8 +83,8 @@ pub enum GrpcEvent {
 
 /// A call to start.
 pub struct GrpcRequest {
-    /// The pool it goes to (HTTP/2).
-    pub pool: std::sync::Arc<Pool>,
+    /// Where it goes (HTTP/2).
+    pub target: Arc<dyn CalloutTarget>,
     /// Fully qualified service name (`package.Service`).
     pub service: String,
     /// Method name.
@@ -252,7 +251,7 @@ pub fn start(
         let (status, message) = match outcome {
             Ok(s) => s,
             Err((status, message)) => {
-                tracing::debug!(target: "sluice::plugin", upstream = %req.pool.name, status, %message, "gRPC call failed");
+                tracing::debug!(target: "sluice::plugin", upstream = %req.target.name(), status, %message, "gRPC call failed");
                 (status, message)
             }
         };
@@ -295,7 +294,7 @@ fn unavailable(e: impl std::fmt::Display) -> Failure {
     (code::UNAVAILABLE, e.to_string())
 }
 
-/// Reads a header list out of pingora's map.
+/// Reads a header list out of a header map.
 fn list(map: &http::HeaderMap) -> HeaderList {
     map.iter()
         .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -389,72 +388,42 @@ async fn exchange(
     mut out: Outgoing,
     emit: &impl Fn(GrpcEvent),
 ) -> Result<(u32, String), Failure> {
-    let idx = req
-        .pool
-        .select(None, Tried::default(), None)
-        .ok_or_else(|| unavailable("the upstream has no endpoint"))?;
-    let endpoint = &req.pool.endpoints[idx];
-    let peer = endpoint.peer();
-    let (session, _) = connector()
-        .get_http_session(&*peer)
-        .await
-        .map_err(|e| unavailable(format!("connect to {}: {e}", endpoint.label)))?;
-    let mut h2 = match session {
-        HttpSession::H2(h2) => h2,
-        other => {
-            connector()
-                .release_http_session(other, &*peer, Some(IDLE_FOR))
-                .await;
-            return Err(unavailable(format!(
-                "{} did not speak HTTP/2 (gRPC needs it)",
-                endpoint.label
-            )));
-        }
-    };
     let path = format!("/{}/{}", req.service, req.method);
     let bad = |e: &dyn std::fmt::Display| (code::INTERNAL, format!("bad gRPC request: {e}"));
-    let mut head = RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| bad(&e))?;
-    head.insert_header(http::header::HOST, endpoint.label.as_str())
-        .map_err(|e| bad(&e))?;
-    head.insert_header(http::header::CONTENT_TYPE, "application/grpc")
-        .map_err(|e| bad(&e))?;
-    head.insert_header(http::header::TE, "trailers")
-        .map_err(|e| bad(&e))?;
+    let mut head = http::HeaderMap::new();
+    head.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    head.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     if let Some(t) = req.timeout {
-        head.insert_header("grpc-timeout", grpc_timeout(t))
-            .map_err(|e| bad(&e))?;
+        let v = http::HeaderValue::from_str(&grpc_timeout(t)).map_err(|e| bad(&e))?;
+        head.insert("grpc-timeout", v);
     }
     for (k, v) in &req.metadata {
         let name = http::HeaderName::from_bytes(k).map_err(|e| bad(&e))?;
         let value = http::HeaderValue::from_bytes(v).map_err(|e| bad(&e))?;
-        head.append_header(name, value).map_err(|e| bad(&e))?;
+        head.append(name, value);
     }
-    h2.write_request_header(Box::new(head), false)
-        .map_err(unavailable)?;
-    out.writer = h2.take_request_body_writer();
+    let mut h2: Box<dyn H2Call> = req.target.open_h2(&path, head).await.map_err(unavailable)?;
+    out.writer = h2.take_request_body();
     let overflow = out.overflow.clone();
     // The response head, while the plugin may already be sending.
-    loop {
+    let (status, headers) = loop {
         tokio::select! {
             r = out.step(), if out.open() => r?,
             f = overflowed(&overflow) => return Err(f),
-            r = h2.read_response_header() => {
-                r.map_err(unavailable)?;
-                break;
-            }
+            r = h2.response_header() => break r.map_err(unavailable)?,
         }
-    }
-    let resp = h2
-        .response_header()
-        .ok_or_else(|| unavailable("no response head"))?;
-    if resp.status != http::StatusCode::OK {
+    };
+    if status != http::StatusCode::OK {
         return Err((
             code::UNKNOWN,
-            format!("the server answered HTTP {}", resp.status.as_u16()),
+            format!("the server answered HTTP {}", status.as_u16()),
         ));
     }
-    let head_status = status_of(&resp.headers);
-    emit(GrpcEvent::InitialMetadata(list(&resp.headers)));
+    let head_status = status_of(&headers);
+    emit(GrpcEvent::InitialMetadata(list(&headers)));
     if let Some(s) = head_status {
         // Trailers-only: the status came with the head.
         return Ok(s);
@@ -467,7 +436,7 @@ async fn exchange(
                 continue;
             }
             f = overflowed(&overflow) => return Err(f),
-            c = h2.read_response_body() => c.map_err(unavailable)?,
+            c = h2.response_body() => c.map_err(unavailable)?,
         };
         let Some(chunk) = chunk else { break };
         buf.extend_from_slice(&chunk);
@@ -479,7 +448,7 @@ async fn exchange(
         return Err((code::INTERNAL, "the stream ended inside a message".into()));
     }
     let trailers = h2
-        .read_trailers()
+        .trailers()
         .await
         .map_err(unavailable)?
         .unwrap_or_default();
@@ -488,9 +457,7 @@ async fn exchange(
     let (status, message) =
         status.unwrap_or((code::UNKNOWN, "the server sent no grpc-status".into()));
     if !out.open() {
-        connector()
-            .release_http_session(HttpSession::H2(h2), &*peer, Some(IDLE_FOR))
-            .await;
+        h2.release().await;
     }
     Ok((status, message))
 }

@@ -27,6 +27,7 @@ use crate::wasm::plugin::{Plugin, PluginError};
 use crate::wasm::sanitize::Sanitizer;
 use crate::wasm::settings::{FailurePolicy, Limits, PluginSettings};
 use crate::wasm::stream::{BodyKind, RequestInfo, Stream};
+use crate::wasm::target::{CalloutTarget, TargetProtocol};
 use crate::wasm::vm::{ErrorKind, GuestError, StreamCall, Vm, VmError, VmState};
 
 // Statuses as the guest receives them, written out (not taken from `Status`).
@@ -243,7 +244,7 @@ fn settings(name: &str) -> PluginSettings {
         vms: 1,
         vm_start: Default::default(),
         sluice_properties: true,
-        shared_data: Default::default(),
+        shared_store: None,
     }
 }
 
@@ -1319,7 +1320,7 @@ fn shared_data() {
     assert_eq!(t.u32_at(R3), 2);
     assert_eq!(t.case(set2_cas1), CAS_MISMATCH, "version 1 is stale now");
     assert_eq!(
-        crate::wasm::shared::namespace(&format!("{name}.vm"), &Default::default())
+        crate::wasm::shared::namespace(&format!("{name}.vm"), None)
             .get(b"counter")
             .unwrap(),
         Some((b"v2".to_vec(), 2)),
@@ -1650,17 +1651,7 @@ fn http_call_to_an_allowed_upstream() {
     let (addr, server) = one_shot_server(
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-up: yes\r\nconnection: close\r\n\r\npong",
     );
-    let pool = Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
-        name: "svc".into(),
-        endpoints: vec![(addr.to_string(), addr)],
-        tls: None,
-        protocol: crate::config::Protocol::Http1,
-        balancing: crate::config::Balancing::RoundRobin,
-        health_check: None,
-        connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(2),
-        host_header: crate::config::HostHeader::Preserve,
-    }));
+    let pool = callout_pool("svc", addr);
     let mut w = Wat::new();
     let (up, ul) = w.str("svc");
     let (hp, hl) = callout_headers(&mut w, true);
@@ -1758,21 +1749,13 @@ fn grpc_arguments_are_judged_and_foreign_functions_are_unimplemented() {
     let foreign = w.case(c("foreign", &[DATA, 4, DATA, 4, RP, RL]));
     let mut s = settings("hc-grpc");
     let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let pool = |name: &str, protocol| {
-        pool_speaking(
-            name,
-            "127.0.0.1:9",
-            addr,
-            false,
-            Duration::from_secs(1),
-            protocol,
-        )
-    };
-    s.callout_targets
-        .insert("grpc".into(), pool("grpc", crate::config::Protocol::H2));
+    s.callout_targets.insert(
+        "grpc".into(),
+        pool_speaking("grpc", addr, TargetProtocol::H2),
+    );
     s.callout_targets.insert(
         "plain".into(),
-        pool("plain", crate::config::Protocol::Http1),
+        pool_speaking("plain", addr, TargetProtocol::Http1),
     );
     let mut t = start(&w, s);
     const PARSE_FAILURE: u32 = 4;
@@ -1988,7 +1971,7 @@ fn unloading_a_plugin_ends_each_root_context() {
     s.vm_start.all_at_load = true;
     let plugin = load(&w, s).unwrap_or_else(|e| panic!("{e}"));
     let root: u32 = 1; // the root context id Sluice gives every VM
-    let ns = crate::wasm::shared::namespace("hc-unload.vm", &Default::default());
+    let ns = crate::wasm::shared::namespace("hc-unload.vm", None);
     let get = |k: &[u8]| ns.get(k).expect("in-process shared data");
     assert_eq!(get(b"done"), None, "on_done before the plugin was unloaded");
     // A request context ends with on_done/on_delete of its own id, not the root's.
@@ -2819,59 +2802,20 @@ fn new_properties_answer_ok_or_not_found_and_keep_hidden_things_hidden() {
 // behind proxy-wasm-cpp-host): the timeout, an empty `:authority`, the required pseudo-headers,
 // unknown and TLS upstreams. See the module comment of `http_call.rs`.
 
-/// A pool named `name` with one endpoint, `label` as written in the config and resolved to
-/// `addr`; with `tls`, a pool that speaks TLS to it.
-fn callout_pool(
-    name: &str,
-    label: &str,
-    addr: std::net::SocketAddr,
-    tls: bool,
-) -> Arc<crate::upstream::Pool> {
-    callout_pool_reading(name, label, addr, tls, Duration::from_secs(2))
+/// A target named `name` at `addr` (plain HTTP/1.1, the test kit's transport).
+fn callout_pool(name: &str, addr: std::net::SocketAddr) -> Arc<dyn CalloutTarget> {
+    pool_speaking(name, addr, TargetProtocol::Http1)
 }
 
-/// [`callout_pool`] with the upstream's `read_timeout_ms`.
-fn callout_pool_reading(
-    name: &str,
-    label: &str,
-    addr: std::net::SocketAddr,
-    tls: bool,
-    read_timeout: Duration,
-) -> Arc<crate::upstream::Pool> {
-    pool_speaking(
-        name,
-        label,
-        addr,
-        tls,
-        read_timeout,
-        crate::config::Protocol::Http1,
-    )
-}
-
-/// A pool of one endpoint at `addr` speaking `protocol` (plain, or TLS without verification).
+/// A target of one plain endpoint at `addr` speaking `protocol`.
 fn pool_speaking(
     name: &str,
-    label: &str,
     addr: std::net::SocketAddr,
-    tls: bool,
-    read_timeout: Duration,
-    protocol: crate::config::Protocol,
-) -> Arc<crate::upstream::Pool> {
-    Arc::new(crate::upstream::Pool::new(&crate::config::Upstream {
-        name: name.into(),
-        endpoints: vec![(label.to_string(), addr)],
-        tls: tls.then_some(crate::config::UpstreamTls {
-            sni: None,
-            verify: false,
-            ca: None,
-        }),
-        protocol,
-        balancing: crate::config::Balancing::RoundRobin,
-        health_check: None,
-        connect_timeout: Duration::from_secs(2),
-        read_timeout,
-        host_header: crate::config::HostHeader::Preserve,
-    }))
+    protocol: TargetProtocol,
+) -> Arc<dyn CalloutTarget> {
+    Arc::new(crate::testkit::transport::PlainTarget::new(
+        name, addr, protocol,
+    ))
 }
 
 /// A plain HTTP/1.1 server on 127.0.0.1, on a tokio runtime of the test's own: it answers
@@ -2931,16 +2875,6 @@ impl HeadServer {
     }
 }
 
-/// The values of the header `name` in a request head, in order.
-fn head_values(head: &str, name: &str) -> Vec<String> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
 /// The next finished callout of `t`'s request.
 fn callout_result(t: &mut T) -> CalloutDone {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -2996,11 +2930,8 @@ fn http_call_timeouts_zero_huge_and_negative() {
     let smallest_negative = w.case(call(0x8000_0000));
     let all_ones = w.case(call(0xFFFF_FFFF));
     let mut s = settings("hc-callout-timeouts");
-    let label = server.addr.to_string();
-    s.callout_targets.insert(
-        "svc".into(),
-        callout_pool("svc", &label, server.addr, false),
-    );
+    s.callout_targets
+        .insert("svc".into(), callout_pool("svc", server.addr));
     s.limits.max_callouts = 10;
     let mut t = start(&w, s);
 
@@ -3030,71 +2961,6 @@ fn http_call_timeouts_zero_huge_and_negative() {
     t.assert_healthy();
 }
 
-/// A timeout of 0 sets no deadline of the plugin's own, but the upstream's read timeout still
-/// ends a call to an endpoint that never answers.
-#[test]
-fn http_call_with_timeout_zero_ends_at_the_upstream_read_timeout() {
-    // Accepts, reads nothing, answers nothing; holds the connection until the test ends.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let holder = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
-    let mut w = Wat::new();
-    let (up, ul) = w.str("mute");
-    let (hp, hl) = callout_headers(&mut w, true);
-    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 0, R3]));
-    let mut s = settings("hc-callout-mute");
-    let read_timeout = Duration::from_millis(300);
-    s.callout_targets.insert(
-        "mute".into(),
-        callout_pool_reading("mute", &addr.to_string(), addr, false, read_timeout),
-    );
-    let mut t = start(&w, s);
-    let sent = Instant::now();
-    assert_eq!(t.case(call), OK);
-    let done = callout_result(&mut t);
-    assert!(
-        done.response().is_none(),
-        "a response from a server that sent none"
-    );
-    assert!(
-        sent.elapsed() >= read_timeout,
-        "ended after {:?}",
-        sent.elapsed()
-    );
-    drop(holder.join().unwrap());
-    t.assert_healthy();
-}
-
-#[test]
-fn http_call_with_an_empty_authority_sends_the_endpoint_as_host() {
-    let server = HeadServer::start();
-    // The endpoint as written in the config (a name), not the address it resolved to.
-    let label = format!("localhost:{}", server.addr.port());
-    let mut w = Wat::new();
-    let (up, ul) = w.str("svc");
-    let (hp, hl) = w.bytes(&encode(&[
-        (":method", "GET"),
-        (":path", "/who"),
-        (":authority", ""),
-        ("x-call", "1"),
-    ]));
-    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 5000, R3]));
-    let mut s = settings("hc-callout-empty-authority");
-    s.callout_targets.insert(
-        "svc".into(),
-        callout_pool("svc", &label, server.addr, false),
-    );
-    let mut t = start(&w, s);
-    assert_eq!(t.case(call), OK);
-    let head = server.next_head();
-    assert!(head.starts_with("GET /who HTTP/1.1\r\n"), "{head}");
-    assert_eq!(head_values(&head, "host"), vec![label], "{head}");
-    assert_eq!(head_values(&head, "x-call"), vec!["1"], "{head}");
-    let done = callout_result(&mut t);
-    assert_eq!(callout_status(&done).as_deref(), Some("200"));
-    t.assert_healthy();
-}
-
 #[test]
 fn http_call_required_headers_and_unknown_upstreams() {
     let server = HeadServer::start();
@@ -3118,11 +2984,8 @@ fn http_call_required_headers_and_unknown_upstreams() {
     ];
     let unknown = case_with(&complete, (np, nl));
     let mut s = settings("hc-callout-required");
-    let label = server.addr.to_string();
-    s.callout_targets.insert(
-        "svc".into(),
-        callout_pool("svc", &label, server.addr, false),
-    );
+    s.callout_targets
+        .insert("svc".into(), callout_pool("svc", server.addr));
     let mut t = start(&w, s);
     // The upstream is known and the rest is valid: only the missing header is wrong.
     assert_eq!(t.case(no_method), BAD_ARGUMENT, "no :method");
@@ -3133,156 +2996,4 @@ fn http_call_required_headers_and_unknown_upstreams() {
     assert_eq!((t.s().callouts_made, t.s().pending_callouts), (0, 0));
     assert!(t.rx.try_recv().is_err(), "nothing was dispatched");
     t.assert_healthy();
-}
-
-#[test]
-fn http_call_to_a_tls_upstream_is_dispatched() {
-    let server = HeadServer::start();
-    let label = server.addr.to_string();
-    let mut w = Wat::new();
-    let (up, ul) = w.str("secure");
-    let (hp, hl) = callout_headers(&mut w, true);
-    let call = w.case(c("http_call", &[up, ul, hp, hl, DATA, 0, 0, 0, 1000, R3]));
-    let mut s = settings("hc-callout-tls");
-    s.callout_targets.insert(
-        "secure".into(),
-        callout_pool("secure", &label, server.addr, true),
-    );
-    let mut t = start(&w, s);
-    assert_eq!(t.case(call), OK);
-    assert_eq!((t.s().callouts_made, t.s().pending_callouts), (1, 1));
-    t.assert_healthy();
-}
-
-/// A TLS pool is spoken to in TLS: a plain-HTTP server (which would answer 200 to any
-/// HTTP request) never sees one, and the callout fails; the same server behind a plain pool
-/// answers.
-#[test]
-fn a_callout_to_a_tls_pool_speaks_tls() {
-    let server = HeadServer::start();
-    let label = server.addr.to_string();
-    let (tx, mut rx) = unbounded_channel();
-    let request = |pool| crate::wasm::callout::CalloutRequest {
-        pool,
-        headers: header_list(&[(":method", "GET"), (":path", "/tls"), (":authority", "a")]),
-        body: Bytes::new(),
-        timeout: Some(Duration::from_secs(5)),
-    };
-    let tls = callout_pool("secure", &label, server.addr, true);
-    crate::wasm::callout::dispatch(request(tls), 7, 0, CalloutSink::Request(tx.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        match rx.try_recv() {
-            Ok(done) => break done,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("no callout result: {e}"),
-        }
-    };
-    assert_eq!(done.token, 7);
-    assert!(
-        done.response().is_none(),
-        "a TLS pool got a plain-HTTP request"
-    );
-    // The same server behind a plain pool is reached: the failure above was TLS.
-    let plain = callout_pool("plain", &label, server.addr, false);
-    crate::wasm::callout::dispatch(request(plain), 8, 0, CalloutSink::Request(tx));
-    assert!(server.next_head().starts_with("GET /tls HTTP/1.1\r\n"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        match rx.try_recv() {
-            Ok(done) => break done,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("no callout result: {e}"),
-        }
-    };
-    assert_eq!(done.token, 8);
-    assert!(done.response().is_some());
-}
-
-/// A callout to an `h2` pool speaks HTTP/2 with prior knowledge, reads the response trailers
-/// (given to the plugin as the call's trailer map), and carries later calls on the same
-/// connection.
-#[test]
-fn a_callout_to_an_h2_pool_reads_trailers_and_shares_its_connection() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                        return;
-                    };
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        let path = req.uri().path().to_string();
-                        let resp = http::Response::builder()
-                            .status(200)
-                            .header("x-h2", "yes")
-                            .body(())
-                            .unwrap();
-                        let mut send = respond.send_response(resp, false).unwrap();
-                        send.send_data(Bytes::from(format!("pong {path}")), false)
-                            .unwrap();
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("x-t", "done".parse().unwrap());
-                        send.send_trailers(trailers).unwrap();
-                    }
-                });
-            }
-        });
-    });
-    let pool = pool_speaking(
-        "h2",
-        &addr.to_string(),
-        addr,
-        false,
-        Duration::from_secs(5),
-        crate::config::Protocol::H2,
-    );
-    let (tx, mut rx) = unbounded_channel();
-    for token in [1, 2, 3] {
-        let request = crate::wasm::callout::CalloutRequest {
-            pool: pool.clone(),
-            headers: header_list(&[
-                (":method", "POST"),
-                (":path", &format!("/call/{token}")),
-                (":authority", "svc"),
-            ]),
-            body: Bytes::from_static(b"ping"),
-            timeout: Some(Duration::from_secs(5)),
-        };
-        crate::wasm::callout::dispatch(request, token, 0, CalloutSink::Request(tx.clone()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let done = loop {
-            match rx.try_recv() {
-                Ok(done) => break done,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => panic!("no callout result: {e}"),
-            }
-        };
-        assert_eq!(done.token, token);
-        let r = done.response().cloned().expect("the h2 callout failed");
-        assert!(r.headers.contains(&(b":status".to_vec(), b"200".to_vec())));
-        assert!(r.headers.contains(&(b"x-h2".to_vec(), b"yes".to_vec())));
-        assert_eq!(r.body, format!("pong /call/{token}").into_bytes());
-        assert_eq!(r.trailers, header_list(&[("x-t", "done")]));
-    }
-    assert_eq!(
-        connections.load(Ordering::SeqCst),
-        1,
-        "one HTTP/2 connection"
-    );
 }

@@ -2,8 +2,8 @@
 //!
 //! Both live outside any config: a namespace is the plugin's `vm_id` (by default its name),
 //! shared by all VMs of the plugin and kept across reloads, so a rate-limit counter survives a
-//! plugin swap. With `shared_data: { backend: redis }` the keys live in Redis instead, shared
-//! by every replica (see [`crate::redis`]); queues always stay in the process.
+//! plugin swap. With a [`SharedStore`] (the proxy's `shared_data: { backend: redis }`) the keys
+//! live in that store instead, shared by every replica; queues always stay in the process.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -11,8 +11,29 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use sluice_abi::Status;
 
 use super::vm::Vm;
-use crate::config::SharedData;
-use crate::redis::{RedisStore, Unavailable};
+
+/// Why a store shared by replicas did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared data in {store} at {at}: {message}")]
+pub struct Unavailable {
+    /// The kind of store (`Redis`).
+    pub store: &'static str,
+    /// Where it is (a URL without password).
+    pub at: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A key-value store shared by replicas, that shared data may live in instead of the process.
+/// Its `set` keeps the compare-and-swap rules of [`Namespace::set`], atomically per key.
+pub trait SharedStore: Send + Sync + 'static {
+    /// What goes before a namespace's name in its keys (the proxy's `key_prefix`).
+    fn key_prefix(&self) -> &str;
+    /// The value of `key` and its version, or `None`.
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable>;
+    /// Sets `key` (`cas` as in [`Namespace::set`]).
+    fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable>;
+}
 
 /// Largest key.
 pub const MAX_KEY_BYTES: u32 = 4096;
@@ -30,12 +51,12 @@ type Entry = (Vec<u8>, u32);
 pub enum Namespace {
     /// In this process.
     Memory(Memory),
-    /// In Redis, under the namespace's prefix.
-    Redis {
+    /// In a store shared by replicas, under the namespace's prefix.
+    Store {
         /// `{key_prefix}{vm_id}:`, put before each key.
         prefix: Vec<u8>,
         /// The store.
-        store: Arc<RedisStore>,
+        store: Arc<dyn SharedStore>,
     },
 }
 
@@ -46,21 +67,21 @@ impl Default for Namespace {
 }
 
 impl Namespace {
-    /// The value and its version (CAS), or `None`; an error if Redis could not answer.
+    /// The value and its version (CAS), or `None`; an error if the store could not answer.
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
         match self {
             Namespace::Memory(m) => Ok(m.get(key)),
-            Namespace::Redis { prefix, store } => store.get(&[prefix, key].concat()),
+            Namespace::Store { prefix, store } => store.get(&[prefix, key].concat()),
         }
     }
 
     /// Sets `key`. `cas` 0 is unconditional; otherwise it must equal the current version of an
-    /// existing key (a new key is set whatever `cas` says, as Envoy does). An error if Redis
-    /// could not answer.
+    /// existing key (a new key is set whatever `cas` says, as Envoy does). An error if the
+    /// store could not answer.
     pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Result<Status, Unavailable> {
         match self {
             Namespace::Memory(m) => Ok(m.set(key, value, cas)),
-            Namespace::Redis { prefix, store } => store.set(&[prefix, key].concat(), value, cas),
+            Namespace::Store { prefix, store } => store.set(&[prefix, key].concat(), value, cas),
         }
     }
 }
@@ -131,12 +152,12 @@ impl Memory {
     }
 }
 
-/// The namespace `vm_id` on `backend` (an in-process one is created on first use and kept).
-pub fn namespace(vm_id: &str, backend: &SharedData) -> Arc<Namespace> {
-    if let SharedData::Redis(settings) = backend {
-        return Arc::new(Namespace::Redis {
-            prefix: format!("{}{vm_id}:", settings.key_prefix).into_bytes(),
-            store: crate::redis::store(settings),
+/// The namespace `vm_id` in `store`, or in the process (created on first use and kept).
+pub fn namespace(vm_id: &str, store: Option<&Arc<dyn SharedStore>>) -> Arc<Namespace> {
+    if let Some(store) = store {
+        return Arc::new(Namespace::Store {
+            prefix: format!("{}{vm_id}:", store.key_prefix()).into_bytes(),
+            store: store.clone(),
         });
     }
     static ALL: OnceLock<Mutex<HashMap<String, Arc<Namespace>>>> = OnceLock::new();
@@ -242,12 +263,9 @@ mod tests {
 
     #[test]
     fn cas_semantics() {
-        let ns = namespace("shared-test-cas", &SharedData::Memory);
+        let ns = namespace("shared-test-cas", None);
         cas_semantics_of(&ns);
-        assert!(Arc::ptr_eq(
-            &ns,
-            &namespace("shared-test-cas", &SharedData::Memory)
-        ));
+        assert!(Arc::ptr_eq(&ns, &namespace("shared-test-cas", None)));
     }
 
     /// The compare-and-swap rules every backend keeps (`tests/shared_redis.rs` holds the

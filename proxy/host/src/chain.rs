@@ -18,7 +18,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::{request, response};
+
+use crate::head::{HeadError, RequestHeadMut, ResponseHeadMut};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::wasm::callout::{CalloutDone, CalloutEvent, CalloutSink};
@@ -481,7 +483,7 @@ impl Chain {
     /// set on top (the forwarding headers the upstream will get).
     pub fn load_request<'n, 'v>(
         &mut self,
-        req: &RequestHeader,
+        req: &request::Parts,
         scheme: &str,
         extra: impl IntoIterator<Item = (&'n str, &'v [u8])>,
     ) {
@@ -737,7 +739,7 @@ impl Chain {
     }
 
     /// Loads the response header (with `:status`) into the stream.
-    pub fn load_response(&mut self, resp: &ResponseHeader) {
+    pub fn load_response(&mut self, resp: &response::Parts) {
         let s = self.stream();
         s.response_headers = response_list(resp);
         s.response_headers_writable = true;
@@ -887,7 +889,7 @@ impl Chain {
     /// then (a stream reset it honours).
     pub async fn response_over_reply(
         &mut self,
-        resp: &mut ResponseHeader,
+        resp: &mut impl ResponseHeadMut,
         body: &mut Bytes,
     ) -> Result<(), Reply> {
         let from = self.headers_done.min(self.members.len());
@@ -904,10 +906,10 @@ impl Chain {
 
     async fn response_phases_over(
         &mut self,
-        resp: &mut ResponseHeader,
+        resp: &mut impl ResponseHeadMut,
         body: &mut Bytes,
     ) -> Result<(), Reply> {
-        self.load_response(resp);
+        self.load_response(resp.parts());
         let end = body.is_empty();
         self.response_headers(end).await?;
         self.apply_response(resp)
@@ -918,7 +920,7 @@ impl Chain {
             self.response_body(&mut chunk, true)?;
             *body = chunk.unwrap_or_default();
         }
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())
+        resp.insert_header("content-length", body.len().to_string().as_bytes())
             .map_err(|e| Reply::internal(&e.to_string()))?;
         Ok(())
     }
@@ -962,7 +964,7 @@ fn too_large(plugin: &str, status: u16) -> Reply {
 }
 
 /// The request header as plugins see it.
-pub fn request_list(req: &RequestHeader, scheme: &str) -> HeaderList {
+pub fn request_list(req: &request::Parts, scheme: &str) -> HeaderList {
     // Room for the pseudo-headers and the forwarding headers set on top.
     let mut list = Vec::with_capacity(req.headers.len() + 10);
     list.push((b":method".to_vec(), req.method.as_str().as_bytes().to_vec()));
@@ -988,7 +990,7 @@ pub fn request_list(req: &RequestHeader, scheme: &str) -> HeaderList {
 }
 
 /// The response header as plugins see it.
-pub fn response_list(resp: &ResponseHeader) -> HeaderList {
+pub fn response_list(resp: &response::Parts) -> HeaderList {
     let mut list = Vec::with_capacity(resp.headers.len() + 1);
     list.push((
         b":status".to_vec(),
@@ -1000,27 +1002,33 @@ pub fn response_list(resp: &ResponseHeader) -> HeaderList {
     list
 }
 
-/// pingora's request and response headers, as the write-back changes them.
+/// A request or response head, as the write-back changes it.
 trait HeaderTarget {
     fn remove(&mut self, name: &str);
-    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()>;
+    fn append(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError>;
 }
 
-impl HeaderTarget for RequestHeader {
+/// A request head under write-back.
+struct Req<'a, H>(&'a mut H);
+
+/// A response head under write-back.
+struct Resp<'a, H>(&'a mut H);
+
+impl<H: RequestHeadMut> HeaderTarget for Req<'_, H> {
     fn remove(&mut self, name: &str) {
-        self.remove_header(name);
+        self.0.remove_header(name);
     }
-    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()> {
-        self.append_header(name, value).map(|_| ())
+    fn append(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError> {
+        self.0.append_header(name, value)
     }
 }
 
-impl HeaderTarget for ResponseHeader {
+impl<H: ResponseHeadMut> HeaderTarget for Resp<'_, H> {
     fn remove(&mut self, name: &str) {
-        self.remove_header(name);
+        self.0.remove_header(name);
     }
-    fn append(&mut self, name: String, value: Vec<u8>) -> pingora::Result<()> {
-        self.append_header(name, value).map(|_| ())
+    fn append(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError> {
+        self.0.append_header(name, value)
     }
 }
 
@@ -1030,7 +1038,7 @@ fn write_back(
     target: &mut impl HeaderTarget,
     list: &HeaderList,
     names: &[Vec<u8>],
-) -> pingora::Result<()> {
+) -> Result<(), HeadError> {
     for name in names {
         let Ok(n) = std::str::from_utf8(name) else {
             continue;
@@ -1066,8 +1074,8 @@ fn changed_names(
 }
 
 impl Chain {
-    /// Writes what plugins changed in the request headers back into pingora's header.
-    pub fn apply_request(&mut self, req: &mut RequestHeader) -> pingora::Result<()> {
+    /// Writes what plugins changed in the request headers back into the request head.
+    pub fn apply_request(&mut self, req: &mut impl RequestHeadMut) -> Result<(), HeadError> {
         self.recover();
         let s = self.stream.as_deref_mut().expect("stream present");
         if !s.request_changed.any() {
@@ -1077,7 +1085,7 @@ impl Chain {
         let list = &s.request_headers;
         let get = |n: &[u8]| list.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_slice());
         if let Some(m) = get(b":method") {
-            if m != req.method.as_str().as_bytes() {
+            if m != req.parts().method.as_str().as_bytes() {
                 if let Ok(method) = http::Method::from_bytes(m) {
                     req.set_method(method);
                 }
@@ -1085,6 +1093,7 @@ impl Chain {
         }
         if let Some(p) = get(b":path") {
             let current = req
+                .parts()
                 .uri
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
@@ -1094,19 +1103,19 @@ impl Chain {
             }
         }
         if let Some(a) = get(b":authority") {
-            let current = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
-            if current != Some(a) && !a.is_empty() {
-                req.insert_header(http::header::HOST, a.to_vec())?;
+            let current = req.parts().headers.get(http::header::HOST);
+            if current.map(|v| v.as_bytes()) != Some(a) && !a.is_empty() {
+                req.insert_header("host", a)?;
             }
         }
-        let old = req.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
-        let names = changed_names(changes, old, list);
-        write_back(req, list, &names)?;
+        let old = req.parts().headers.keys();
+        let names = changed_names(changes, old.map(|k| k.as_str().as_bytes().to_vec()), list);
+        write_back(&mut Req(req), list, &names)?;
         Ok(())
     }
 
-    /// Writes what plugins changed in the response headers back into pingora's header.
-    pub fn apply_response(&mut self, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    /// Writes what plugins changed in the response headers back into the response head.
+    pub fn apply_response(&mut self, resp: &mut impl ResponseHeadMut) -> Result<(), HeadError> {
         self.recover();
         let s = self.stream.as_deref_mut().expect("stream present");
         if !s.response_changed.any() {
@@ -1119,14 +1128,14 @@ impl Chain {
                 .ok()
                 .and_then(|s| s.parse::<u16>().ok())
             {
-                if code != resp.status.as_u16() {
+                if code != resp.parts().status.as_u16() {
                     resp.set_status(code)?;
                 }
             }
         }
-        let old = resp.headers.keys().map(|k| k.as_str().as_bytes().to_vec());
-        let names = changed_names(changes, old, list);
-        write_back(resp, list, &names)?;
+        let old = resp.parts().headers.keys();
+        let names = changed_names(changes, old.map(|k| k.as_str().as_bytes().to_vec()), list);
+        write_back(&mut Resp(resp), list, &names)?;
         Ok(())
     }
 }

@@ -25,10 +25,10 @@ use wasmtime::Linker;
 use super::headers::{valid_name, valid_value};
 use super::http_call::{claim_call, deadline, Refused};
 use super::{done, put_u32, read, st, HostResult, C};
-use crate::config::Protocol;
 use crate::wasm::callout::CalloutSink;
 use crate::wasm::grpc::{self, GrpcHandle, GrpcRequest, MAX_MESSAGE};
 use crate::wasm::stream::{HeaderList, MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_PAIRS};
+use crate::wasm::target::TargetProtocol;
 use crate::wasm::vm::VmState;
 
 pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
@@ -149,7 +149,7 @@ fn open(
     timeout: Option<std::time::Duration>,
     first: Option<Bytes>,
 ) -> Result<u32, Status> {
-    let Some(pool) = state.settings.callout_targets.get(&t.upstream).cloned() else {
+    let Some(target) = state.settings.callout_targets.get(&t.upstream).cloned() else {
         tracing::debug!(
             target: "sluice::plugin",
             plugin = %state.settings.name,
@@ -158,7 +158,7 @@ fn open(
         );
         return Err(Status::ParseFailure);
     };
-    if pool.protocol == Protocol::Http1 {
+    if target.protocol() == TargetProtocol::Http1 {
         tracing::debug!(
             target: "sluice::plugin",
             plugin = %state.settings.name,
@@ -173,7 +173,7 @@ fn open(
         Refused::OverLimit => Status::InternalFailure,
     })?;
     let request = GrpcRequest {
-        pool,
+        target,
         service: t.service,
         method: t.method,
         metadata: t.metadata,
