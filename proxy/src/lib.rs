@@ -6,22 +6,25 @@
 
 // The plugin host (engine, VMs, host calls, exchange driver, test kit) is its own crate; its
 // modules are re-exported under their old names.
-pub use sluice_host::{chain, exchange, forwarding, hash, head, metrics, testkit, wasm};
+pub use sluice_host::{chain, exchange, forwarding, hash, head, testkit, wasm};
 
 pub mod admin;
 pub mod admin_client;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod file_mark;
 pub mod heads;
 pub mod logging;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod redis;
-pub mod reload;
 pub mod request_head;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod source;
+pub mod state;
+pub mod triggers;
 pub mod upstream;

@@ -380,7 +380,7 @@ fn main() -> ExitCode {
                 }
             };
             let timeout = std::time::Duration::from_secs(timeout);
-            match sluice::reload::request_reload(
+            match sluice::triggers::request_reload(
                 &admin,
                 token.as_ref().map(|t| t.expose()),
                 timeout,

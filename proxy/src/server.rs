@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::connections::Capped;
 use crate::demo::DemoUpstream;
 use crate::proxy::SluiceProxy;
-use crate::reload::ReloadTriggers;
-use crate::runtime::State;
+use crate::state::State;
+use crate::triggers::ReloadTriggers;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -697,10 +697,7 @@ impl Chain {
             BodyKind::Request => ("request_body", "request", 500),
             BodyKind::Response => ("response_body", "response", 502),
         };
-        crate::metrics::metrics()
-            .plugin_errors
-            .with_label_values(&[&name, phase, "abi"])
-            .inc();
+        crate::wasm::vm::record(&name, phase, crate::wasm::vm::ErrorKind::Abi);
         tracing::error!(
             target: "sluice::plugin",
             plugin = %name,

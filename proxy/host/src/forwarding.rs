@@ -113,3 +113,20 @@ impl Forwarding {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        let a = RequestId::new();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(valid_request_id(a.as_str().as_bytes()));
+        assert_ne!(a.as_str(), RequestId::new().as_str());
+    }
+}

@@ -81,6 +81,16 @@ fn value(v: &[u8]) -> Result<http::HeaderValue, HeadError> {
     http::HeaderValue::from_bytes(v).map_err(HeadError::from_display)
 }
 
+fn insert(h: &mut http::HeaderMap, n: &str, v: &[u8]) -> Result<(), HeadError> {
+    h.insert(name(n)?, value(v)?);
+    Ok(())
+}
+
+fn append(h: &mut http::HeaderMap, n: &str, v: &[u8]) -> Result<(), HeadError> {
+    h.append(name(n)?, value(v)?);
+    Ok(())
+}
+
 impl PlainRequest {
     /// A request of `method` for `path` (path and query), no headers.
     pub fn new(method: &str, path: &[u8]) -> Result<Self, HeadError> {
@@ -121,12 +131,10 @@ impl RequestHeadMut for PlainRequest {
         Ok(())
     }
     fn insert_header(&mut self, n: &str, v: &[u8]) -> Result<(), HeadError> {
-        self.0.headers.insert(name(n)?, value(v)?);
-        Ok(())
+        insert(&mut self.0.headers, n, v)
     }
     fn append_header(&mut self, n: String, v: Vec<u8>) -> Result<(), HeadError> {
-        self.0.headers.append(name(&n)?, value(&v)?);
-        Ok(())
+        append(&mut self.0.headers, &n, &v)
     }
     fn remove_header(&mut self, n: &str) {
         self.0.headers.remove(n);
@@ -142,12 +150,10 @@ impl ResponseHeadMut for PlainResponse {
         Ok(())
     }
     fn insert_header(&mut self, n: &str, v: &[u8]) -> Result<(), HeadError> {
-        self.0.headers.insert(name(n)?, value(v)?);
-        Ok(())
+        insert(&mut self.0.headers, n, v)
     }
     fn append_header(&mut self, n: String, v: Vec<u8>) -> Result<(), HeadError> {
-        self.0.headers.append(name(&n)?, value(&v)?);
-        Ok(())
+        append(&mut self.0.headers, &n, &v)
     }
     fn remove_header(&mut self, n: &str) {
         self.0.headers.remove(n);

@@ -13,5 +13,7 @@ pub mod forwarding;
 pub mod hash;
 pub mod head;
 pub mod metrics;
+#[cfg(test)]
+mod module_graph;
 pub mod testkit;
 pub mod wasm;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::listener::{check_name, existing_file};
 use super::upstream::UpstreamFile;
 use super::ConfigError;
-use crate::source::{OciReference, PluginSource, SignatureCheck};
+use crate::source::{OciReference, PluginSource, SignatureCheck, Wanted};
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
 use crate::wasm::settings::{encode_config, FailurePolicy, Limits, LimitsFile};
 
@@ -382,5 +382,23 @@ impl SignatureFile {
                 None
             }
         }
+    }
+}
+
+impl Wanted for PluginSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn source(&self) -> &PluginSource {
+        &self.source
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
+    }
+
+    fn signature(&self) -> Option<&SignatureCheck> {
+        self.signature.as_ref()
     }
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod local;
 pub mod oci;
 pub mod push;
+pub mod reference;
 pub mod registry;
 pub mod signature;
 pub mod url;
@@ -28,7 +29,6 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::PluginSpec;
 use crate::wasm::engine::hex;
 pub use oci::OciReference;
 pub use signature::{SignatureCheck, SignatureError};
@@ -39,6 +39,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest plugin binary (and any download) accepted.
 pub const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
+
+/// A plugin binary to fetch, as a `plugins:` entry of the config describes it.
+pub trait Wanted: Sync {
+    /// The plugin's name (errors and logs name it).
+    fn name(&self) -> &str;
+    /// Where its binary comes from.
+    fn source(&self) -> &PluginSource;
+    /// The sha256 the binary must have (required for `url:`), lower-case hex.
+    fn sha256(&self) -> Option<&str>;
+    /// The signature it must carry.
+    fn signature(&self) -> Option<&SignatureCheck>;
+}
 
 /// Where a plugin's binary comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,25 +276,25 @@ impl<'a> Fetcher<'a> {
         self.http.get_or_init(|| self.options.http()).clone()
     }
 
-    async fn fetch(&self, spec: &PluginSpec) -> Result<Fetched, SourceError> {
+    async fn fetch(&self, spec: &impl Wanted) -> Result<Fetched, SourceError> {
         let seconds = self.options.timeout.as_secs();
         match tokio::time::timeout(self.options.timeout, self.fetch_unbounded(spec)).await {
             Ok(r) => r,
             Err(_) => Err(SourceError::Timeout {
-                plugin: spec.name.clone(),
-                origin: spec.source.to_string(),
+                plugin: spec.name().to_string(),
+                origin: spec.source().to_string(),
                 seconds,
             }),
         }
     }
 
-    async fn fetch_unbounded(&self, spec: &PluginSpec) -> Result<Fetched, SourceError> {
-        let plugin = || spec.name.clone();
+    async fn fetch_unbounded(&self, spec: &impl Wanted) -> Result<Fetched, SourceError> {
+        let plugin = || spec.name().to_string();
         let cache = self.cache.as_ref();
         // The bytes, their digest if already known, the origin, whether cached, and the
         // signature check's outcome (when one is configured).
-        let (binary, sha256, origin, from_cache, signed) = match &spec.source {
-            PluginSource::Path(path) if spec.signature.is_none() => {
+        let (binary, sha256, origin, from_cache, signed) = match spec.source() {
+            PluginSource::Path(path) if spec.signature().is_none() => {
                 let got = self
                     .local(path)
                     .await
@@ -295,7 +307,7 @@ impl<'a> Fetcher<'a> {
                     Some(b) => Binary::Bytes(b),
                     None => Binary::File(path.clone()),
                 };
-                (binary, got.sha256, spec.source.to_string(), false, None)
+                (binary, got.sha256, spec.source().to_string(), false, None)
             }
             PluginSource::Path(path) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| SourceError::Read {
@@ -303,7 +315,7 @@ impl<'a> Fetcher<'a> {
                     path: path.display().to_string(),
                     message: e.to_string(),
                 })?;
-                let signed = match &spec.signature {
+                let signed = match spec.signature() {
                     None => None,
                     Some(check) => {
                         let sig_path = signature::sig_path(path);
@@ -326,13 +338,13 @@ impl<'a> Fetcher<'a> {
                 (
                     Binary::Bytes(bytes.into()),
                     sha256,
-                    spec.source.to_string(),
+                    spec.source().to_string(),
                     false,
                     signed,
                 )
             }
             PluginSource::Url(u) => {
-                let Some(expected) = &spec.sha256 else {
+                let Some(expected) = spec.sha256() else {
                     return Err(SourceError::Internal {
                         plugin: plugin(),
                         message: format!("url:{u} has no sha256 (the config requires one)"),
@@ -356,7 +368,7 @@ impl<'a> Fetcher<'a> {
                             message: e.to_string(),
                         },
                     })?;
-                let signed = match &spec.signature {
+                let signed = match spec.signature() {
                     None => None,
                     Some(check) => Some(
                         url::signature(|| self.http(), u, &got.bytes, &got.sha256, check, cache)
@@ -366,7 +378,7 @@ impl<'a> Fetcher<'a> {
                 (
                     Binary::Bytes(got.bytes.into()),
                     got.sha256,
-                    spec.source.to_string(),
+                    spec.source().to_string(),
                     got.from_cache,
                     signed,
                 )
@@ -389,7 +401,7 @@ impl<'a> Fetcher<'a> {
                     cache,
                     self.options.max_bytes,
                     connect,
-                    spec.signature.is_some(),
+                    spec.signature().is_some(),
                 )
                 .await
                 .map_err(|e| SourceError::Oci {
@@ -404,16 +416,13 @@ impl<'a> Fetcher<'a> {
                         ..reference.clone()
                     }
                 );
-                let signed = spec
-                    .signature
-                    .as_ref()
-                    .map(|check| match &pulled.signature {
-                        Some(sig) => check.verify(&pulled.wasm, sig),
-                        None => Err(SignatureError::Missing(format!(
-                            "the image has no layer of media type {}",
-                            signature::SIGNATURE_MEDIA_TYPE
-                        ))),
-                    });
+                let signed = spec.signature().map(|check| match &pulled.signature {
+                    Some(sig) => check.verify(&pulled.wasm, sig),
+                    None => Err(SignatureError::Missing(format!(
+                        "the image has no layer of media type {}",
+                        signature::SIGNATURE_MEDIA_TYPE
+                    ))),
+                });
                 let sha256 = sha256_hex(&pulled.wasm);
                 (
                     Binary::Bytes(pulled.wasm.into()),
@@ -428,13 +437,13 @@ impl<'a> Fetcher<'a> {
             Binary::Bytes(b) => Some(b.len()),
             Binary::File(_) => None,
         };
-        if let Some(expected) = &spec.sha256 {
-            if &sha256 != expected {
+        if let Some(expected) = spec.sha256() {
+            if sha256 != expected {
                 return Err(SourceError::Digest {
                     plugin: plugin(),
                     origin,
                     actual: sha256,
-                    expected: expected.clone(),
+                    expected: expected.to_string(),
                 });
             }
         }
@@ -446,9 +455,9 @@ impl<'a> Fetcher<'a> {
                 reason,
             });
         }
-        if !from_cache && !matches!(spec.source, PluginSource::Path(_)) {
+        if !from_cache && !matches!(spec.source(), PluginSource::Path(_)) {
             tracing::info!(
-                plugin = %spec.name,
+                plugin = %spec.name(),
                 %origin,
                 %sha256,
                 bytes = size,
@@ -456,7 +465,7 @@ impl<'a> Fetcher<'a> {
             );
         }
         tracing::debug!(
-            plugin = %spec.name,
+            plugin = %spec.name(),
             %origin,
             %sha256,
             bytes = size,
@@ -479,36 +488,39 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Fetches and checks one plugin's binary, with [`FetchOptions::from_env`].
-pub async fn fetch(spec: &PluginSpec) -> Result<Fetched, SourceError> {
+pub async fn fetch(spec: &impl Wanted) -> Result<Fetched, SourceError> {
     fetch_with(spec, &FetchOptions::from_env()).await
 }
 
 /// Fetches and checks one plugin's binary with `options`.
-pub async fn fetch_with(spec: &PluginSpec, options: &FetchOptions) -> Result<Fetched, SourceError> {
+pub async fn fetch_with(
+    spec: &impl Wanted,
+    options: &FetchOptions,
+) -> Result<Fetched, SourceError> {
     Fetcher::new(options).fetch(spec).await
 }
 
 /// Fetches every plugin of a config (concurrently), with [`FetchOptions::from_env`]; the
 /// first failure is the error.
-pub async fn fetch_all(specs: &[PluginSpec]) -> Result<HashMap<String, Fetched>, SourceError> {
+pub async fn fetch_all(specs: &[impl Wanted]) -> Result<HashMap<String, Fetched>, SourceError> {
     fetch_all_with(specs, &FetchOptions::from_env()).await
 }
 
 /// [`fetch_all`] with `options`.
 pub async fn fetch_all_with(
-    specs: &[PluginSpec],
+    specs: &[impl Wanted],
     options: &FetchOptions,
 ) -> Result<HashMap<String, Fetched>, SourceError> {
     let fetcher = Fetcher::new(options);
     let results = futures_util::future::join_all(specs.iter().map(|s| fetcher.fetch(s))).await;
     let mut out = HashMap::new();
     for (spec, r) in specs.iter().zip(results) {
-        out.insert(spec.name.clone(), r?);
+        out.insert(spec.name().to_string(), r?);
     }
     // Forget the digests of files this configuration no longer names.
     let paths: Vec<&Path> = specs
         .iter()
-        .filter_map(|s| match &s.source {
+        .filter_map(|s| match s.source() {
             PluginSource::Path(p) => Some(p.as_path()),
             _ => None,
         })
@@ -518,20 +530,23 @@ pub async fn fetch_all_with(
 }
 
 /// [`fetch_all`] from synchronous code outside any async runtime (start-up, `sluice check`).
-pub fn fetch_all_blocking(specs: &[PluginSpec]) -> Result<HashMap<String, Fetched>, SourceError> {
+pub fn fetch_all_blocking(specs: &[impl Wanted]) -> Result<HashMap<String, Fetched>, SourceError> {
     fetch_all_blocking_with(specs, &FetchOptions::from_env())
 }
 
 /// [`fetch_all_with`] from synchronous code outside any async runtime.
 pub fn fetch_all_blocking_with(
-    specs: &[PluginSpec],
+    specs: &[impl Wanted],
     options: &FetchOptions,
 ) -> Result<HashMap<String, Fetched>, SourceError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| SourceError::Internal {
-            plugin: specs.first().map(|s| s.name.clone()).unwrap_or_default(),
+            plugin: specs
+                .first()
+                .map(|s| s.name().to_string())
+                .unwrap_or_default(),
             message: format!("cannot start a runtime to fetch plugins: {e}"),
         })?;
     rt.block_on(fetch_all_with(specs, options))

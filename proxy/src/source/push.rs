@@ -41,8 +41,6 @@ pub struct Pushed {
     pub reference: OciReference,
     /// The manifest's digest, `sha256:<hex>`.
     pub manifest_digest: String,
-    /// The digest of the module's layer.
-    pub layer_digest: String,
 }
 
 impl std::fmt::Display for Pushed {
@@ -167,7 +165,6 @@ pub async fn push(
             digest: Some(digest.clone()),
         },
         manifest_digest: digest,
-        layer_digest: layer.digest,
     })
 }
 

@@ -23,7 +23,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, StatusCode};
 
 use super::http::{chain, status_error, Answer, DownloadError, Http};
-use super::oci::OciReference;
+use super::reference::OciReference;
 
 /// Environment variable: user name for registries that ask for credentials.
 pub const USERNAME_ENV: &str = "SLUICE_OCI_USERNAME";

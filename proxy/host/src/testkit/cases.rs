@@ -191,21 +191,18 @@ pub struct Expect {
     pub logs_contain: Vec<String>,
 }
 
-/// Why a file could not be used.
+/// Why a cases or options file could not be used (unreadable or invalid).
 #[derive(Debug, thiserror::Error)]
-pub enum CaseError {
-    /// Unreadable or invalid.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+#[error("{path}: {message}")]
+pub struct CaseError {
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CaseError> {
-    let err = |message: String| CaseError::File {
+    let err = |message: String| CaseError {
         path: path.display().to_string(),
         message,
     };
@@ -221,7 +218,7 @@ pub fn load_options(path: Option<&Path>) -> Result<Options, CaseError> {
         None => OptionsFile::default(),
     };
     let where_ = path.map_or("options".into(), |p| p.display().to_string());
-    let err = |message: String| CaseError::File {
+    let err = |message: String| CaseError {
         path: where_.clone(),
         message,
     };

@@ -454,16 +454,10 @@ impl Kit {
 
     /// How many of the plugin's calls failed (trap, fuel, timeout, memory, abi) so far.
     pub fn failures(&self) -> u64 {
-        let m = crate::metrics::metrics();
+        let by_kind = crate::metrics::metrics().plugin_errors_by_kind(&self.name);
         ["trap", "fuel", "timeout", "memory", "abi"]
             .iter()
-            .flat_map(|kind| {
-                crate::wasm::vm::Phase::ALL.iter().map(move |p| {
-                    m.plugin_errors
-                        .with_label_values(&[&self.name, p.as_str(), kind])
-                        .get()
-                })
-            })
+            .map(|kind| by_kind.get(*kind).copied().unwrap_or(0))
             .sum()
     }
 

@@ -32,8 +32,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::callout::{CalloutDone, CalloutEvent, CalloutSink};
-use super::stream::HeaderList;
+pub use super::events::GrpcEvent;
+use super::events::{CalloutDone, CalloutEvent, CalloutSink};
+use super::header_list::HeaderList;
 use super::target::{CalloutTarget, H2Call};
 
 /// Largest message accepted from the server (and from the plugin).
@@ -57,28 +58,6 @@ pub mod code {
     pub const INTERNAL: u32 = 13;
     /// UNAVAILABLE.
     pub const UNAVAILABLE: u32 = 14;
-}
-
-/// One thing a gRPC call delivers to the plugin.
-#[derive(Debug, Clone)]
-pub enum GrpcEvent {
-    /// The response headers (`on_grpc_receive_initial_metadata`).
-    InitialMetadata(HeaderList),
-    /// One message (`on_grpc_receive`).
-    Message(Vec<u8>),
-    /// The trailers (`on_grpc_receive_trailing_metadata`).
-    TrailingMetadata(HeaderList),
-    /// The answer to a unary call (`proxy_grpc_call`) that ended OK with one message
-    /// (`on_grpc_receive`, and nothing else: as on the reference host, a unary call delivers
-    /// either its answer or its close).
-    UnaryReply(Vec<u8>),
-    /// The end, with the gRPC status and its message (`on_grpc_close`).
-    Close {
-        /// The gRPC status code.
-        status: u32,
-        /// `grpc-message`, or why Sluice closed the call.
-        message: String,
-    },
 }
 
 /// A call to start.

@@ -3,8 +3,10 @@
 
 pub mod callout;
 pub mod engine;
+pub mod events;
 pub mod grpc;
 pub mod guest_metrics;
+pub mod header_list;
 pub mod hostcalls;
 pub mod memory;
 pub mod plugin;

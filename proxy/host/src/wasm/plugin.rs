@@ -445,7 +445,7 @@ impl Plugin {
             self.settings.clone(),
             self.shared.clone(),
             self.metrics.clone(),
-            Arc::downgrade(self),
+            Arc::<Plugin>::downgrade(self),
             slot,
         )
     }
@@ -554,5 +554,11 @@ impl Drop for Plugin {
                 vm.retire();
             }
         }
+    }
+}
+
+impl super::vm::VmOwner for Plugin {
+    fn vm_failed(self: Arc<Self>, slot: usize) {
+        Plugin::vm_failed(&self, slot);
     }
 }

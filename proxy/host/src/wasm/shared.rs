@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use sluice_abi::Status;
 
-use super::vm::Vm;
+use super::events::RootInbox;
 
 /// Why a store shared by replicas did not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -172,7 +172,7 @@ pub fn namespace(vm_id: &str, store: Option<&Arc<dyn SharedStore>>) -> Arc<Names
 struct Queue {
     items: VecDeque<Vec<u8>>,
     /// The VM whose root context registered the queue (told by `on_queue_ready`).
-    owner: Weak<Vm>,
+    owner: Weak<dyn RootInbox>,
 }
 
 #[derive(Default)]
@@ -188,7 +188,7 @@ fn queues() -> &'static Mutex<Queues> {
 }
 
 /// Registers (or re-registers, taking ownership) the queue `name` of `vm_id`.
-pub fn register_queue(vm_id: &str, name: &[u8], owner: Weak<Vm>) -> u32 {
+pub fn register_queue(vm_id: &str, name: &[u8], owner: Weak<dyn RootInbox>) -> u32 {
     let mut q = queues().lock().expect("not poisoned");
     let key = (vm_id.to_string(), name.to_vec());
     if let Some(&id) = q.by_name.get(&key) {
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn queues_in_order() {
-        let id = register_queue("shared-test-q", b"q", Weak::new());
+        let id = register_queue("shared-test-q", b"q", Weak::<crate::wasm::vm::Vm>::new());
         assert_eq!(resolve_queue("shared-test-q", b"q"), Some(id));
         assert_eq!(resolve_queue("shared-test-q", b"other"), None);
         assert_eq!(dequeue(id), Err(Status::Empty));
@@ -305,6 +305,9 @@ mod tests {
         assert_eq!(dequeue(id).unwrap(), b"a");
         assert_eq!(dequeue(id).unwrap(), b"b");
         assert_eq!(enqueue(u32::MAX, b"x"), Status::NotFound);
-        assert_eq!(register_queue("shared-test-q", b"q", Weak::new()), id);
+        assert_eq!(
+            register_queue("shared-test-q", b"q", Weak::<crate::wasm::vm::Vm>::new()),
+            id
+        );
     }
 }

@@ -12,11 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::callout::CalloutDone;
-
-/// A header map as plugins see it: ordered `(name, value)` pairs; request maps start with the
-/// pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, response maps with `:status`.
-pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+use super::events::CalloutDone;
+pub use super::header_list::{list_bytes, list_get, list_remove, list_replace, HeaderList};
 
 /// Most bytes a header map (names and values) may grow to through plugin writes.
 pub const MAX_HEADER_MAP_BYTES: usize = 256 * 1024;
@@ -300,43 +297,6 @@ impl Changes {
     pub fn any(&self) -> bool {
         self.all || !self.names.is_empty()
     }
-}
-
-/// Total bytes of a header list's names and values.
-pub fn list_bytes(list: &HeaderList) -> usize {
-    list.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
-/// The first value of `name` (case-insensitive).
-pub fn list_get<'a>(list: &'a HeaderList, name: &[u8]) -> Option<&'a [u8]> {
-    list.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-/// Replaces every value of `name` with one `value` (appends if absent), keeping the position
-/// of the first.
-pub fn list_replace(list: &mut HeaderList, name: &[u8], value: &[u8]) {
-    let mut seen = false;
-    list.retain_mut(|(k, v)| {
-        if !k.eq_ignore_ascii_case(name) {
-            return true;
-        }
-        if seen {
-            return false;
-        }
-        seen = true;
-        *v = value.to_vec();
-        true
-    });
-    if !seen {
-        list.push((name.to_ascii_lowercase(), value.to_vec()));
-    }
-}
-
-/// Removes every value of `name`.
-pub fn list_remove(list: &mut HeaderList, name: &[u8]) {
-    list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 
 use bytes::Bytes;
 
-use super::callout::CalloutResponse;
-use super::stream::HeaderList;
+use super::events::CalloutResponse;
+use super::header_list::HeaderList;
+
+/// Most bytes of a callout response body kept.
+pub const MAX_RESPONSE_BODY: usize = 4 << 20;
 
 /// The protocol an upstream speaks to callouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +32,7 @@ pub trait CalloutTarget: Send + Sync + 'static {
 
     /// One HTTP callout: `headers` hold `:method`, `:path` and `:authority` (an empty
     /// authority means the endpoint's own `host:port`), then the headers to send; the
-    /// response is read to its end, at most [`super::callout::MAX_RESPONSE_BODY`] bytes of
+    /// response is read to its end, at most [`MAX_RESPONSE_BODY`] bytes of
     /// body. Errors say why, for the debug log; the plugin only learns that the call failed.
     async fn http_call(
         &self,

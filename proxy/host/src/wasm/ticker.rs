@@ -3,10 +3,20 @@
 //! queue notifications). VMs register themselves; dropped VMs fall out.
 
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::vm::Vm;
+/// What the thread serves: a VM's root context.
+pub trait Ticked: Send + Sync {
+    /// The tick period asked for, ms (0: none).
+    fn period_ms(&self) -> u32;
+    /// Whether it failed (then it gets nothing more).
+    fn failed(&self) -> bool;
+    /// Delivers its pending root-context events.
+    fn deliver_events(self: Arc<Self>);
+    /// Calls `on_tick`.
+    fn tick_now(self: Arc<Self>);
+}
 
 /// Shortest tick period honoured.
 pub const MIN_TICK: Duration = Duration::from_millis(1);
@@ -14,7 +24,7 @@ pub const MIN_TICK: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(50);
 
 enum Msg {
-    Register(Weak<Vm>),
+    Register(Weak<dyn Ticked>),
     Wake,
 }
 
@@ -31,7 +41,7 @@ fn sender() -> &'static Mutex<Sender<Msg>> {
 }
 
 /// Adds a VM (again: harmless).
-pub fn register(vm: Weak<Vm>) {
+pub fn register(vm: Weak<dyn Ticked>) {
     let _ = sender()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -48,12 +58,12 @@ pub fn wake() {
 
 fn run(rx: std::sync::mpsc::Receiver<Msg>) {
     // (vm, next tick due)
-    let mut vms: Vec<(Weak<Vm>, Instant)> = Vec::new();
+    let mut vms: Vec<(Weak<dyn Ticked>, Instant)> = Vec::new();
     loop {
         let now = Instant::now();
         let next = vms
             .iter()
-            .filter(|(vm, _)| vm.upgrade().is_some_and(|v| v.tick_period_ms() > 0))
+            .filter(|(vm, _)| vm.upgrade().is_some_and(|v| v.period_ms() > 0))
             .map(|(_, due)| *due)
             .min()
             .unwrap_or(now + IDLE);
@@ -61,7 +71,7 @@ fn run(rx: std::sync::mpsc::Receiver<Msg>) {
         match rx.recv_timeout(wait) {
             Ok(Msg::Register(vm)) => {
                 if !vms.iter().any(|(v, _)| v.ptr_eq(&vm)) {
-                    let period = vm.upgrade().map_or(0, |v| v.tick_period_ms());
+                    let period = vm.upgrade().map_or(0, |v| v.period_ms());
                     vms.push((vm, Instant::now() + Duration::from_millis(period.into())));
                 }
             }
@@ -72,13 +82,13 @@ fn run(rx: std::sync::mpsc::Receiver<Msg>) {
         vms.retain(|(vm, _)| vm.strong_count() > 0);
         for (weak, due) in vms.iter_mut() {
             let Some(vm) = weak.upgrade() else { continue };
-            if vm.is_failed() {
+            if vm.failed() {
                 continue;
             }
-            vm.deliver_root_events();
-            let period = vm.tick_period_ms();
+            vm.clone().deliver_events();
+            let period = vm.period_ms();
             if period > 0 && now >= *due {
-                vm.tick();
+                vm.tick_now();
                 let period = Duration::from_millis(period.into()).max(MIN_TICK);
                 *due = (*due + period).max(now + MIN_TICK / 2);
             } else if period == 0 {

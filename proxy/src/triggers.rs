@@ -8,18 +8,16 @@
 //! progress counts once. A change that produced a refused reload is not retried until the
 //! files change again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-use crate::runtime::{State, Trigger};
-use crate::source::PluginSource;
+use crate::file_mark::Mark;
+use crate::state::{State, Trigger};
 
 /// `SIGHUP` and the file watcher, as a pingora background service.
 pub struct ReloadTriggers {
@@ -54,67 +52,6 @@ async fn on_sighup(state: Arc<State>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
         let _ = state.reload(Trigger::Signal).await;
-    }
-}
-
-/// The local files a config's plugins are read from (each with its `.sig`).
-pub(crate) fn plugin_files(config: &Config) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for spec in &config.plugins {
-        if let PluginSource::Path(p) = &spec.source {
-            let mut sig = p.clone().into_os_string();
-            sig.push(".sig");
-            files.push(p.clone());
-            files.push(sig.into());
-        }
-    }
-    files
-}
-
-/// What was loaded, as the watcher compares it with the disk: the sha256 of the config
-/// file's bytes as read, and each plugin file's size, change time and inode (or absence).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mark {
-    /// Plugin files of the config last read.
-    pub files: Vec<PathBuf>,
-    /// The digest.
-    pub digest: [u8; 32],
-}
-
-impl Mark {
-    /// The mark of a config file whose bytes hashed to `config_digest`, with these plugin
-    /// files as they are on disk now.
-    pub(crate) fn new(config_digest: [u8; 32], files: Vec<PathBuf>) -> Mark {
-        let mut h = Sha256::new();
-        h.update(config_digest);
-        for f in &files {
-            h.update(f.as_os_str().as_encoded_bytes());
-            match std::fs::metadata(f) {
-                Ok(m) => {
-                    use std::os::unix::fs::MetadataExt;
-                    let mtime = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .unwrap_or_default();
-                    h.update(m.len().to_le_bytes());
-                    h.update(mtime.as_nanos().to_le_bytes());
-                    h.update(m.ino().to_le_bytes());
-                    h.update(m.ctime_nsec().to_le_bytes());
-                }
-                Err(_) => h.update(b"missing"),
-            }
-        }
-        Mark {
-            files,
-            digest: h.finalize().into(),
-        }
-    }
-
-    /// The mark of what is on disk now, for the same plugin files.
-    fn on_disk(config: &Path, files: &[PathBuf]) -> [u8; 32] {
-        let config_digest = std::fs::read(config).map_or([0; 32], |b| Sha256::digest(&b).into());
-        Mark::new(config_digest, files.to_vec()).digest
     }
 }
 
