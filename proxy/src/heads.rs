@@ -27,8 +27,8 @@ fn host_err(e: Box<Error>) -> HeadError {
 /// The header writes, the same for both heads (pingora's methods of one name on each).
 macro_rules! header_writes {
     () => {
-        fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
-            let name = name.to_string();
+        fn insert_header(&mut self, name: &'static str, value: &[u8]) -> Result<(), HeadError> {
+            // A `&'static str` name: pingora keeps it without copying.
             self.0
                 .borrow_mut()
                 .insert_header(name, value)

@@ -26,8 +26,9 @@ pub trait RequestHeadMut {
     fn set_method(&mut self, method: Method);
     /// Replaces the path and query.
     fn set_raw_path(&mut self, path: &[u8]) -> Result<(), HeadError>;
-    /// Sets a header (every value of `name` before is dropped).
-    fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError>;
+    /// Sets a header (every value of `name` before is dropped). Names are the host's own
+    /// constants, so an embedding can keep them without copying.
+    fn insert_header(&mut self, name: &'static str, value: &[u8]) -> Result<(), HeadError>;
     /// Adds a value of a header.
     fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError>;
     /// Drops every value of a header.
@@ -40,8 +41,9 @@ pub trait ResponseHeadMut {
     fn parts(&self) -> &response::Parts;
     /// Replaces the status.
     fn set_status(&mut self, code: u16) -> Result<(), HeadError>;
-    /// Sets a header (every value of `name` before is dropped).
-    fn insert_header(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError>;
+    /// Sets a header (every value of `name` before is dropped). Names are the host's own
+    /// constants, so an embedding can keep them without copying.
+    fn insert_header(&mut self, name: &'static str, value: &[u8]) -> Result<(), HeadError>;
     /// Adds a value of a header.
     fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), HeadError>;
     /// Drops every value of a header.
@@ -130,7 +132,7 @@ impl RequestHeadMut for PlainRequest {
         self.0.uri = http::Uri::try_from(path).map_err(HeadError::from_display)?;
         Ok(())
     }
-    fn insert_header(&mut self, n: &str, v: &[u8]) -> Result<(), HeadError> {
+    fn insert_header(&mut self, n: &'static str, v: &[u8]) -> Result<(), HeadError> {
         insert(&mut self.0.headers, n, v)
     }
     fn append_header(&mut self, n: String, v: Vec<u8>) -> Result<(), HeadError> {
@@ -149,7 +151,7 @@ impl ResponseHeadMut for PlainResponse {
         self.0.status = http::StatusCode::from_u16(code).map_err(HeadError::from_display)?;
         Ok(())
     }
-    fn insert_header(&mut self, n: &str, v: &[u8]) -> Result<(), HeadError> {
+    fn insert_header(&mut self, n: &'static str, v: &[u8]) -> Result<(), HeadError> {
         insert(&mut self.0.headers, n, v)
     }
     fn append_header(&mut self, n: String, v: Vec<u8>) -> Result<(), HeadError> {
