@@ -136,8 +136,8 @@ fn main() {
         for p in ["tag", "limit", "hostile"] {
             live.push((
                 p,
-                proxy.metric(&format!("sluice_plugin_contexts{{plugin=\"{p}\"}}")).await,
-                proxy.metric(&format!("sluice_plugin_vms{{plugin=\"{p}\"}}")).await,
+                proxy.metric(&format!("sluice_plugin_contexts{{plugin=\"{p}\",version=\"stable\"}}")).await,
+                proxy.metric(&format!("sluice_plugin_vms{{plugin=\"{p}\",version=\"stable\"}}")).await,
             ));
         }
         let mid = rss_middle.unwrap_or(rss_end);

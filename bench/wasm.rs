@@ -166,6 +166,7 @@ const HOST_CALLS: &[(&str, &str, &str)] = &[
 fn settings(name: &str, config: &'static [u8]) -> PluginSettings {
     PluginSettings {
         name: name.to_string(),
+        version: Default::default(),
         root_id: String::new(),
         vm_id: name.to_string(),
         config: Bytes::from_static(config),

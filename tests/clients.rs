@@ -212,7 +212,7 @@ async fn idle_and_trickling_connections_do_not_starve_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_in_any_phase_leave_no_plugin_context_behind() {
     let proxy = start_tagged("").await;
-    let contexts = "sluice_plugin_contexts{plugin=\"tag\"}";
+    let contexts = "sluice_plugin_contexts{plugin=\"tag\",version=\"stable\"}";
     // Before the header is complete: no context was ever made.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n")

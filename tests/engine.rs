@@ -70,7 +70,10 @@ async fn hundreds_of_plugins_load_in_one_process() {
     }
     // VMs beyond the first start on use: the plugin that served one request has one or two.
     let vms = proxy
-        .metric(&format!("sluice_plugin_vms{{plugin=\"p{}\"}}", n - 1))
+        .metric(&format!(
+            "sluice_plugin_vms{{plugin=\"p{}\",version=\"stable\"}}",
+            n - 1
+        ))
         .await
         .unwrap();
     assert!((1.0..=2.0).contains(&vms), "p{}: {vms} VMs", n - 1);
@@ -87,7 +90,7 @@ async fn vms_beyond_the_first_start_on_use_and_stop_when_idle() {
         sdk_dir("engine-lazy"),
     )
     .await;
-    let vms = "sluice_plugin_vms{plugin=\"p0\"}";
+    let vms = "sluice_plugin_vms{plugin=\"p0\",version=\"stable\"}";
     assert_eq!(
         proxy.metric(vms).await,
         Some(1.0),
@@ -150,7 +153,9 @@ async fn vm_start_on_load_starts_every_vm_at_load() {
     for p in ["p0", "p1"] {
         assert_eq!(
             proxy
-                .metric(&format!("sluice_plugin_vms{{plugin=\"{p}\"}}"))
+                .metric(&format!(
+                    "sluice_plugin_vms{{plugin=\"{p}\",version=\"stable\"}}"
+                ))
                 .await,
             Some(2.0),
             "{p}"

@@ -227,7 +227,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn errors_metric(kind: &str, phase: &str, plugin: &str) -> String {
-    format!("sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\"}}")
+    format!("sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\",version=\"stable\"}}")
 }
 
 /// Sends the request that makes `phase` run (a body for request_body), returning the status
@@ -590,7 +590,7 @@ async fn abusive_host_calls_are_refused_and_the_request_goes_on() {
     // Refusals are not failures: those plugins' VMs are still the first ones.
     for name in ["headers", "buffer", "status", "callouts", "overlap"] {
         assert_eq!(
-            proxy.metric(&format!("sluice_plugin_errors_total{{kind=\"abi\",phase=\"request_headers\",plugin=\"{name}\"}}")).await,
+            proxy.metric(&format!("sluice_plugin_errors_total{{kind=\"abi\",phase=\"request_headers\",plugin=\"{name}\",version=\"stable\"}}")).await,
             None,
             "{name}"
         );

@@ -350,7 +350,7 @@ async fn fetched_keys_verify_tokens_rotate_on_demand_and_outlive_fetch_failures(
         proxy.logs()
     );
     let failures = proxy
-        .metric("sluice_plugin_auth_jwks_fetch_failures{plugin=\"auth\"}")
+        .metric("sluice_plugin_auth_jwks_fetch_failures{plugin=\"auth\",version=\"stable\"}")
         .await
         .unwrap_or(0.0);
     assert!(failures >= 4.0, "{failures} failures counted");
@@ -406,7 +406,7 @@ async fn with_no_keys_yet_bearer_tokens_get_503_until_a_fetch_works() {
     assert!(proxy.logs().contains("fetched again after"));
     assert!(
         proxy
-            .metric("sluice_plugin_auth_unavailable{plugin=\"auth\"}")
+            .metric("sluice_plugin_auth_unavailable{plugin=\"auth\",version=\"stable\"}")
             .await
             .unwrap_or(0.0)
             >= 1.0

@@ -81,7 +81,7 @@ async fn the_rate_limiter_admits_exactly_its_limit_under_concurrency() {
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_ratelimit_allowed{plugin=\"limit\"}")
+            .metric("sluice_plugin_ratelimit_allowed{plugin=\"limit\",version=\"stable\"}")
             .await,
         Some(50.0)
     );

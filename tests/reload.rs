@@ -283,7 +283,10 @@ async fn swaps_under_load_through_each_trigger_drop_no_request() {
     let started = tag["vms"]["started"].as_u64().unwrap();
     assert!((1..=2).contains(&started), "{plugins}");
     proxy
-        .wait_metric("sluice_plugin_vms{plugin=\"tag\"}", started as f64)
+        .wait_metric(
+            "sluice_plugin_vms{plugin=\"tag\",version=\"stable\"}",
+            started as f64,
+        )
         .await;
 }
 
@@ -574,13 +577,13 @@ async fn rate_limit_counters_and_plugin_metrics_survive_a_swap() {
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_ratelimit_allowed{plugin=\"limit\"}")
+            .metric("sluice_plugin_ratelimit_allowed{plugin=\"limit\",version=\"stable\"}")
             .await,
         Some(5.0)
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_ratelimit_limited{plugin=\"limit\"}")
+            .metric("sluice_plugin_ratelimit_limited{plugin=\"limit\",version=\"stable\"}")
             .await,
         Some(2.0)
     );
@@ -690,7 +693,7 @@ async fn a_plugin_that_traps_after_a_swap_follows_its_policy_and_is_not_rolled_b
     );
     let traps = proxy
         .metric(
-            "sluice_plugin_errors_total{kind=\"trap\",phase=\"request_headers\",plugin=\"tag\"}",
+            "sluice_plugin_errors_total{kind=\"trap\",phase=\"request_headers\",plugin=\"tag\",version=\"stable\"}",
         )
         .await
         .unwrap_or(0.0);

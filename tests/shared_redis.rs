@@ -273,7 +273,7 @@ async fn while_redis_is_down_the_plugins_policy_answers_and_sluice_reconnects() 
         .unwrap_or(0.0);
     assert!(errors >= 20.0, "shared-data errors counted: {errors}");
     let plugin_errors = proxy
-        .metric("sluice_plugin_errors_total{kind=\"shared_data\",phase=\"request_headers\",plugin=\"closed\"}")
+        .metric("sluice_plugin_errors_total{kind=\"shared_data\",phase=\"request_headers\",plugin=\"closed\",version=\"stable\"}")
         .await
         .unwrap_or(0.0);
     assert!(

@@ -8,6 +8,10 @@
 //! - `GET /plugins`, `GET /plugins/NAME`: the loaded plugins (source, sha256, the config
 //!   version that loaded them, load time, VMs, contexts, memory, errors by kind) and the
 //!   result of the last reload.
+//! - `GET /plugins/NAME/rollout`: a plugin's rollout (state, share, rollback rule, and per
+//!   version: requests, failures by kind, local replies by status, guest-time percentiles).
+//!   `POST /plugins/NAME/rollout/promote` makes the candidate serve every request,
+//!   `POST /plugins/NAME/rollout/abort` removes it (409 once the rollout has ended).
 //! - `POST /reload`: reloads the config file; 200 with the new version once it serves, or 422
 //!   with the reason it was refused (the running config keeps serving).
 //!
@@ -28,9 +32,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::rollout::{Mode, Rollout, State as RolloutState, Sticky};
 use crate::runtime::Runtime;
 use crate::state::{State, Trigger};
-use crate::wasm::settings::FailurePolicy;
+use crate::wasm::plugin::Plugin;
+use crate::wasm::settings::{FailurePolicy, Version};
 
 /// The admin listener as a pingora background service.
 pub struct AdminService {
@@ -116,7 +122,19 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
 async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    let plugin = path.strip_prefix("/plugins/").filter(|n| !n.is_empty());
+    let (plugin, sub) = match path.strip_prefix("/plugins/").filter(|n| !n.is_empty()) {
+        Some(rest) => match rest.split_once('/') {
+            Some((name, sub)) => (Some(name), Some(sub)),
+            None => (Some(rest), None),
+        },
+        None => (None, None),
+    };
+    if !matches!(
+        sub,
+        None | Some("rollout") | Some("rollout/promote") | Some("rollout/abort")
+    ) {
+        return reply(StatusCode::NOT_FOUND, TEXT, "not found\n");
+    }
     let known = matches!(
         path,
         "/ready" | "/metrics" | "/config" | "/plugins" | "/reload"
@@ -168,6 +186,31 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
             ),
         };
     }
+    if let (Some(name), Some(action @ ("rollout/promote" | "rollout/abort"))) = (plugin, sub) {
+        if req.method() != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n");
+        }
+        let rt = state.current();
+        let Some(rollout) = rt.rollouts.get(name) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                format!(
+                    "plugin {name:?} has no rollout in config version {}\n",
+                    rt.version
+                ),
+            );
+        };
+        let done = if action == "rollout/promote" {
+            rollout.promote()
+        } else {
+            rollout.abort()
+        };
+        return match done {
+            Ok(()) => json(StatusCode::OK, &rollout_json(rollout)),
+            Err(e) => reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n");
     }
@@ -195,7 +238,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
         }
         "/plugins" => {
             let rt = state.current();
-            let mut names: Vec<&String> = rt.plugins.keys().collect();
+            let mut names: Vec<&String> = rt.config.plugins.iter().map(|p| &p.name).collect();
             names.sort();
             let plugins: Vec<serde_json::Value> =
                 names.iter().filter_map(|n| plugin_json(&rt, n)).collect();
@@ -218,12 +261,30 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
                     "source": rt.config.source.as_ref().map(|p| p.display().to_string()),
                     "last_reload": last_reload(state),
                     "config": rt.config.file,
+                    "rollouts": rt
+                        .rollouts
+                        .iter()
+                        .map(|(name, r)| (name.clone(), rollout_summary(r)))
+                        .collect::<serde_json::Map<_, _>>(),
                 }),
             )
         }
         _ => {
             let rt = state.current();
             let name = plugin.unwrap_or_default();
+            if sub == Some("rollout") {
+                return match rt.rollouts.get(name) {
+                    Some(r) => json(StatusCode::OK, &rollout_json(r)),
+                    None => reply(
+                        StatusCode::NOT_FOUND,
+                        TEXT,
+                        format!(
+                            "plugin {name:?} has no rollout in config version {}\n",
+                            rt.version
+                        ),
+                    ),
+                };
+            }
             match plugin_json(&rt, name) {
                 Some(p) => json(StatusCode::OK, &p),
                 None => reply(
@@ -295,10 +356,82 @@ fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
         },
         "contexts": vms.iter().map(|vm| vm.contexts()).sum::<usize>(),
         "memory_bytes": vms.iter().map(|vm| vm.memory_bytes()).sum::<usize>(),
-        "errors": crate::metrics::metrics().plugin_errors_by_kind(name),
+        "errors": crate::metrics::metrics().plugin_errors_by_kind(name, Version::Stable),
         "cost": cost_json(p),
         "routes": routes,
+        "rollout": rt.rollouts.get(name).map(|r| rollout_json(r)),
     }))
+}
+
+/// The state of a rollout and what serves, for `/config`.
+fn rollout_summary(r: &Rollout) -> serde_json::Value {
+    let (state, since) = r.state();
+    let serving = match r.serving() {
+        None => "both",
+        Some(p) if Arc::ptr_eq(p, r.candidate()) => "candidate",
+        Some(_) => "stable",
+    };
+    let mut v = serde_json::json!({
+        "state": state.as_str(),
+        "since": rfc3339(since),
+        "serving": serving,
+    });
+    if let RolloutState::RolledBack { reason } = &state {
+        v["reason"] = reason.clone().into();
+    }
+    if state == RolloutState::Promoted {
+        v["note"] = "the candidate is the stable version of the running config; the config \
+                     file still names the old one (a reload that keeps this candidate keeps it \
+                     promoted)"
+            .into();
+    }
+    v
+}
+
+/// A rollout: its state, settings and what each version did.
+fn rollout_json(r: &Rollout) -> serde_json::Value {
+    let mut v = rollout_summary(r);
+    let settings = r.settings();
+    let Mode::Canary { per_mille } = settings.mode;
+    v["mode"] = "canary".into();
+    v["weight_percent"] = (f64::from(per_mille) / 10.0).into();
+    v["sticky_on"] = match &settings.sticky {
+        Sticky::ClientAddress => "client_address".to_string(),
+        Sticky::Header(h) => format!("header:{h}"),
+    }
+    .into();
+    if let Some(rule) = &settings.rollback {
+        v["rollback"] = serde_json::json!({
+            "max_error_rate": rule.max_error_rate,
+            "min_requests": rule.min_requests,
+            "window_seconds": rule.window.as_secs(),
+            "count_5xx": rule.count_5xx,
+        });
+    }
+    let version = |p: &Arc<Plugin>, which: Version| {
+        let s = r.stats(which);
+        serde_json::json!({
+            "sha256": crate::wasm::engine::hex(&p.sha256),
+            "vm_id": p.settings.vm_id,
+            "requests": s.requests,
+            "failures": s.failures,
+            "errors": crate::metrics::metrics().plugin_errors_by_kind(r.name(), which),
+            "replies": s
+                .replies
+                .iter()
+                .map(|(status, n)| (status.to_string(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>(),
+            "guest_us": s.latency_us.map(|[p50, p90, p99]| serde_json::json!({
+                "p50": p50, "p90": p90, "p99": p99,
+            })),
+        })
+    };
+    v["name"] = r.name().into();
+    v["versions"] = serde_json::json!({
+        "stable": version(r.stable(), Version::Stable),
+        "candidate": version(r.candidate(), Version::Candidate),
+    });
+    v
 }
 
 /// What a plugin spent since the process started (every version under its name): guest time

@@ -12,7 +12,7 @@ use crate::source::PluginSource;
 /// The local files a config's plugins are read from (each with its `.sig`).
 pub fn plugin_files(config: &Config) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for spec in &config.plugins {
+    for spec in config.all_plugins() {
         if let PluginSource::Path(p) = &spec.source {
             let mut sig = p.clone().into_os_string();
             sig.push(".sig");

@@ -59,6 +59,22 @@ enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Act on a plugin's rollout in a running sluice: `status` shows it (state, share, what
+    /// each version did), `promote` makes the candidate serve every request, `abort` removes
+    /// it. Exit 1 if the plugin has no rollout or it has already ended.
+    Rollout {
+        /// `status`, `promote` or `abort`.
+        #[arg(value_parser = ["status", "promote", "abort"])]
+        action: String,
+        /// The plugin's name.
+        plugin: String,
+        /// Address of its admin API.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// File holding the admin token (`admin.token_file` of the running sluice).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Health check for containers: GET PATH on a sluice's admin API; exit 0 if it answers 200,
     /// else print why and exit 1 (no curl needed in the image).
     Probe {
@@ -391,6 +407,48 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sluice reload: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rollout {
+            action,
+            plugin,
+            admin,
+            token_file,
+        } => {
+            let token = match token_file.as_deref().map(sluice::config::read_token_file) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    eprintln!("sluice rollout: --token-file {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (method, path) = match action.as_str() {
+                "status" => ("GET", format!("/plugins/{plugin}/rollout")),
+                other => ("POST", format!("/plugins/{plugin}/rollout/{other}")),
+            };
+            match sluice::admin_client::call(
+                &admin,
+                method,
+                &path,
+                token.as_ref().map(|t| t.expose()),
+                std::time::Duration::from_secs(10),
+            ) {
+                Ok(a) if a.status == 200 => {
+                    print!("{}", a.body);
+                    ExitCode::SUCCESS
+                }
+                Ok(a) => {
+                    eprint!(
+                        "sluice rollout {action} {plugin}: {}: {}",
+                        a.status_line, a.body
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("sluice rollout {action} {plugin}: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -223,9 +223,13 @@ impl Metrics {
         plugins().render()
     }
 
-    /// Sum of `sluice_plugin_errors_total` of one plugin, by kind.
-    pub fn plugin_errors_by_kind(&self, plugin: &str) -> std::collections::BTreeMap<String, u64> {
-        plugins().plugin_errors_by_kind(plugin)
+    /// Sum of `sluice_plugin_errors_total` of one version of a plugin, by kind.
+    pub fn plugin_errors_by_kind(
+        &self,
+        plugin: &str,
+        version: crate::wasm::settings::Version,
+    ) -> std::collections::BTreeMap<String, u64> {
+        plugins().plugin_errors_by_kind(plugin, version.as_str())
     }
 }
 

@@ -31,6 +31,7 @@ pub fn load_plugin(
     })?;
     let settings = PluginSettings {
         name: spec.name.clone(),
+        version: spec.version,
         root_id: spec.root_id.clone(),
         vm_id: spec.vm_id.clone(),
         config: spec.config.clone().into(),

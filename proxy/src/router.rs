@@ -7,6 +7,7 @@ use http::Method;
 
 use crate::config::{HostMatch, Route};
 use crate::metrics::RouteMetrics;
+use crate::rollout::Rollout;
 use crate::upstream::Pool;
 use crate::wasm::plugin::Plugin;
 
@@ -19,8 +20,10 @@ pub struct RouteEntry {
     methods: Vec<Method>,
     /// The pool that serves it.
     pub pool: Arc<Pool>,
-    /// The plugin chain, in request order.
+    /// The plugin chain, in request order (the stable version of a plugin under rollout).
     pub plugins: Vec<Arc<Plugin>>,
+    /// The chain's plugins under rollout, by position: each request picks its version.
+    pub rollouts: Vec<(usize, Arc<Rollout>)>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -36,6 +39,7 @@ impl Router {
         routes: &[Route],
         pools: &[Arc<Pool>],
         plugins: &HashMap<String, Arc<Plugin>>,
+        rollouts: &HashMap<String, Arc<Rollout>>,
     ) -> Router {
         let routes = routes
             .iter()
@@ -58,6 +62,12 @@ impl Router {
                             .expect("validated config: plugin exists")
                             .clone()
                     })
+                    .collect(),
+                rollouts: r
+                    .plugins
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((i, rollouts.get(p)?.clone())))
                     .collect(),
                 metrics: RouteMetrics::new(&r.name),
             })
@@ -112,7 +122,7 @@ mod tests {
     fn router(yaml: &str) -> Router {
         let c = Config::from_yaml(yaml, Path::new(".")).expect("valid");
         let pools: Vec<_> = c.upstreams.iter().map(|u| Arc::new(Pool::new(u))).collect();
-        Router::new(&c.routes, &pools, &HashMap::new())
+        Router::new(&c.routes, &pools, &HashMap::new(), &HashMap::new())
     }
 
     const BASE: &str = "listeners: [{name: l, address: '127.0.0.1:18080'}]\nupstreams: {a: {endpoints: ['127.0.0.1:1']}, b: {endpoints: ['127.0.0.1:2']}}\n";

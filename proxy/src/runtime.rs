@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, PluginSpec};
+use crate::rollout::{Rollout, State as RolloutState};
 use crate::router::Router;
 use crate::source::{Fetched, SourceError};
 use crate::upstream::Pool;
@@ -57,10 +58,59 @@ pub struct Runtime {
     pub router: Router,
     /// Upstream pools, in the order of `config.upstreams`.
     pub pools: Vec<Arc<Pool>>,
-    /// Loaded plugins by name.
+    /// Loaded plugins by name; the candidate of a rollout under `NAME (candidate)` (its
+    /// `fetch_key`).
     pub plugins: HashMap<String, Arc<Plugin>>,
-    /// What was loaded for each plugin, by name.
+    /// What was loaded for each plugin, by the same keys.
     pub plugin_info: HashMap<String, PluginInfo>,
+    /// Plugins under rollout, by name.
+    pub rollouts: HashMap<String, Arc<Rollout>>,
+}
+
+/// The rollouts of `config`, their versions taken from `plugins`. A rollout of the previous
+/// config whose two versions and settings are unchanged goes on as it was (its figures and
+/// state); one whose candidate is unchanged keeps its end (rolled back, aborted or promoted
+/// stays so); a changed candidate starts a new rollout.
+fn rollouts(
+    config: &Config,
+    plugins: &HashMap<String, Arc<Plugin>>,
+    previous: Option<&Runtime>,
+) -> HashMap<String, Arc<Rollout>> {
+    let mut out = HashMap::new();
+    for spec in &config.plugins {
+        let Some(r) = &spec.rollout else {
+            continue;
+        };
+        let (Some(stable), Some(candidate)) =
+            (plugins.get(&spec.name), plugins.get(&r.candidate.fetch_key))
+        else {
+            continue;
+        };
+        let before = previous
+            .and_then(|p| p.rollouts.get(&spec.name))
+            .filter(|old| Arc::ptr_eq(old.candidate(), candidate));
+        let rollout = match before {
+            Some(old) if Arc::ptr_eq(old.stable(), stable) && old.settings() == &r.settings => {
+                old.clone()
+            }
+            Some(old) => Arc::new(Rollout::new(
+                &spec.name,
+                r.settings.clone(),
+                stable.clone(),
+                candidate.clone(),
+                old.state().0,
+            )),
+            None => Arc::new(Rollout::new(
+                &spec.name,
+                r.settings.clone(),
+                stable.clone(),
+                candidate.clone(),
+                RolloutState::Running,
+            )),
+        };
+        out.insert(spec.name.clone(), rollout);
+    }
+    out
 }
 
 /// Everything that decides how a plugin behaves, apart from where its binary came from.
@@ -118,23 +168,24 @@ impl Runtime {
         let extra_hidden = &config.file.sanitize.extra_headers;
         let mut plugins = HashMap::new();
         let mut plugin_info = HashMap::new();
-        for spec in &config.plugins {
-            let Some(binary) = fetched.get(&spec.name) else {
+        for spec in config.all_plugins() {
+            let key = &spec.fetch_key;
+            let Some(binary) = fetched.get(key) else {
                 return Err(PluginError::Compile {
-                    plugin: spec.name.clone(),
+                    plugin: key.clone(),
                     message: "its binary was not fetched".into(),
                 }
                 .into());
             };
             let fp = fingerprint(spec, &binary.sha256, extra_hidden, &pools);
             let kept = previous.and_then(|prev| {
-                let info = prev.plugin_info.get(&spec.name)?;
-                (info.fingerprint == fp).then(|| (prev.plugins.get(&spec.name).cloned(), info))
+                let info = prev.plugin_info.get(key)?;
+                (info.fingerprint == fp).then(|| (prev.plugins.get(key).cloned(), info))
             });
             if let Some((Some(plugin), info)) = kept {
-                plugins.insert(spec.name.clone(), plugin);
+                plugins.insert(key.clone(), plugin);
                 plugin_info.insert(
-                    spec.name.clone(),
+                    key.clone(),
                     PluginInfo {
                         origin: binary.origin.clone(),
                         from_cache: binary.from_cache,
@@ -167,9 +218,9 @@ impl Runtime {
                 &config.shared_data,
                 config.engine.vm_start,
             )?;
-            plugins.insert(spec.name.clone(), plugin);
+            plugins.insert(key.clone(), plugin);
             plugin_info.insert(
-                spec.name.clone(),
+                key.clone(),
                 PluginInfo {
                     origin: binary.origin.clone(),
                     sha256: binary.sha256.clone(),
@@ -181,7 +232,8 @@ impl Runtime {
                 },
             );
         }
-        let router = Router::new(&config.routes, &pools, &plugins);
+        let rollouts = rollouts(&config, &plugins, previous);
+        let router = Router::new(&config.routes, &pools, &plugins, &rollouts);
         Ok(Runtime {
             version,
             loaded_at: SystemTime::now(),
@@ -190,6 +242,7 @@ impl Runtime {
             pools,
             plugins,
             plugin_info,
+            rollouts,
         })
     }
 
@@ -197,12 +250,16 @@ impl Runtime {
     /// runtime (start-up, `sluice check`).
     pub fn build_blocking(config: Config, threads: usize) -> Result<Runtime, BuildError> {
         // The first build sizes the engine (it is made on first use and fixed from then on).
-        let vms = config.plugins.iter().map(|p| p.vm_count(threads)).sum();
+        let vms = config
+            .all_plugins()
+            .iter()
+            .map(|p| p.vm_count(threads))
+            .sum();
         crate::wasm::configure_engine(crate::wasm::EngineSizing {
             instance_slots: config.engine.slots(vms),
             on_demand: config.engine.on_demand,
         });
-        let fetched = crate::source::fetch_all_blocking(&config.plugins)?;
+        let fetched = crate::source::fetch_all_blocking(&config.all_plugins())?;
         Runtime::build(config, 1, threads, &fetched, None)
     }
 }

@@ -298,7 +298,7 @@ impl State {
         })?;
         let old = self.current();
         fixed_sections_unchanged(&old.config, &config)?;
-        let fetched = crate::source::fetch_all(&config.plugins)
+        let fetched = crate::source::fetch_all(&config.all_plugins())
             .await
             .map_err(BuildError::from)?;
         let threads = self.threads;
@@ -320,10 +320,14 @@ impl State {
         m.config_version.set(version as i64);
         m.config_last_success.set(unix_now());
         let p = crate::metrics::plugins();
-        for name in old.plugins.keys() {
-            if !new.plugins.contains_key(name) {
-                let _ = p.plugin_vms.remove_label_values(&[name]);
-                let _ = p.plugin_memory.remove_label_values(&[name]);
+        for (key, plugin) in &old.plugins {
+            if !new.plugins.contains_key(key) {
+                let labels = [
+                    plugin.settings.name.as_str(),
+                    plugin.settings.version.as_str(),
+                ];
+                let _ = p.plugin_vms.remove_label_values(&labels);
+                let _ = p.plugin_memory.remove_label_values(&labels);
             }
         }
         for p in new.plugins.values() {

@@ -126,7 +126,10 @@ async fn start() -> Env {
 async fn assert_no_context_left(proxy: &Sluice) {
     for p in ["a", "b", "raw"] {
         proxy
-            .wait_metric(&format!("sluice_plugin_contexts{{plugin=\"{p}\"}}"), 0.0)
+            .wait_metric(
+                &format!("sluice_plugin_contexts{{plugin=\"{p}\",version=\"stable\"}}"),
+                0.0,
+            )
             .await;
     }
 }
@@ -197,7 +200,10 @@ async fn run_cases(proxy: &Sluice, together: bool, cases: Vec<Case<'_>>) {
         for g in guarded {
             for p in ["a", "b", "raw"] {
                 proxy
-                    .wait_metric(&format!("sluice_plugin_vms{{plugin=\"{p}\"}}"), 1.0)
+                    .wait_metric(
+                        &format!("sluice_plugin_vms{{plugin=\"{p}\",version=\"stable\"}}"),
+                        1.0,
+                    )
                     .await;
             }
             out.push(g.await);

@@ -72,7 +72,7 @@ async fn response_bodies_buffered_or_streamed_and_the_buffer_limit() {
     );
     proxy
         .wait_metric(
-            "sluice_plugin_errors_total{kind=\"abi\",phase=\"response_body\",plugin=\"keep\"}",
+            "sluice_plugin_errors_total{kind=\"abi\",phase=\"response_body\",plugin=\"keep\",version=\"stable\"}",
             1.0,
         )
         .await;
@@ -110,7 +110,9 @@ async fn streamed_request_bodies_go_through_plugins_chunk_by_chunk() {
         "same length: content-length kept, no chunking"
     );
     let calls = proxy
-        .metric("sluice_plugin_calls_total{phase=\"request_body\",plugin=\"upper\"}")
+        .metric(
+            "sluice_plugin_calls_total{phase=\"request_body\",plugin=\"upper\",version=\"stable\"}",
+        )
         .await
         .unwrap();
     assert!(calls >= 2.0, "one call per chunk, got {calls}");

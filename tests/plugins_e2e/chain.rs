@@ -41,7 +41,7 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
     assert_eq!(echo_header(&e, "x-forwarded-proto"), Some("http"));
     assert_eq!(
         proxy
-            .metric("sluice_plugin_calls_total{phase=\"request_headers\",plugin=\"a\"}")
+            .metric("sluice_plugin_calls_total{phase=\"request_headers\",plugin=\"a\",version=\"stable\"}")
             .await,
         Some(1.0)
     );
@@ -49,7 +49,9 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
     // phase that never ran has no series.
     assert_eq!(
         proxy
-            .metric("sluice_plugin_calls_total{phase=\"request_body\",plugin=\"a\"}")
+            .metric(
+                "sluice_plugin_calls_total{phase=\"request_body\",plugin=\"a\",version=\"stable\"}"
+            )
             .await,
         None
     );
@@ -59,7 +61,7 @@ async fn a_chain_runs_in_order_on_requests_and_in_reverse_on_responses() {
         async move {
             proxy
                 .metric(&format!(
-                    "sluice_plugin_fuel_consumed_total{{phase=\"{phase}\",plugin=\"a\"}}"
+                    "sluice_plugin_fuel_consumed_total{{phase=\"{phase}\",plugin=\"a\",version=\"stable\"}}"
                 ))
                 .await
         }
@@ -129,7 +131,7 @@ async fn local_responses_from_request_and_response_phases() {
     // `last` never ran for the denied request (no series for a phase never run).
     assert_eq!(
         proxy
-            .metric("sluice_plugin_calls_total{phase=\"request_headers\",plugin=\"last\"}")
+            .metric("sluice_plugin_calls_total{phase=\"request_headers\",plugin=\"last\",version=\"stable\"}")
             .await,
         None
     );

@@ -31,7 +31,7 @@ async fn failure_policies_answer_or_skip_and_the_vm_is_replaced() {
     assert_eq!(r.status(), 503);
     let m = |kind: &str, phase: &str, plugin: &str| {
         format!(
-            "sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\"}}"
+            "sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\",version=\"stable\"}}"
         )
     };
     proxy
@@ -50,7 +50,10 @@ async fn failure_policies_answer_or_skip_and_the_vm_is_replaced() {
     // panics), which needs a fresh VM.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy
-        .wait_metric("sluice_plugin_vms{plugin=\"panics\"}", 1.0)
+        .wait_metric(
+            "sluice_plugin_vms{plugin=\"panics\",version=\"stable\"}",
+            1.0,
+        )
         .await;
     let r = c.get(proxy.url("/closed")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -61,7 +64,10 @@ async fn failure_policies_answer_or_skip_and_the_vm_is_replaced() {
     let r = c.get(proxy.url("/ok")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     proxy
-        .wait_metric("sluice_plugin_contexts{plugin=\"after\"}", 0.0)
+        .wait_metric(
+            "sluice_plugin_contexts{plugin=\"after\",version=\"stable\"}",
+            0.0,
+        )
         .await;
 }
 
@@ -148,7 +154,10 @@ async fn held_requests_end_at_the_pause_timeout_or_as_soon_as_the_client_leaves(
         "504 Gateway Timeout: plugin \"held\" did not resume the request within 300 ms\n"
     );
     proxy
-        .wait_metric("sluice_plugin_contexts{plugin=\"held\"}", 0.0)
+        .wait_metric(
+            "sluice_plugin_contexts{plugin=\"held\",version=\"stable\"}",
+            0.0,
+        )
         .await;
 
     // The client gives up on a request a plugin holds for 10 minutes, and on one the
@@ -167,7 +176,7 @@ async fn held_requests_end_at_the_pause_timeout_or_as_soon_as_the_client_leaves(
     for plugin in ["forever", "gone", "slow"] {
         proxy
             .wait_metric(
-                &format!("sluice_plugin_contexts{{plugin=\"{plugin}\"}}"),
+                &format!("sluice_plugin_contexts{{plugin=\"{plugin}\",version=\"stable\"}}"),
                 0.0,
             )
             .await;
@@ -204,7 +213,7 @@ async fn failures_in_every_phase_follow_the_policy() {
     let c = client();
     let m = |kind: &str, phase: &str, plugin: &str| {
         format!(
-            "sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\"}}"
+            "sluice_plugin_errors_total{{kind=\"{kind}\",phase=\"{phase}\",plugin=\"{plugin}\",version=\"stable\"}}"
         )
     };
 
@@ -263,7 +272,10 @@ async fn failures_in_every_phase_follow_the_policy() {
     // Each failed VM is replaced.
     for plugin in ["burn", "reqbody", "respbody", "inlog"] {
         proxy
-            .wait_metric(&format!("sluice_plugin_vms{{plugin=\"{plugin}\"}}"), 1.0)
+            .wait_metric(
+                &format!("sluice_plugin_vms{{plugin=\"{plugin}\",version=\"stable\"}}"),
+                1.0,
+            )
             .await;
     }
 }

@@ -39,7 +39,7 @@ async fn sanitizing_hides_credentials_and_the_client_address_unless_granted() {
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_refused_writes_total{plugin=\"plain\"}")
+            .metric("sluice_plugin_refused_writes_total{plugin=\"plain\",version=\"stable\"}")
             .await,
         Some(1.0)
     );
@@ -179,26 +179,26 @@ async fn metrics_ticks_and_logs() {
     }
     assert_eq!(
         proxy
-            .metric("sluice_plugin_sdk_requests{plugin=\"metrics\"}")
+            .metric("sluice_plugin_sdk_requests{plugin=\"metrics\",version=\"stable\"}")
             .await,
         Some(3.0)
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_sdk_gauge{plugin=\"metrics\"}")
+            .metric("sluice_plugin_sdk_gauge{plugin=\"metrics\",version=\"stable\"}")
             .await,
         Some(7.0)
     );
     assert_eq!(
         proxy
-            .metric("sluice_plugin_sdk_values_count{plugin=\"metrics\"}")
+            .metric("sluice_plugin_sdk_values_count{plugin=\"metrics\",version=\"stable\"}")
             .await,
         Some(3.0)
     );
 
     // Linear memory of the plugin's VMs, read at the scrape: whole wasm pages.
     let mem = proxy
-        .metric("sluice_plugin_memory_bytes{plugin=\"metrics\"}")
+        .metric("sluice_plugin_memory_bytes{plugin=\"metrics\",version=\"stable\"}")
         .await
         .unwrap();
     assert!(mem >= 65536.0 && mem % 65536.0 == 0.0, "memory gauge {mem}");
@@ -207,7 +207,9 @@ async fn metrics_ticks_and_logs() {
     let started = info["vms"]["started"].as_f64().unwrap();
     assert!((1.0..=2.0).contains(&started), "{info}");
     assert_eq!(
-        proxy.metric("sluice_plugin_vms{plugin=\"metrics\"}").await,
+        proxy
+            .metric("sluice_plugin_vms{plugin=\"metrics\",version=\"stable\"}")
+            .await,
         Some(started),
     );
 

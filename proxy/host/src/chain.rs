@@ -23,9 +23,11 @@ use http::{request, response};
 use crate::head::{HeadError, RequestHeadMut, ResponseHeadMut};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::rollout::{Rollout, Served};
 use crate::wasm::callout::{CalloutDone, CalloutEvent, CalloutSink};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::settings::FailurePolicy;
+use crate::wasm::settings::Version;
 use crate::wasm::stream::{list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
 use crate::wasm::vm::{Parked, StreamCall, Vm};
 
@@ -123,6 +125,38 @@ struct Member {
     held: Vec<u8>,
     /// What this plugin's calls for the request cost.
     cost: crate::wasm::stream::CallCost,
+    /// It failed for this request.
+    failed: bool,
+    /// The status of its local reply.
+    replied: Option<u16>,
+    /// The rollout this member is a version of: told what the version did when the request
+    /// ends.
+    watch: Option<(Arc<Rollout>, Version)>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some((rollout, version)) = &self.watch {
+            rollout.record(
+                *version,
+                Served {
+                    failed: self.failed,
+                    replied: self.replied,
+                    nanos: self.cost.nanos,
+                },
+            );
+        }
+    }
+}
+
+/// A chain member that is one version of a plugin under rollout.
+pub struct Watch {
+    /// Its position in the chain.
+    pub at: usize,
+    /// The rollout.
+    pub rollout: Arc<Rollout>,
+    /// Which version the request got.
+    pub version: Version,
 }
 
 /// What a request-headers pass ended with.
@@ -177,6 +211,7 @@ pub struct Chain {
 }
 
 fn policy_skip(m: &mut Member) -> Result<(), Reply> {
+    m.failed = true;
     match m.plugin.settings.on_error {
         FailurePolicy::FailOpen => {
             m.ctx = None;
@@ -209,13 +244,30 @@ impl Chain {
     /// Takes a VM of each plugin and creates the request's context in it. A plugin with no
     /// healthy VM, or whose context creation fails, is handled by its policy.
     pub fn new(plugins: &[Arc<Plugin>], info: RequestInfo) -> Result<Chain, Reply> {
+        Chain::watched(plugins, Vec::new(), info)
+    }
+
+    /// [`Chain::new`] with members that are versions of plugins under rollout.
+    pub fn watched(
+        plugins: &[Arc<Plugin>],
+        mut watches: Vec<Watch>,
+        info: RequestInfo,
+    ) -> Result<Chain, Reply> {
         let mut members = Vec::with_capacity(plugins.len());
-        for p in plugins {
+        for (i, p) in plugins.iter().enumerate() {
+            let watch = watches
+                .iter()
+                .position(|w| w.at == i)
+                .map(|k| watches.swap_remove(k))
+                .map(|w| (w.rollout, w.version));
             let mut m = Member {
                 plugin: p.clone(),
                 ctx: None,
                 held: Vec::new(),
                 cost: Default::default(),
+                failed: false,
+                replied: None,
+                watch,
             };
             match p.pick() {
                 Some(vm) => match vm.create_context() {
@@ -320,7 +372,9 @@ impl Chain {
         let name = &self.members[i].plugin.settings.name;
         let s = self.stream.as_deref_mut().expect("stream present");
         if let Some(local) = s.effects.local_response.take() {
-            return Err(Reply::local(name, local));
+            let m = &mut self.members[i];
+            m.replied = Some(local.status);
+            return Err(Reply::local(&m.plugin.settings.name, local));
         }
         if s.effects.close {
             return Err(Reply::reset(name));
@@ -344,7 +398,9 @@ impl Chain {
                 let name = &self.members[i].plugin.settings.name;
                 let s = self.stream.as_deref_mut().expect("stream present");
                 if let Some(local) = s.effects.local_response.take() {
-                    return Err(Reply::local(name, local));
+                    let m = &mut self.members[i];
+                    m.replied = Some(local.status);
+                    return Err(Reply::local(&m.plugin.settings.name, local));
                 }
                 if std::mem::take(&mut s.effects.close) {
                     return Err(Reply::reset(name));
@@ -471,10 +527,11 @@ impl Chain {
             return policy_skip(&mut self.members[j]);
         }
         self.recover();
-        let name = &self.members[j].plugin.settings.name;
         let s = self.stream.as_deref_mut().expect("stream present");
         if let Some(local) = s.effects.local_response.take() {
-            return Err(Reply::local(name, local));
+            let m = &mut self.members[j];
+            m.replied = Some(local.status);
+            return Err(Reply::local(&m.plugin.settings.name, local));
         }
         Ok(())
     }
@@ -692,12 +749,14 @@ impl Chain {
         if l.passed <= declared && !(end && l.passed < declared) {
             return Ok(());
         }
-        let (passed, name) = (l.passed, self.members[i].plugin.settings.name.clone());
+        let passed = l.passed;
+        let settings = self.members[i].plugin.settings.clone();
+        let name = settings.name.clone();
         let (phase, what, status) = match kind {
             BodyKind::Request => ("request_body", "request", 500),
             BodyKind::Response => ("response_body", "response", 502),
         };
-        crate::wasm::vm::record(&name, phase, crate::wasm::vm::ErrorKind::Abi);
+        crate::wasm::vm::record(&settings, phase, crate::wasm::vm::ErrorKind::Abi);
         tracing::error!(
             target: "sluice::plugin",
             plugin = %name,

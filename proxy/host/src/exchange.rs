@@ -68,8 +68,18 @@ pub struct Exchange {
 impl Exchange {
     /// Creates the request's context in a VM of each plugin (see [`Chain::new`]).
     pub fn start(plugins: &[Arc<Plugin>], info: RequestInfo) -> Result<Exchange, Reply> {
+        Exchange::start_watched(plugins, Vec::new(), info)
+    }
+
+    /// [`Exchange::start`] for a chain with versions of plugins under rollout (see
+    /// [`crate::rollout`]).
+    pub fn start_watched(
+        plugins: &[Arc<Plugin>],
+        watches: Vec<crate::chain::Watch>,
+        info: RequestInfo,
+    ) -> Result<Exchange, Reply> {
         Ok(Exchange {
-            chain: Chain::new(plugins, info)?,
+            chain: Chain::watched(plugins, watches, info)?,
             prebody: None,
             forwarded_early: false,
             response_started: false,

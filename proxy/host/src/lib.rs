@@ -15,5 +15,6 @@ pub mod head;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;
+pub mod rollout;
 pub mod testkit;
 pub mod wasm;

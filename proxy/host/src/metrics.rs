@@ -14,24 +14,26 @@ use prometheus::{
 /// The plugins' metrics, and the registry every Sluice metric is in.
 pub struct Metrics {
     registry: Registry,
-    /// `sluice_plugin_calls_total{plugin,phase}`.
+    /// `sluice_plugin_calls_total{plugin,version,phase}`.
     pub plugin_calls: IntCounterVec,
-    /// `sluice_plugin_call_duration_seconds{plugin,phase}`.
+    /// `sluice_plugin_call_duration_seconds{plugin,version,phase}`.
     pub plugin_call_duration: HistogramVec,
-    /// `sluice_plugin_fuel_consumed_total{plugin,phase}`.
+    /// `sluice_plugin_fuel_consumed_total{plugin,version,phase}`.
     pub plugin_fuel: IntCounterVec,
-    /// `sluice_plugin_errors_total{plugin,phase,kind}`.
+    /// `sluice_plugin_errors_total{plugin,version,phase,kind}`.
     pub plugin_errors: IntCounterVec,
-    /// `sluice_plugin_vms{plugin}`.
+    /// `sluice_plugin_vms{plugin,version}`.
     pub plugin_vms: IntGaugeVec,
-    /// `sluice_plugin_memory_bytes{plugin}`.
+    /// `sluice_plugin_memory_bytes{plugin,version}`.
     pub plugin_memory: IntGaugeVec,
-    /// `sluice_plugin_refused_writes_total{plugin}`.
+    /// `sluice_plugin_refused_writes_total{plugin,version}`.
     pub plugin_refused_writes: IntCounterVec,
-    /// `sluice_plugin_contexts{plugin}`: stream contexts alive.
+    /// `sluice_plugin_contexts{plugin,version}`: stream contexts alive.
     pub plugin_contexts: IntGaugeVec,
-    /// `sluice_plugin_requests_total{plugin}`: stream contexts created (requests served).
+    /// `sluice_plugin_requests_total{plugin,version}`: stream contexts created (requests served).
     pub plugin_requests: IntCounterVec,
+    /// `sluice_plugin_rollbacks_total{plugin}`: rollouts rolled back by their failure rate.
+    pub plugin_rollbacks: IntCounterVec,
 }
 
 fn build() -> Metrics {
@@ -41,7 +43,7 @@ fn build() -> Metrics {
             "sluice_plugin_calls_total",
             "Calls into plugins, by plugin and phase.",
         ),
-        &["plugin", "phase"],
+        &["plugin", "version", "phase"],
     )
     .expect("valid metric");
     let plugin_call_duration = HistogramVec::new(
@@ -65,7 +67,7 @@ fn build() -> Metrics {
             0.05,
             0.1,
         ]),
-        &["plugin", "phase"],
+        &["plugin", "version", "phase"],
     )
     .expect("valid metric");
     let plugin_fuel = IntCounterVec::new(
@@ -73,7 +75,7 @@ fn build() -> Metrics {
             "sluice_plugin_fuel_consumed_total",
             "Fuel (wasm instructions, roughly) plugins consumed, by plugin and phase.",
         ),
-        &["plugin", "phase"],
+        &["plugin", "version", "phase"],
     )
     .expect("valid metric");
     let plugin_errors = IntCounterVec::new(
@@ -81,12 +83,12 @@ fn build() -> Metrics {
             "sluice_plugin_errors_total",
             "Plugin failures, by plugin, phase and kind (trap, fuel, timeout, memory, abi).",
         ),
-        &["plugin", "phase", "kind"],
+        &["plugin", "version", "phase", "kind"],
     )
     .expect("valid metric");
     let plugin_vms = IntGaugeVec::new(
         Opts::new("sluice_plugin_vms", "Healthy VMs of each plugin."),
-        &["plugin"],
+        &["plugin", "version"],
     )
     .expect("valid metric");
     let plugin_memory = IntGaugeVec::new(
@@ -94,7 +96,7 @@ fn build() -> Metrics {
             "sluice_plugin_memory_bytes",
             "Linear memory of all VMs of each plugin.",
         ),
-        &["plugin"],
+        &["plugin", "version"],
     )
     .expect("valid metric");
     let plugin_refused_writes = IntCounterVec::new(
@@ -102,7 +104,7 @@ fn build() -> Metrics {
             "sluice_plugin_refused_writes_total",
             "Writes to hidden headers that were refused, by plugin.",
         ),
-        &["plugin"],
+        &["plugin", "version"],
     )
     .expect("valid metric");
     let plugin_contexts = IntGaugeVec::new(
@@ -110,7 +112,7 @@ fn build() -> Metrics {
             "sluice_plugin_contexts",
             "Request contexts alive in each plugin's VMs.",
         ),
-        &["plugin"],
+        &["plugin", "version"],
     )
     .expect("valid metric");
     let plugin_requests = IntCounterVec::new(
@@ -118,11 +120,20 @@ fn build() -> Metrics {
             "sluice_plugin_requests_total",
             "Requests each plugin served (stream contexts created).",
         ),
+        &["plugin", "version"],
+    )
+    .expect("valid metric");
+    let plugin_rollbacks = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_rollbacks_total",
+            "Rollouts whose candidate was removed by itself (its failure rate over the window).",
+        ),
         &["plugin"],
     )
     .expect("valid metric");
     for c in [
-        Box::new(plugin_requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(plugin_rollbacks.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(plugin_requests.clone()),
         Box::new(plugin_calls.clone()),
         Box::new(plugin_call_duration.clone()),
         Box::new(plugin_fuel.clone()),
@@ -145,6 +156,7 @@ fn build() -> Metrics {
         plugin_refused_writes,
         plugin_contexts,
         plugin_requests,
+        plugin_rollbacks,
     }
 }
 
@@ -160,8 +172,12 @@ impl Metrics {
         self.registry.register(c)
     }
 
-    /// Sum of `sluice_plugin_errors_total` of one plugin, by kind.
-    pub fn plugin_errors_by_kind(&self, plugin: &str) -> std::collections::BTreeMap<String, u64> {
+    /// Sum of `sluice_plugin_errors_total` of one version of a plugin, by kind.
+    pub fn plugin_errors_by_kind(
+        &self,
+        plugin: &str,
+        version: &str,
+    ) -> std::collections::BTreeMap<String, u64> {
         let mut out = std::collections::BTreeMap::new();
         for family in self.registry.gather() {
             if family.name() != "sluice_plugin_errors_total" {
@@ -174,7 +190,9 @@ impl Metrics {
                         .find(|l| l.name() == n)
                         .map(|l| l.value().to_string())
                 };
-                if label("plugin").as_deref() == Some(plugin) {
+                if label("plugin").as_deref() == Some(plugin)
+                    && label("version").as_deref() == Some(version)
+                {
                     if let Some(kind) = label("kind") {
                         *out.entry(kind).or_insert(0) += m.get_counter().get_value() as u64;
                     }

@@ -7,6 +7,7 @@ pub mod engine;
 mod listener;
 mod plugin;
 mod reload;
+mod rollout;
 mod route;
 mod server;
 pub mod shared_data;
@@ -22,7 +23,9 @@ pub use crate::wasm::settings::{encode_config, LimitsFile};
 pub use admin::{read_token_file, Admin, AdminFile, AdminToken};
 pub use engine::{EngineFile, EngineSettings};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
-pub use plugin::{PluginFile, PluginSpec, SanitizeFile, SignatureFile};
+pub use plugin::{
+    PluginFile, PluginSpec, RollbackFile, RolloutFile, RolloutSpec, SanitizeFile, SignatureFile,
+};
 pub use reload::{ReloadFile, ReloadSettings};
 pub use route::{HostMatch, Route, RouteFile, RouteMatchFile};
 pub use server::{ServerFile, ServerSettings};
@@ -152,6 +155,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every plugin version to load: each plugin, and the candidate of each rollout.
+    pub fn all_plugins(&self) -> Vec<&PluginSpec> {
+        self.plugins
+            .iter()
+            .flat_map(|p| std::iter::once(p).chain(p.rollout.as_ref().map(|r| &r.candidate)))
+            .collect()
+    }
+
     /// Reads, parses and validates a config file. Relative paths in it (TLS files, plugins) are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -288,14 +299,30 @@ impl ConfigFile {
             }
         }
         for (name, p) in &self.plugins {
-            if let Some(spec) = p.validate(
+            let spec = p.validate(
                 name,
                 base_dir,
                 &self.upstreams,
                 &self.sanitize.extra_headers,
                 &mut errors,
-            ) {
-                plugins.push(spec);
+            );
+            let rollout = p.rollout.as_ref().map(|r| {
+                r.validate(
+                    name,
+                    p,
+                    base_dir,
+                    &self.upstreams,
+                    &self.sanitize.extra_headers,
+                    &mut errors,
+                )
+            });
+            match (spec, rollout) {
+                (Some(mut spec), Some(Some(r))) => {
+                    spec.rollout = Some(r);
+                    plugins.push(spec);
+                }
+                (Some(spec), None) => plugins.push(spec),
+                _ => {}
             }
         }
 

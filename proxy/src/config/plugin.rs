@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::listener::{check_name, existing_file};
 use super::upstream::UpstreamFile;
 use super::ConfigError;
+use crate::rollout::RolloutSettings;
 use crate::source::{OciReference, PluginSource, SignatureCheck, Wanted};
 use crate::wasm::sanitize::{self, ADDRESS_HEADERS, CLIENT_ADDRESS, CREDENTIAL_HEADERS};
-use crate::wasm::settings::{encode_config, FailurePolicy, Limits, LimitsFile};
+use crate::wasm::settings::{encode_config, FailurePolicy, Limits, LimitsFile, Version};
 
 /// One entry of `plugins:` as written. Exactly one of `path`, `url` and `oci` says where the
 /// `.wasm` comes from.
@@ -67,6 +68,9 @@ pub struct PluginFile {
     /// VMs to run (default: one per worker thread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vms: Option<usize>,
+    /// A candidate version rolled out next to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Box<RolloutFile>>,
 }
 
 /// `signature:` of a plugin: exactly one of `public_key` and `public_key_file`.
@@ -79,6 +83,52 @@ pub struct SignatureFile {
     /// A file holding that base64 text, relative to the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_file: Option<String>,
+}
+
+/// `rollout:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    /// The candidate version: where its `.wasm` comes from, and what differs from stable.
+    pub candidate: Box<PluginFile>,
+    /// `canary` (default): the candidate serves `weight_percent` of the requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Share of requests the candidate serves, 0 to 100 in steps of 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_percent: Option<f64>,
+    /// `client_address` (default) or `header:NAME`: the same key always gets the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_on: Option<String>,
+    /// When the candidate is removed by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackFile>,
+}
+
+/// `rollout.rollback:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackFile {
+    /// Failures ÷ requests of the candidate above which it is removed (0 to 1).
+    pub max_error_rate: f64,
+    /// Candidate requests in the window before the rate counts (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// The window, seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u64>,
+    /// Count the candidate's 5xx local replies as failures (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub count_5xx: bool,
+}
+
+/// A validated rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutSpec {
+    /// The candidate, as a plugin of the same name.
+    pub candidate: PluginSpec,
+    /// Share, stickiness, rollback.
+    pub settings: RolloutSettings,
 }
 
 /// `sanitize:` as written.
@@ -119,6 +169,13 @@ pub struct PluginSpec {
     pub on_error: FailurePolicy,
     /// VMs (0 = one per worker thread).
     pub vms: usize,
+    /// Stable, or the candidate of a rollout.
+    pub version: Version,
+    /// What names its binary in fetches and their errors: the plugin's name, and
+    /// `NAME (candidate)` for a candidate.
+    pub fetch_key: String,
+    /// The candidate rolled out next to this version.
+    pub rollout: Option<Box<RolloutSpec>>,
 }
 
 impl PluginSpec {
@@ -151,10 +208,26 @@ impl PluginFile {
         extra_hidden: &[String],
         errors: &mut Vec<ConfigError>,
     ) -> Option<PluginSpec> {
-        let before = errors.len();
         let field = format!("plugins.{name}");
         check_name(&field, name, errors);
-        let source = self.source(&field, base, errors);
+        // `rollout:` is validated by the caller (`rollout.rs`), which sets `rollout`.
+        self.validate_as(name, &field, base, upstreams, extra_hidden, errors)
+    }
+
+    /// Validates the entry of plugin `name` written at `field` (a candidate's is under
+    /// `rollout.candidate`).
+    pub(super) fn validate_as(
+        &self,
+        name: &str,
+        field: &str,
+        base: &Path,
+        upstreams: &BTreeMap<String, UpstreamFile>,
+        extra_hidden: &[String],
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<PluginSpec> {
+        let before = errors.len();
+        let candidate = field.ends_with(".candidate");
+        let source = self.source(field, base, errors);
         let signature = self
             .signature
             .as_ref()
@@ -214,7 +287,7 @@ impl PluginFile {
             .limits
             .clone()
             .unwrap_or_default()
-            .validate(&field, &mut limit_errors);
+            .validate(field, &mut limit_errors);
         errors.extend(
             limit_errors
                 .into_iter()
@@ -243,6 +316,17 @@ impl PluginFile {
             limits,
             on_error,
             vms: self.vms.unwrap_or(0),
+            version: if candidate {
+                Version::Candidate
+            } else {
+                Version::Stable
+            },
+            fetch_key: if candidate {
+                format!("{name} (candidate)")
+            } else {
+                name.to_string()
+            },
+            rollout: None,
         })
     }
 }
@@ -386,8 +470,10 @@ impl SignatureFile {
 }
 
 impl Wanted for PluginSpec {
+    // What fetches and their errors call the binary: a candidate's is not the plugin's name.
+    #[allow(clippy::misnamed_getters)]
     fn name(&self) -> &str {
-        &self.name
+        &self.fetch_key
     }
 
     fn source(&self) -> &PluginSource {

@@ -476,3 +476,49 @@ fn upstream_protocols() {
     );
     has(&errors(&with("    protocol: http3\n")), "protocol");
 }
+
+#[test]
+fn a_candidate_takes_what_it_leaves_out_from_stable() {
+    let yaml = with_plugins(
+        "  auth:\n\
+         \x20   url: 'https://p.example.com/v1.wasm'\n\
+         \x20   sha256: '0000000000000000000000000000000000000000000000000000000000000001'\n\
+         \x20   config: { realm: x }\n\
+         \x20   expose: [authorization]\n\
+         \x20   on_error: fail_open\n\
+         \x20   limits: { timeout_ms: 50 }\n\
+         \x20   rollout:\n\
+         \x20     candidate: { url: 'https://p.example.com/v2.wasm', sha256: '0000000000000000000000000000000000000000000000000000000000000002', limits: { timeout_ms: 80 } }\n\
+         \x20     weight_percent: 2.5\n\
+         \x20     sticky_on: header:X-User\n\
+         \x20     rollback: { max_error_rate: 0.01 }\n",
+    );
+    let c = Config::from_yaml(&yaml, Path::new(".")).expect("valid");
+    let stable = &c.plugins[0];
+    let r = stable.rollout.as_ref().expect("rollout");
+    let cand = &r.candidate;
+    assert_eq!(cand.name, "auth");
+    assert_eq!(cand.fetch_key, "auth (candidate)");
+    assert_eq!(cand.version, crate::wasm::settings::Version::Candidate);
+    assert_eq!(cand.vm_id, "auth/candidate", "its own VMs and shared data");
+    assert_eq!(cand.config, stable.config, "config inherited");
+    assert_eq!(cand.expose, stable.expose);
+    assert_eq!(cand.on_error, stable.on_error);
+    assert_eq!(cand.limits.timeout.as_millis(), 80, "its own limits");
+    assert_ne!(cand.sha256, stable.sha256);
+    assert_eq!(
+        r.settings.mode,
+        crate::rollout::Mode::Canary { per_mille: 25 }
+    );
+    assert_eq!(
+        r.settings.sticky,
+        crate::rollout::Sticky::Header("x-user".into())
+    );
+    let rule = r.settings.rollback.expect("rollback");
+    assert_eq!(
+        (rule.min_requests, rule.window.as_secs()),
+        (100, 60),
+        "defaults"
+    );
+    assert_eq!(c.all_plugins().len(), 2);
+}

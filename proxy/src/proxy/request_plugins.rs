@@ -4,10 +4,11 @@
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use crate::chain::Reply;
+use crate::chain::{Reply, Watch};
 use crate::exchange::{Exchange, Head, PREREAD_MAX};
 use crate::forwarding::Forwarding;
 use crate::heads::{head_error, Req};
+use crate::rollout::Sticky;
 
 use super::forwarding::*;
 use super::*;
@@ -29,13 +30,34 @@ impl SluiceProxy {
         if route.plugins.is_empty() {
             return Ok(None);
         }
-        let plugins = route.plugins.clone();
-        let route_name = route.name.clone();
+        let mut plugins = route.plugins.clone();
+        let mut watches = Vec::new();
         let ip = client_ip(session);
+        for (at, rollout) in &route.rollouts {
+            let key = match &rollout.settings().sticky {
+                Sticky::ClientAddress => ip.map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                }),
+                Sticky::Header(name) => session
+                    .req_header()
+                    .headers
+                    .get(name.as_str())
+                    .map(|v| v.as_bytes().to_vec()),
+            };
+            let pick = rollout.pick(key.as_deref());
+            plugins[*at] = pick.plugin;
+            watches.push(Watch {
+                at: *at,
+                rollout: rollout.clone(),
+                version: pick.version,
+            });
+        }
+        let route_name = route.name.clone();
         let forwarding = Forwarding::new(session.req_header(), ctx.new_id.as_ref(), ip, self.tls);
         let id = ctx.request_id(session).unwrap_or("").to_string();
         let info = request_info(session, &route_name, &id, self.tls, ctx.start);
-        let mut ex = match Exchange::start(&plugins, info) {
+        let mut ex = match Exchange::start_watched(&plugins, watches, info) {
             Ok(e) => e,
             Err(reply) => return Ok(Some(reply)),
         };

@@ -52,6 +52,24 @@ pub trait Wanted: Sync {
     fn signature(&self) -> Option<&SignatureCheck>;
 }
 
+impl<T: Wanted + ?Sized> Wanted for &T {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn source(&self) -> &PluginSource {
+        (**self).source()
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        (**self).sha256()
+    }
+
+    fn signature(&self) -> Option<&SignatureCheck> {
+        (**self).signature()
+    }
+}
+
 /// Where a plugin's binary comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {

@@ -366,6 +366,7 @@ impl Kit {
         };
         let settings = PluginSettings {
             name: name.clone(),
+            version: Default::default(),
             root_id: options.root_id.clone(),
             vm_id: vm_id.clone(),
             config: options.config.clone().into(),
@@ -440,7 +441,7 @@ impl Kit {
 
     /// The value of the plugin's metric `name` (a histogram: its sample count).
     pub fn metric(&self, name: &str) -> Option<i64> {
-        crate::wasm::guest_metrics::value(&self.name, name)
+        crate::wasm::guest_metrics::value(&self.name, crate::wasm::settings::Version::Stable, name)
     }
 
     /// The plugin's shared data under `key`.
@@ -454,7 +455,7 @@ impl Kit {
 
     /// How many of the plugin's calls failed (trap, fuel, timeout, memory, abi) so far.
     pub fn failures(&self) -> u64 {
-        let by_kind = crate::metrics::metrics().plugin_errors_by_kind(&self.name);
+        let by_kind = crate::metrics::metrics().plugin_errors_by_kind(&self.name, "stable");
         ["trap", "fuel", "timeout", "memory", "abi"]
             .iter()
             .map(|kind| by_kind.get(*kind).copied().unwrap_or(0))

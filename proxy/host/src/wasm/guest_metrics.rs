@@ -13,6 +13,8 @@ use prometheus::{
 };
 use sluice_abi::{MetricType, Status};
 
+use super::settings::Version;
+
 /// Longest metric name a plugin may define.
 pub const MAX_NAME_BYTES: u32 = 200;
 /// Most metrics one plugin may define.
@@ -34,9 +36,9 @@ enum Family {
 
 #[derive(Default)]
 struct Registry {
-    ids: HashMap<(String, String), u32>,
+    ids: HashMap<(String, Version, String), u32>,
     families: HashMap<String, Family>,
-    per_plugin: HashMap<String, usize>,
+    per_plugin: HashMap<(String, Version), usize>,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -44,9 +46,12 @@ fn registry() -> &'static Mutex<Registry> {
     R.get_or_init(Default::default)
 }
 
+/// A defined metric: its type, handle and owner (plugin name and version).
+type Entry = (MetricType, Handle, String, Version);
+
 /// Handles by id (index + 1), read on every record.
-fn handles() -> &'static RwLock<Vec<(MetricType, Handle, String)>> {
-    static H: OnceLock<RwLock<Vec<(MetricType, Handle, String)>>> = OnceLock::new();
+fn handles() -> &'static RwLock<Vec<Entry>> {
+    static H: OnceLock<RwLock<Vec<Entry>>> = OnceLock::new();
     H.get_or_init(Default::default)
 }
 
@@ -64,13 +69,13 @@ pub fn export_name(name: &str) -> String {
     out
 }
 
-/// Defines (or finds) metric `name` of `plugin`; returns its id.
-pub fn define(plugin: &str, kind: MetricType, name: &str) -> Result<u32, Status> {
+/// Defines (or finds) metric `name` of `plugin` (one version of it); returns its id.
+pub fn define(plugin: &str, version: Version, kind: MetricType, name: &str) -> Result<u32, Status> {
     if name.is_empty() {
         return Err(Status::BadArgument);
     }
     let mut reg = registry().lock().expect("not poisoned");
-    let key = (plugin.to_string(), name.to_string());
+    let key = (plugin.to_string(), version, name.to_string());
     if let Some(&id) = reg.ids.get(&key) {
         let same = handles().read().expect("not poisoned")[id as usize - 1].0 == kind;
         return if same {
@@ -79,7 +84,8 @@ pub fn define(plugin: &str, kind: MetricType, name: &str) -> Result<u32, Status>
             Err(Status::BadArgument)
         };
     }
-    if reg.per_plugin.get(plugin).copied().unwrap_or(0) >= MAX_PER_PLUGIN {
+    let owner = (plugin.to_string(), version);
+    if reg.per_plugin.get(&owner).copied().unwrap_or(0) >= MAX_PER_PLUGIN {
         return Err(Status::BadArgument);
     }
     let export = export_name(name);
@@ -89,15 +95,15 @@ pub fn define(plugin: &str, kind: MetricType, name: &str) -> Result<u32, Status>
         None => {
             let f = match kind {
                 MetricType::Counter => Family::Counter(
-                    IntCounterVec::new(Opts::new(&export, &help), &["plugin"])
+                    IntCounterVec::new(Opts::new(&export, &help), &["plugin", "version"])
                         .map_err(|_| Status::BadArgument)?,
                 ),
                 MetricType::Gauge => Family::Gauge(
-                    IntGaugeVec::new(Opts::new(&export, &help), &["plugin"])
+                    IntGaugeVec::new(Opts::new(&export, &help), &["plugin", "version"])
                         .map_err(|_| Status::BadArgument)?,
                 ),
                 MetricType::Histogram => Family::Histogram(
-                    HistogramVec::new(HistogramOpts::new(&export, &help), &["plugin"])
+                    HistogramVec::new(HistogramOpts::new(&export, &help), &["plugin", "version"])
                         .map_err(|_| Status::BadArgument)?,
                 ),
             };
@@ -114,40 +120,39 @@ pub fn define(plugin: &str, kind: MetricType, name: &str) -> Result<u32, Status>
             f
         }
     };
+    let labels = [plugin, version.as_str()];
     let handle = match (&family, kind) {
-        (Family::Counter(c), MetricType::Counter) => {
-            Handle::Counter(c.with_label_values(&[plugin]))
-        }
-        (Family::Gauge(g), MetricType::Gauge) => Handle::Gauge(g.with_label_values(&[plugin])),
+        (Family::Counter(c), MetricType::Counter) => Handle::Counter(c.with_label_values(&labels)),
+        (Family::Gauge(g), MetricType::Gauge) => Handle::Gauge(g.with_label_values(&labels)),
         (Family::Histogram(h), MetricType::Histogram) => {
-            Handle::Histogram(h.with_label_values(&[plugin]))
+            Handle::Histogram(h.with_label_values(&labels))
         }
         // Another plugin defined this name with another type.
         _ => return Err(Status::BadArgument),
     };
     let mut hs = handles().write().expect("not poisoned");
-    hs.push((kind, handle, plugin.to_string()));
+    hs.push((kind, handle, plugin.to_string(), version));
     let id = hs.len() as u32;
     reg.ids.insert(key, id);
-    *reg.per_plugin.entry(plugin.to_string()).or_default() += 1;
+    *reg.per_plugin.entry(owner).or_default() += 1;
     Ok(id)
 }
 
 fn with<R>(
-    plugin: &str,
+    (plugin, version): (&str, Version),
     id: u32,
     f: impl FnOnce(&Handle) -> Result<R, Status>,
 ) -> Result<R, Status> {
     let hs = handles().read().expect("not poisoned");
     match hs.get((id as usize).wrapping_sub(1)) {
         // A plugin may only touch the metrics it defined.
-        Some((_, h, owner)) if owner == plugin => f(h),
+        Some((_, h, owner, v)) if owner == plugin && *v == version => f(h),
         _ => Err(Status::NotFound),
     }
 }
 
 /// `proxy_increment_metric`.
-pub fn increment(plugin: &str, id: u32, delta: i64) -> Status {
+pub fn increment(plugin: (&str, Version), id: u32, delta: i64) -> Status {
     to_status(with(plugin, id, |h| match h {
         Handle::Counter(c) if delta >= 0 => {
             c.inc_by(delta as u64);
@@ -162,7 +167,7 @@ pub fn increment(plugin: &str, id: u32, delta: i64) -> Status {
 }
 
 /// `proxy_record_metric`.
-pub fn record(plugin: &str, id: u32, value: u64) -> Status {
+pub fn record(plugin: (&str, Version), id: u32, value: u64) -> Status {
     to_status(with(plugin, id, |h| match h {
         Handle::Counter(c) => {
             let now = c.get();
@@ -184,7 +189,7 @@ pub fn record(plugin: &str, id: u32, value: u64) -> Status {
 }
 
 /// `proxy_get_metric`.
-pub fn get(plugin: &str, id: u32) -> Result<u64, Status> {
+pub fn get(plugin: (&str, Version), id: u32) -> Result<u64, Status> {
     with(plugin, id, |h| match h {
         Handle::Counter(c) => Ok(c.get()),
         Handle::Gauge(g) => Ok(g.get() as u64),
@@ -194,12 +199,12 @@ pub fn get(plugin: &str, id: u32) -> Result<u64, Status> {
 
 /// The value of metric `name` defined by `plugin`: a counter's or gauge's value, a
 /// histogram's sample count; `None` if the plugin defined no such metric.
-pub fn value(plugin: &str, name: &str) -> Option<i64> {
-    let id = *registry()
-        .lock()
-        .expect("not poisoned")
-        .ids
-        .get(&(plugin.to_string(), name.to_string()))?;
+pub fn value(plugin: &str, version: Version, name: &str) -> Option<i64> {
+    let id = *registry().lock().expect("not poisoned").ids.get(&(
+        plugin.to_string(),
+        version,
+        name.to_string(),
+    ))?;
     let hs = handles().read().expect("not poisoned");
     Some(match &hs.get(id as usize - 1)?.1 {
         Handle::Counter(c) => c.get() as i64,
@@ -216,41 +221,62 @@ fn to_status(r: Result<(), Status>) -> Status {
 mod tests {
     use super::*;
 
+    const S: Version = Version::Stable;
+
     #[test]
     fn define_twice_same_id_and_values() {
-        let c = define("gm-test", MetricType::Counter, "gm.requests").unwrap();
+        let c = define("gm-test", S, MetricType::Counter, "gm.requests").unwrap();
         assert_eq!(
-            define("gm-test", MetricType::Counter, "gm.requests").unwrap(),
+            define("gm-test", S, MetricType::Counter, "gm.requests").unwrap(),
             c
         );
         assert_eq!(
-            define("gm-test", MetricType::Gauge, "gm.requests"),
+            define("gm-test", S, MetricType::Gauge, "gm.requests"),
             Err(Status::BadArgument),
             "same name, other type"
         );
-        let ids = "gm-test";
+        let ids = ("gm-test", S);
         assert_eq!(increment(ids, c, 2), Status::Ok);
         assert_eq!(increment(ids, c, -1), Status::BadArgument);
         assert_eq!(get(ids, c), Ok(2));
         assert_eq!(record(ids, c, 5), Status::Ok);
         assert_eq!(get(ids, c), Ok(5));
         assert_eq!(
-            get("other", c),
+            get(("other", S), c),
             Err(Status::NotFound),
             "not this plugin's id"
         );
-        let g = define("gm-test", MetricType::Gauge, "gm_gauge").unwrap();
+        let g = define("gm-test", S, MetricType::Gauge, "gm_gauge").unwrap();
         assert_eq!(record(ids, g, 9), Status::Ok);
         assert_eq!(increment(ids, g, -4), Status::Ok);
         assert_eq!(get(ids, g), Ok(5));
         let text = String::from_utf8(crate::metrics::metrics().render()).unwrap();
         assert!(
-            text.contains("sluice_plugin_gm_requests{plugin=\"gm-test\"} 5"),
+            text.contains("sluice_plugin_gm_requests{plugin=\"gm-test\",version=\"stable\"} 5"),
+            "{text}"
+        );
+        // The candidate of a rollout has its own series and ids under the same name.
+        let cand = define(
+            "gm-test",
+            Version::Candidate,
+            MetricType::Counter,
+            "gm.requests",
+        )
+        .unwrap();
+        assert_ne!(cand, c);
+        assert_eq!(get(("gm-test", S), cand), Err(Status::NotFound));
+        assert_eq!(
+            increment(("gm-test", Version::Candidate), cand, 3),
+            Status::Ok
+        );
+        let text = String::from_utf8(crate::metrics::metrics().render()).unwrap();
+        assert!(
+            text.contains("sluice_plugin_gm_requests{plugin=\"gm-test\",version=\"candidate\"} 3"),
             "{text}"
         );
         assert_eq!(export_name("a.b-c"), "sluice_plugin_a_b_c");
         assert_eq!(
-            define("gm-test", MetricType::Counter, ""),
+            define("gm-test", S, MetricType::Counter, ""),
             Err(Status::BadArgument)
         );
     }

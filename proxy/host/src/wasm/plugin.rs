@@ -147,7 +147,7 @@ impl Plugin {
             })?;
         let settings = Arc::new(settings);
         let shared = shared::namespace(&settings.vm_id, settings.shared_store.as_ref());
-        let metrics = Arc::new(PhaseMetrics::new(&settings.name));
+        let metrics = Arc::new(PhaseMetrics::new(&settings.name, settings.version));
         let n = settings.vms.max(1);
         // The first VM always starts here (it proves the plugin starts and configures); the
         // others too unless they start on first use.
@@ -404,11 +404,11 @@ impl Plugin {
     pub fn update_gauges(&self) {
         let m = crate::metrics::metrics();
         m.plugin_vms
-            .with_label_values(&[&self.settings.name])
+            .with_label_values(&[&self.settings.name, self.settings.version.as_str()])
             .set(self.healthy_vms() as i64);
         let mem: usize = self.vms().iter().map(|vm| vm.memory_bytes()).sum();
         m.plugin_memory
-            .with_label_values(&[&self.settings.name])
+            .with_label_values(&[&self.settings.name, self.settings.version.as_str()])
             .set(mem as i64);
     }
 

@@ -75,10 +75,33 @@ pub struct VmStart {
     pub idle: Option<Duration>,
 }
 
+/// Which version of a plugin under rollout a [`Plugin`](super::plugin::Plugin) is: the
+/// `version` label of every plugin metric series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Version {
+    /// The version that serves requests (every plugin without a rollout).
+    #[default]
+    Stable,
+    /// The `rollout.candidate` of a plugin.
+    Candidate,
+}
+
+impl Version {
+    /// `stable` or `candidate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Stable => "stable",
+            Version::Candidate => "candidate",
+        }
+    }
+}
+
 /// Everything about a plugin except its code.
 pub struct PluginSettings {
     /// Its name in the config.
     pub name: String,
+    /// Stable, or the candidate of a rollout (same name, own VMs and metric series).
+    pub version: Version,
     /// Root id (`plugin_root_id`).
     pub root_id: String,
     /// VM id (`plugin_vm_id`); also the shared-data namespace.

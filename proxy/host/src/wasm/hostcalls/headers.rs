@@ -242,7 +242,7 @@ fn refuse_hidden(c: &mut C<'_>, name: &[u8]) -> HostResult {
     let plugin = state.settings.name.clone();
     crate::metrics::metrics()
         .plugin_refused_writes
-        .with_label_values(&[&plugin])
+        .with_label_values(&[&plugin, state.settings.version.as_str()])
         .inc();
     if !std::mem::replace(&mut state.warned_hidden, true) {
         tracing::warn!(

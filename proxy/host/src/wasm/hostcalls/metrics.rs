@@ -24,7 +24,12 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Ok(name) = String::from_utf8(name) else {
                 return Ok(st(Status::BadArgument));
             };
-            match guest_metrics::define(&c.data().settings.name, kind, &name) {
+            match guest_metrics::define(
+                &c.data().settings.name,
+                c.data().settings.version,
+                kind,
+                &name,
+            ) {
                 Ok(id) => done(put_u32(&mut c, ret_id, id)),
                 Err(s) => Ok(st(s)),
             }
@@ -35,7 +40,7 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_increment_metric",
         |c: C<'_>, id: u32, delta: i64| -> HostResult {
             Ok(st(guest_metrics::increment(
-                &c.data().settings.name,
+                (&c.data().settings.name, c.data().settings.version),
                 id,
                 delta,
             )))
@@ -46,7 +51,7 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_record_metric",
         |c: C<'_>, id: u32, value: u64| -> HostResult {
             Ok(st(guest_metrics::record(
-                &c.data().settings.name,
+                (&c.data().settings.name, c.data().settings.version),
                 id,
                 value,
             )))
@@ -56,7 +61,7 @@ pub(super) fn add(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         ENV,
         "proxy_get_metric",
         |mut c: C<'_>, id: u32, ret: u32| -> HostResult {
-            match guest_metrics::get(&c.data().settings.name, id) {
+            match guest_metrics::get((&c.data().settings.name, c.data().settings.version), id) {
                 Ok(v) => done(put_u64(&mut c, ret, v)),
                 Err(s) => Ok(st(s)),
             }

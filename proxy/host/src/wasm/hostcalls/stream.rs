@@ -140,7 +140,7 @@ fn send_local_response(
         if state.settings.sanitizer.hides(k) {
             crate::metrics::metrics()
                 .plugin_refused_writes
-                .with_label_values(&[&state.settings.name])
+                .with_label_values(&[&state.settings.name, state.settings.version.as_str()])
                 .inc();
             return Ok(st(Status::BadArgument));
         }

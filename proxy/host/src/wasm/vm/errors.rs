@@ -90,11 +90,11 @@ pub(super) fn start_error(phase: &'static str, error: GuestError) -> VmError {
     VmError::Start { phase, error }
 }
 
-/// Counts a plugin error (`sluice_plugin_errors_total{plugin,phase,kind}`): every place that
+/// Counts a plugin error (`sluice_plugin_errors_total{plugin,version,phase,kind}`): every place that
 /// finds a plugin at fault records it here.
-pub fn record(plugin: &str, phase: &str, kind: ErrorKind) {
+pub fn record(plugin: &PluginSettings, phase: &str, kind: ErrorKind) {
     crate::metrics::metrics()
         .plugin_errors
-        .with_label_values(&[plugin, phase, kind.as_str()])
+        .with_label_values(&[&plugin.name, plugin.version.as_str(), phase, kind.as_str()])
         .inc();
 }

@@ -10,6 +10,7 @@ use super::*;
 /// called in it, so `/metrics` shows none for phases a plugin never runs.
 pub struct PhaseMetrics {
     plugin: String,
+    version: Version,
     phases: [OnceLock<PhaseHandles>; Phase::ALL.len()],
     /// `sluice_plugin_contexts` of the plugin.
     pub(super) contexts: IntGauge,
@@ -43,13 +44,15 @@ pub struct PhaseCost {
 
 impl PhaseMetrics {
     /// Handles for `plugin`.
-    pub fn new(plugin: &str) -> PhaseMetrics {
+    pub fn new(plugin: &str, version: Version) -> PhaseMetrics {
         let m = crate::metrics::metrics();
+        let labels = [plugin, version.as_str()];
         PhaseMetrics {
             plugin: plugin.to_string(),
+            version,
             phases: Default::default(),
-            contexts: m.plugin_contexts.with_label_values(&[plugin]),
-            requests: m.plugin_requests.with_label_values(&[plugin]),
+            contexts: m.plugin_contexts.with_label_values(&labels),
+            requests: m.plugin_requests.with_label_values(&labels),
         }
     }
 
@@ -57,7 +60,7 @@ impl PhaseMetrics {
     pub(super) fn phase(&self, phase: Phase) -> &PhaseHandles {
         self.phases[phase as usize].get_or_init(|| {
             let m = crate::metrics::metrics();
-            let labels = [self.plugin.as_str(), phase.as_str()];
+            let labels = [self.plugin.as_str(), self.version.as_str(), phase.as_str()];
             PhaseHandles {
                 calls: m.plugin_calls.with_label_values(&labels),
                 duration: m.plugin_call_duration.with_label_values(&labels),

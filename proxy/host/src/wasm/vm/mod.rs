@@ -22,7 +22,7 @@ pub use super::events::RootEvent;
 use super::events::{
     CalloutDone, CalloutEvent, CalloutResponse, CalloutSink, GrpcEvent, RootInbox,
 };
-use super::settings::PluginSettings;
+use super::settings::{PluginSettings, Version};
 use super::shared::Namespace;
 use super::stream::Stream;
 
@@ -224,7 +224,7 @@ impl Vm {
             return;
         }
         let name = &self.settings.name;
-        record(name, phase.as_str(), error.kind);
+        record(&self.settings, phase.as_str(), error.kind);
         if keeps_vm {
             // Logged at debug: the store logs once when Redis goes and when it comes back.
             tracing::debug!(
@@ -501,7 +501,7 @@ impl Vm {
         }
         if let Err(e) = self.end_context(None) {
             if e.kind != ErrorKind::Lost {
-                record(&self.settings.name, Phase::Done.as_str(), e.kind);
+                record(&self.settings, Phase::Done.as_str(), e.kind);
                 tracing::warn!(
                     target: "sluice::plugin",
                     plugin = %self.settings.name,

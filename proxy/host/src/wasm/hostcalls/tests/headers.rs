@@ -229,7 +229,7 @@ fn hidden_headers_are_invisible_and_read_only() {
     let refused = || {
         crate::metrics::metrics()
             .plugin_refused_writes
-            .with_label_values(&[name])
+            .with_label_values(&[name, "stable"])
             .get()
     };
     assert_eq!(t.case(get), NOT_FOUND);

@@ -66,7 +66,9 @@ fn metrics_define_increment_get() {
     assert_eq!(t.case(inc_unknown), NOT_FOUND);
     let text = String::from_utf8(crate::metrics::metrics().render()).unwrap();
     assert!(
-        text.contains("sluice_plugin_hc_metrics_requests{plugin=\"hc-metrics\"} 10"),
+        text.contains(
+            "sluice_plugin_hc_metrics_requests{plugin=\"hc-metrics\",version=\"stable\"} 10"
+        ),
         "{text}"
     );
     t.assert_healthy();

@@ -243,6 +243,7 @@ fn host() -> &'static (WasmEngine, Linker<VmState>) {
 fn settings(name: &str) -> PluginSettings {
     PluginSettings {
         name: name.to_string(),
+        version: Default::default(),
         root_id: format!("{name}.root"),
         vm_id: format!("{name}.vm"),
         config: Bytes::from_static(b"plugin-config"),
