@@ -392,8 +392,27 @@ fn rollout_summary(r: &Rollout) -> serde_json::Value {
 fn rollout_json(r: &Rollout) -> serde_json::Value {
     let mut v = rollout_summary(r);
     let settings = r.settings();
-    let Mode::Canary { per_mille } = settings.mode;
-    v["mode"] = "canary".into();
+    let per_mille = match settings.mode {
+        Mode::Canary { per_mille } => {
+            v["mode"] = "canary".into();
+            per_mille
+        }
+        Mode::Shadow {
+            per_mille,
+            concurrency,
+        } => {
+            v["mode"] = "shadow".into();
+            v["shadow_concurrency"] = concurrency.into();
+            let s = r.shadow_report();
+            v["shadow"] = serde_json::json!({
+                "same": s.same,
+                "different": s.different,
+                "skipped": s.skipped,
+                "diffs": s.kinds,
+            });
+            per_mille
+        }
+    };
     v["weight_percent"] = (f64::from(per_mille) / 10.0).into();
     v["sticky_on"] = match &settings.sticky {
         Sticky::ClientAddress => "client_address".to_string(),

@@ -93,20 +93,20 @@ fn rollouts(
             Some(old) if Arc::ptr_eq(old.stable(), stable) && old.settings() == &r.settings => {
                 old.clone()
             }
-            Some(old) => Arc::new(Rollout::new(
+            Some(old) => Rollout::new(
                 &spec.name,
                 r.settings.clone(),
                 stable.clone(),
                 candidate.clone(),
                 old.state().0,
-            )),
-            None => Arc::new(Rollout::new(
+            ),
+            None => Rollout::new(
                 &spec.name,
                 r.settings.clone(),
                 stable.clone(),
                 candidate.clone(),
                 RolloutState::Running,
-            )),
+            ),
         };
         out.insert(spec.name.clone(), rollout);
     }

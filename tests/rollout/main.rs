@@ -10,6 +10,7 @@ mod support;
 
 mod canary;
 mod control;
+mod shadow;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -23,12 +23,14 @@ use http::{request, response};
 use crate::head::{HeadError, RequestHeadMut, ResponseHeadMut};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::rollout::{Rollout, Served};
+use crate::tap::{Observer, Served, Tapped};
 use crate::wasm::callout::{CalloutDone, CalloutEvent, CalloutSink};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::settings::FailurePolicy;
 use crate::wasm::settings::Version;
-use crate::wasm::stream::{list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream};
+use crate::wasm::stream::{
+    list_get, list_replace, BodyKind, HeaderList, LocalResponse, RequestInfo, Stream,
+};
 use crate::wasm::vm::{Parked, StreamCall, Vm};
 
 /// A response the proxy must send instead of going on: a plugin's local response, or the
@@ -129,34 +131,50 @@ struct Member {
     failed: bool,
     /// The status of its local reply.
     replied: Option<u16>,
-    /// The rollout this member is a version of: told what the version did when the request
-    /// ends.
-    watch: Option<(Arc<Rollout>, Version)>,
+    /// It reset the stream.
+    reset: bool,
+    /// Who is told what it did when the request ends (a rollout, a capture), and whether
+    /// each wants the tap.
+    watches: Vec<(Arc<dyn Observer>, Version, bool)>,
+    /// What it saw and left, when a watcher wants it.
+    tap: Option<Box<Tapped>>,
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
-        if let Some((rollout, version)) = &self.watch {
-            rollout.record(
-                *version,
-                Served {
-                    failed: self.failed,
-                    replied: self.replied,
-                    nanos: self.cost.nanos,
-                },
-            );
+        let served = Served {
+            failed: self.failed,
+            replied: self.replied,
+            reset: self.reset,
+            nanos: self.cost.nanos,
+        };
+        let mut tap = self.tap.take();
+        let n = self.watches.len();
+        for (k, (observer, version, wants_tap)) in self.watches.drain(..).enumerate() {
+            let tapped = if wants_tap {
+                if k + 1 == n {
+                    tap.take().map(|t| *t)
+                } else {
+                    tap.as_deref().cloned()
+                }
+            } else {
+                None
+            };
+            observer.done(version, served, tapped);
         }
     }
 }
 
-/// A chain member that is one version of a plugin under rollout.
+/// A watcher of one chain member (see [`crate::tap`]).
 pub struct Watch {
-    /// Its position in the chain.
+    /// The member's position in the chain.
     pub at: usize,
-    /// The rollout.
-    pub rollout: Arc<Rollout>,
-    /// Which version the request got.
+    /// Who is told.
+    pub observer: Arc<dyn Observer>,
+    /// Which version of its plugin the member is.
     pub version: Version,
+    /// The observer wants the [`Tapped`] record (costs copies of the headers and bodies).
+    pub tap: bool,
 }
 
 /// What a request-headers pass ended with.
@@ -255,11 +273,16 @@ impl Chain {
     ) -> Result<Chain, Reply> {
         let mut members = Vec::with_capacity(plugins.len());
         for (i, p) in plugins.iter().enumerate() {
-            let watch = watches
-                .iter()
-                .position(|w| w.at == i)
-                .map(|k| watches.swap_remove(k))
-                .map(|w| (w.rollout, w.version));
+            let mut mine = Vec::new();
+            while let Some(k) = watches.iter().position(|w| w.at == i) {
+                let w = watches.swap_remove(k);
+                mine.push((w.observer, w.version, w.tap));
+            }
+            let tap = mine.iter().any(|w| w.2).then(|| {
+                let mut t = Tapped::new(p.settings.limits.max_body_bytes);
+                t.info = info.clone();
+                Box::new(t)
+            });
             let mut m = Member {
                 plugin: p.clone(),
                 ctx: None,
@@ -267,7 +290,9 @@ impl Chain {
                 cost: Default::default(),
                 failed: false,
                 replied: None,
-                watch,
+                reset: false,
+                watches: mine,
+                tap,
             };
             match p.pick() {
                 Some(vm) => match vm.create_context() {
@@ -369,7 +394,6 @@ impl Chain {
                 return Ok(None);
             }
         };
-        let name = &self.members[i].plugin.settings.name;
         let s = self.stream.as_deref_mut().expect("stream present");
         if let Some(local) = s.effects.local_response.take() {
             let m = &mut self.members[i];
@@ -377,7 +401,8 @@ impl Chain {
             return Err(Reply::local(&m.plugin.settings.name, local));
         }
         if s.effects.close {
-            return Err(Reply::reset(name));
+            self.members[i].reset = true;
+            return Err(Reply::reset(&self.members[i].plugin.settings.name));
         }
         Ok(Some(if action == 1 {
             Step::Pause
@@ -395,7 +420,6 @@ impl Chain {
         let deadline = tokio::time::Instant::now() + limits.pause_timeout;
         loop {
             {
-                let name = &self.members[i].plugin.settings.name;
                 let s = self.stream.as_deref_mut().expect("stream present");
                 if let Some(local) = s.effects.local_response.take() {
                     let m = &mut self.members[i];
@@ -403,7 +427,8 @@ impl Chain {
                     return Err(Reply::local(&m.plugin.settings.name, local));
                 }
                 if std::mem::take(&mut s.effects.close) {
-                    return Err(Reply::reset(name));
+                    self.members[i].reset = true;
+                    return Err(Reply::reset(&self.members[i].plugin.settings.name));
                 }
                 let resumed = if request {
                     &mut s.effects.resume_request
@@ -552,6 +577,37 @@ impl Chain {
         s.request_headers_writable = true;
     }
 
+    /// Loads a request header list as a member saw it (pseudo-headers first, forwarding
+    /// headers included): a shadow run replays what the stable version got.
+    pub fn load_request_list(&mut self, list: HeaderList) {
+        let s = self.stream();
+        s.request_headers = list;
+        s.request_headers_writable = true;
+    }
+
+    /// Loads a response header list (with `:status`) as a member saw it.
+    pub fn load_response_list(&mut self, list: HeaderList) {
+        let status =
+            list_get(&list, b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        let s = self.stream();
+        s.response_headers = list;
+        s.response_headers_writable = true;
+        s.request_headers_writable = false;
+        s.info.response_code = status;
+    }
+
+    /// What member `i` did so far (failure, local reply, reset, guest time).
+    pub fn served(&self, i: usize) -> Served {
+        self.members
+            .get(i)
+            .map_or_else(Served::default, |m| Served {
+                failed: m.failed,
+                replied: m.replied,
+                reset: m.reset,
+                nanos: m.cost.nanos,
+            })
+    }
+
     /// Whether a plugin changed request header `name` (any case), or replaced the whole map.
     pub fn request_header_changed(&mut self, name: &[u8]) -> bool {
         let c = &self.stream().request_changed;
@@ -566,16 +622,22 @@ impl Chain {
             let i = self.headers_done;
             self.headers_done += 1;
             let n = self.stream().request_headers.len() as u32;
+            self.tap_headers(i, BodyKind::Request, false);
+            if let Some(t) = self.members[i].tap.as_deref_mut() {
+                t.request_has_body = !end_of_stream;
+            }
             match self.invoke(i, StreamCall::RequestHeaders(n, end_of_stream))? {
                 None | Some(Step::Continue) => {}
                 Some(Step::Pause) => {
                     let pending = self.stream().pending_callouts > 0;
                     if !pending && !end_of_stream && !self.body_read {
+                        self.tap_headers(i, BodyKind::Request, true);
                         return Ok(HeadersDone::NeedBody);
                     }
                     self.wait_resume(i, true).await?;
                 }
             }
+            self.tap_headers(i, BodyKind::Request, true);
         }
         Ok(HeadersDone::Continue)
     }
@@ -593,6 +655,9 @@ impl Chain {
                 if self.members[j].ctx.is_some() && body.len() > max {
                     return Err(too_large(&self.members[j].plugin.settings.name, 413));
                 }
+                if let Some(t) = self.members[j].tap.as_deref_mut() {
+                    t.body(BodyKind::Request, false).add(&body);
+                }
                 {
                     let s = self.stream();
                     s.body = std::mem::take(&mut body);
@@ -607,6 +672,10 @@ impl Chain {
                 if let Some(Step::Pause) = step? {
                     self.wait_resume(j, true).await?;
                 }
+                if let Some(t) = self.members[j].tap.as_deref_mut() {
+                    t.body(BodyKind::Request, true).add(&body);
+                }
+                self.tap_headers(j, BodyKind::Request, true);
             }
             fed = self.headers_done;
             if self.headers_done >= self.members.len() {
@@ -625,20 +694,39 @@ impl Chain {
         chunk: &mut Option<Bytes>,
         end: bool,
     ) -> Result<Option<usize>, Reply> {
+        self.body_chunk_from(kind, 0, chunk, end)
+    }
+
+    /// [`Chain::body_chunk`] from position `start` in the body's order (request order for
+    /// requests, reverse for responses): the members before it do not see this part.
+    fn body_chunk_from(
+        &mut self,
+        kind: BodyKind,
+        start: usize,
+        chunk: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<Option<usize>, Reply> {
         let n = self.members.len();
         // The chunk's own buffer when nothing else holds it (no copy), else a copy.
         let mut data: Option<Vec<u8>> = chunk.take().map(Vec::from);
-        for k in 0..n {
+        for k in start..n {
             let i = match kind {
                 BodyKind::Request => k,
                 BodyKind::Response => n - 1 - k,
             };
             let m = &mut self.members[i];
-            let Some(ctx) = &m.ctx else {
-                continue;
+            if let (Some(t), Some(d)) = (m.tap.as_deref_mut(), data.as_deref()) {
+                t.body(kind, false).add(d);
+            }
+            let passes = match &m.ctx {
+                None => true,
+                // A module without this body callback costs nothing: the chunk passes it by.
+                Some(ctx) => m.held.is_empty() && !ctx.vm.exports_body(kind),
             };
-            // A module without this body callback costs nothing: the chunk passes it by.
-            if m.held.is_empty() && !ctx.vm.exports_body(kind) {
+            if passes {
+                if let (Some(t), Some(d)) = (m.tap.as_deref_mut(), data.as_deref()) {
+                    t.body(kind, true).add(d);
+                }
                 continue;
             }
             match data.take() {
@@ -674,7 +762,12 @@ impl Chain {
                 self.length_mut(kind).changed_by = Some(i);
             }
             match step? {
-                None | Some(Step::Continue) => data = Some(body),
+                None | Some(Step::Continue) => {
+                    if let Some(t) = self.members[i].tap.as_deref_mut() {
+                        t.body(kind, true).add(&body);
+                    }
+                    data = Some(body)
+                }
                 Some(Step::Pause) if !end => {
                     self.members[i].held = body;
                     *chunk = nothing(kind);
@@ -711,7 +804,7 @@ impl Chain {
         while let Some(i) = waiting {
             self.wait_resume(i, true).await?;
             // Release what it held, through the plugins after it.
-            let held = std::mem::take(&mut self.members[i].held);
+            let held = self.release(BodyKind::Request, i);
             let mut rest = Some(Bytes::from(held));
             waiting = self.body_chunk_from(BodyKind::Request, i + 1, &mut rest, end)?;
             let mut out = chunk.take().map(Vec::from).unwrap_or_default();
@@ -774,24 +867,41 @@ impl Chain {
         ))
     }
 
-    fn body_chunk_from(
-        &mut self,
-        kind: BodyKind,
-        start: usize,
-        chunk: &mut Option<Bytes>,
-        end: bool,
-    ) -> Result<Option<usize>, Reply> {
-        // Members before `start` are skipped by moving them out for the call.
-        let upto = start.min(self.members.len());
-        let before: Vec<Option<Ctx>> = self.members[..upto]
-            .iter_mut()
-            .map(|m| m.ctx.take())
-            .collect();
-        let r = self.body_chunk(kind, chunk, end);
-        for (m, ctx) in self.members.iter_mut().zip(before) {
-            m.ctx = ctx;
+    /// Records the request's or response's headers as member `i` gets them (`out` false: the
+    /// first time only) or leaves them (`out`: the last time counts), if it is tapped.
+    fn tap_headers(&mut self, i: usize, kind: BodyKind, out: bool) {
+        if self.members[i].tap.is_none() {
+            return;
         }
-        r
+        let list = {
+            let s = self.stream();
+            match kind {
+                BodyKind::Request => s.request_headers.clone(),
+                BodyKind::Response => s.response_headers.clone(),
+            }
+        };
+        let Some(t) = self.members[i].tap.as_deref_mut() else {
+            return;
+        };
+        let slot = match (kind, out) {
+            (BodyKind::Request, false) => &mut t.request_in,
+            (BodyKind::Request, true) => &mut t.request_out,
+            (BodyKind::Response, false) => &mut t.response_in,
+            (BodyKind::Response, true) => &mut t.response_out,
+        };
+        if out || slot.is_none() {
+            *slot = Some(list);
+        }
+    }
+
+    /// Takes what member `i` held of a body, to pass it on.
+    fn release(&mut self, kind: BodyKind, i: usize) -> Vec<u8> {
+        let m = &mut self.members[i];
+        let held = std::mem::take(&mut m.held);
+        if let Some(t) = m.tap.as_deref_mut() {
+            t.body(kind, true).add(&held);
+        }
+        held
     }
 
     /// Loads the response header (with `:status`) into the stream.
@@ -811,6 +921,7 @@ impl Chain {
         self.deliver_arrived()?;
         for i in (0..self.members.len()).rev() {
             let n = self.stream().response_headers.len() as u32;
+            self.tap_headers(i, BodyKind::Response, false);
             if let Some(Step::Pause) =
                 self.invoke(i, StreamCall::ResponseHeaders(n, end_of_stream))?
             {
@@ -818,6 +929,7 @@ impl Chain {
                     self.wait_resume(i, false).await?;
                 }
             }
+            self.tap_headers(i, BodyKind::Response, true);
         }
         self.stream().response_headers_writable = false;
         Ok(())
@@ -846,16 +958,11 @@ impl Chain {
                 plugin = %self.members[i].plugin.settings.name,
                 "plugin paused at the end of the response body; releasing it"
             );
-            let held = std::mem::take(&mut self.members[i].held);
+            let held = self.release(BodyKind::Response, i);
             let mut rest = Some(Bytes::from(held));
             // Members after `i` in response order are those before it in the list.
-            let before: Vec<Option<Ctx>> =
-                self.members[i..].iter_mut().map(|m| m.ctx.take()).collect();
-            let r = self.body_chunk(BodyKind::Response, &mut rest, end);
-            for (m, ctx) in self.members[i..].iter_mut().zip(before) {
-                m.ctx = ctx;
-            }
-            waiting = r?;
+            let from = self.members.len() - i;
+            waiting = self.body_chunk_from(BodyKind::Response, from, &mut rest, end)?;
             let mut out = chunk.take().map(Vec::from).unwrap_or_default();
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
             *chunk = Some(Bytes::from(out));
@@ -881,16 +988,10 @@ impl Chain {
             if self.members[i].held.is_empty() {
                 continue;
             }
-            let held = std::mem::take(&mut self.members[i].held);
+            let held = self.release(BodyKind::Response, i);
             let mut rest = Some(Bytes::from(held));
             // Members after `i` in response order are those before it in the list.
-            let skipped: Vec<Option<Ctx>> =
-                self.members[i..].iter_mut().map(|m| m.ctx.take()).collect();
-            let r = self.body_chunk(BodyKind::Response, &mut rest, false);
-            for (m, ctx) in self.members[i..].iter_mut().zip(skipped) {
-                m.ctx = ctx;
-            }
-            r?;
+            self.body_chunk_from(BodyKind::Response, n - i, &mut rest, false)?;
             out.extend_from_slice(rest.as_deref().unwrap_or_default());
         }
         let released = (!out.is_empty()).then(|| Bytes::from(out));

@@ -16,5 +16,6 @@ pub mod metrics;
 #[cfg(test)]
 mod module_graph;
 pub mod rollout;
+pub mod tap;
 pub mod testkit;
 pub mod wasm;

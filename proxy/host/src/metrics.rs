@@ -34,6 +34,12 @@ pub struct Metrics {
     pub plugin_requests: IntCounterVec,
     /// `sluice_plugin_rollbacks_total{plugin}`: rollouts rolled back by their failure rate.
     pub plugin_rollbacks: IntCounterVec,
+    /// `sluice_plugin_rollout_diff_total{plugin,kind}`: shadow runs whose candidate decided
+    /// otherwise, by kind of difference.
+    pub rollout_diffs: IntCounterVec,
+    /// `sluice_plugin_rollout_shadow_runs_total{plugin,result}`: requests replayed to a
+    /// shadow candidate (`same`, `different`) or not (`skipped`).
+    pub rollout_shadow_runs: IntCounterVec,
 }
 
 fn build() -> Metrics {
@@ -131,8 +137,27 @@ fn build() -> Metrics {
         &["plugin"],
     )
     .expect("valid metric");
+    let rollout_diffs = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_rollout_diff_total",
+            "Shadow runs whose candidate decided otherwise than stable, by kind (failure, \
+             reply, request_headers, request_body, response_headers, response_body).",
+        ),
+        &["plugin", "kind"],
+    )
+    .expect("valid metric");
+    let rollout_shadow_runs = IntCounterVec::new(
+        Opts::new(
+            "sluice_plugin_rollout_shadow_runs_total",
+            "Requests replayed to a shadow candidate, by result (same, different, skipped).",
+        ),
+        &["plugin", "result"],
+    )
+    .expect("valid metric");
     for c in [
         Box::new(plugin_rollbacks.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(rollout_diffs.clone()),
+        Box::new(rollout_shadow_runs.clone()),
         Box::new(plugin_requests.clone()),
         Box::new(plugin_calls.clone()),
         Box::new(plugin_call_duration.clone()),
@@ -157,6 +182,8 @@ fn build() -> Metrics {
         plugin_contexts,
         plugin_requests,
         plugin_rollbacks,
+        rollout_diffs,
+        rollout_shadow_runs,
     }
 }
 

@@ -91,12 +91,21 @@ pub struct SignatureFile {
 pub struct RolloutFile {
     /// The candidate version: where its `.wasm` comes from, and what differs from stable.
     pub candidate: Box<PluginFile>,
-    /// `canary` (default): the candidate serves `weight_percent` of the requests.
+    /// `canary` (default): the candidate serves `weight_percent` of the requests; `shadow`:
+    /// stable serves every request and the candidate runs after it on copies of
+    /// `weight_percent` of them, its decisions compared with stable's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    /// Share of requests the candidate serves, 0 to 100 in steps of 0.1.
+    /// Share of requests, 0 to 100 in steps of 0.1 (canary: default 0; shadow: default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_percent: Option<f64>,
+    /// Shadow: let the candidate make its HTTP and gRPC callouts (default false: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_callouts: bool,
+    /// Shadow: runs at once at most (default 4); a request ending while all run is not
+    /// replayed (counted as skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_concurrency: Option<usize>,
     /// `client_address` (default) or `header:NAME`: the same key always gets the same version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_on: Option<String>,

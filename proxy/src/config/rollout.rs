@@ -82,14 +82,33 @@ impl RolloutFile {
             &mut candidate_errors,
         );
         errors.extend(candidate_errors);
-        match self.mode.as_deref() {
-            None | Some("canary") => {}
-            Some(other) => errors.push(ConfigError::invalid(
-                format!("{field}.mode"),
-                format!("{other:?} is not a rollout mode; canary is"),
-            )),
+        let shadow = match self.mode.as_deref() {
+            None | Some("canary") => false,
+            Some("shadow") => true,
+            Some(other) => {
+                errors.push(ConfigError::invalid(
+                    format!("{field}.mode"),
+                    format!("{other:?} is not a rollout mode; canary or shadow"),
+                ));
+                false
+            }
+        };
+        if !shadow && (self.shadow_callouts || self.shadow_concurrency.is_some()) {
+            errors.push(ConfigError::invalid(
+                field.clone(),
+                "shadow_callouts and shadow_concurrency are for mode: shadow",
+            ));
         }
-        let weight = self.weight_percent.unwrap_or(0.0);
+        let concurrency = self.shadow_concurrency.unwrap_or(4);
+        if !(1..=1024).contains(&concurrency) {
+            errors.push(ConfigError::invalid(
+                format!("{field}.shadow_concurrency"),
+                format!("{concurrency} must be between 1 and 1024"),
+            ));
+        }
+        let weight = self
+            .weight_percent
+            .unwrap_or(if shadow { 100.0 } else { 0.0 });
         let per_mille = (weight * 10.0).round();
         if !(0.0..=100.0).contains(&weight) || (weight * 10.0 - per_mille).abs() > 1e-6 {
             errors.push(ConfigError::invalid(
@@ -147,11 +166,22 @@ impl RolloutFile {
         if errors.len() > before {
             return None;
         }
+        let mut candidate = candidate?;
+        if shadow && !self.shadow_callouts {
+            // Its callouts are refused: no upstream is allowed.
+            candidate.allowed_upstreams.clear();
+        }
+        let per_mille = per_mille as u32;
         Some(Box::new(RolloutSpec {
-            candidate: candidate?,
+            candidate,
             settings: RolloutSettings {
-                mode: Mode::Canary {
-                    per_mille: per_mille as u32,
+                mode: if shadow {
+                    Mode::Shadow {
+                        per_mille,
+                        concurrency,
+                    }
+                } else {
+                    Mode::Canary { per_mille }
                 },
                 sticky,
                 rollback,

@@ -49,8 +49,9 @@ impl SluiceProxy {
             plugins[*at] = pick.plugin;
             watches.push(Watch {
                 at: *at,
-                rollout: rollout.clone(),
+                observer: rollout.clone(),
                 version: pick.version,
+                tap: pick.tap,
             });
         }
         let route_name = route.name.clone();

@@ -8,10 +8,13 @@
 //! when it ends ([`Rollout::record`]).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::tap::{Observer, Served, Tapped};
 use crate::wasm::plugin::Plugin;
+
+pub mod shadow;
 use crate::wasm::settings::Version;
 
 /// How the candidate takes part.
@@ -21,6 +24,14 @@ pub enum Mode {
     Canary {
         /// Share in ‰ (`weight_percent` × 10).
         per_mille: u32,
+    },
+    /// Stable serves every request; the candidate runs after it on this share of them, on
+    /// copies, and its decisions are compared with stable's.
+    Shadow {
+        /// Share in ‰ of the requests replayed to the candidate.
+        per_mille: u32,
+        /// Shadow runs at once at most; a request ending while all run is not replayed.
+        concurrency: usize,
     },
 }
 
@@ -50,7 +61,7 @@ pub struct RollbackRule {
 /// A rollout's settings, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutSettings {
-    /// Canary share.
+    /// Canary or shadow, and the share.
     pub mode: Mode,
     /// Stickiness key.
     pub sticky: Sticky,
@@ -110,17 +121,6 @@ pub struct Ended {
     pub state: &'static str,
     /// `promote` or `abort`.
     pub action: &'static str,
-}
-
-/// What one version did with one request, reported when the request ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Served {
-    /// It failed (trap, fuel, deadline, memory, ABI, no healthy VM).
-    pub failed: bool,
-    /// The status of its local reply, if it answered the request itself.
-    pub replied: Option<u16>,
-    /// Guest time it spent on the request, ns.
-    pub nanos: u64,
 }
 
 /// Upper bounds (µs) of the latency buckets; the last bucket is open.
@@ -255,6 +255,11 @@ pub struct Rollout {
     window: Mutex<Window>,
     /// Spreads requests without a sticky key.
     counter: AtomicU64,
+    /// Shadow runs under way.
+    shadow_slots: Arc<tokio::sync::Semaphore>,
+    shadow: ShadowStats,
+    /// Itself, for the shadow runs it spawns.
+    me: Weak<Rollout>,
 }
 
 /// The version one request gets.
@@ -263,6 +268,36 @@ pub struct Pick {
     pub plugin: Arc<Plugin>,
     /// Which version it is.
     pub version: Version,
+    /// The request is replayed to the candidate afterwards (shadow): tap what stable does.
+    pub tap: bool,
+}
+
+/// What shadow runs found.
+#[derive(Debug, Default)]
+struct ShadowStats {
+    /// Runs whose decisions were the same.
+    same: AtomicU64,
+    /// Runs with at least one difference.
+    different: AtomicU64,
+    /// Requests not replayed (every shadow slot busy, or no runtime to run on).
+    skipped: AtomicU64,
+    /// Differences by kind ([`shadow::KINDS`] order).
+    kinds: [AtomicU64; shadow::KINDS.len()],
+    /// When a difference was last logged (at most one a second).
+    last_logged: Mutex<Option<Instant>>,
+}
+
+/// A copy of the shadow figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowReport {
+    /// Runs with the same decisions.
+    pub same: u64,
+    /// Runs with a difference.
+    pub different: u64,
+    /// Requests not replayed.
+    pub skipped: u64,
+    /// Differences by kind.
+    pub kinds: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Rollout {
@@ -274,13 +309,17 @@ impl Rollout {
         stable: Arc<Plugin>,
         candidate: Arc<Plugin>,
         state: State,
-    ) -> Rollout {
+    ) -> Arc<Rollout> {
         let window = Window::new(
             settings
                 .rollback
                 .map_or(Duration::from_secs(60), |r| r.window),
         );
-        Rollout {
+        let slots = match settings.mode {
+            Mode::Shadow { concurrency, .. } => concurrency,
+            Mode::Canary { .. } => 0,
+        };
+        Arc::new_cyclic(|me| Rollout {
             name: name.to_string(),
             settings,
             stable,
@@ -290,6 +329,24 @@ impl Rollout {
             stats: Default::default(),
             window: Mutex::new(window),
             counter: AtomicU64::new(0),
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            shadow: ShadowStats::default(),
+            me: me.clone(),
+        })
+    }
+
+    /// What shadow runs found so far.
+    pub fn shadow_report(&self) -> ShadowReport {
+        let s = &self.shadow;
+        ShadowReport {
+            same: s.same.load(Ordering::Relaxed),
+            different: s.different.load(Ordering::Relaxed),
+            skipped: s.skipped.load(Ordering::Relaxed),
+            kinds: shadow::KINDS
+                .iter()
+                .zip(&s.kinds)
+                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 
@@ -338,10 +395,14 @@ impl Rollout {
     /// The version for one request; `key` is the sticky key's bytes (the client's address
     /// or the header's value), if the request has one.
     pub fn pick(&self, key: Option<&[u8]>) -> Pick {
+        let mut tap = false;
         let version = match self.state.load(Ordering::Acquire) {
             PROMOTED => Version::Candidate,
             RUNNING => {
-                let Mode::Canary { per_mille } = self.settings.mode;
+                let (per_mille, shadow) = match self.settings.mode {
+                    Mode::Canary { per_mille } => (per_mille, false),
+                    Mode::Shadow { per_mille, .. } => (per_mille, true),
+                };
                 let bucket = match key {
                     Some(k) => (spread(self.name.as_bytes(), k) % 1000) as u32,
                     // Evenly spread by a counter (every 1000 requests, exact shares).
@@ -350,7 +411,10 @@ impl Rollout {
                         ((n.wrapping_mul(7919)) % 1000) as u32
                     }
                 };
-                if bucket < per_mille {
+                if shadow {
+                    tap = bucket < per_mille;
+                    Version::Stable
+                } else if bucket < per_mille {
                     Version::Candidate
                 } else {
                     Version::Stable
@@ -364,6 +428,7 @@ impl Rollout {
                 Version::Candidate => self.candidate.clone(),
             },
             version,
+            tap,
         }
     }
 
@@ -407,6 +472,70 @@ impl Rollout {
                 .inc();
             tracing::error!(plugin = %self.name, %reason, "rollout rolled back: stable serves every request");
         }
+    }
+
+    /// Replays a request stable served to the candidate (in a task of its own, if a shadow
+    /// slot is free) and counts how their decisions differ.
+    fn shadow(&self, stable: Served, seen: Tapped) {
+        let m = crate::metrics::metrics();
+        let skipped = || {
+            self.shadow.skipped.fetch_add(1, Ordering::Relaxed);
+            m.rollout_shadow_runs
+                .with_label_values(&[&self.name, "skipped"])
+                .inc();
+        };
+        let (Ok(handle), Some(me)) = (tokio::runtime::Handle::try_current(), self.me.upgrade())
+        else {
+            return skipped();
+        };
+        let Ok(slot) = self.shadow_slots.clone().try_acquire_owned() else {
+            return skipped();
+        };
+        handle.spawn(async move {
+            let decision = shadow::run(&me.candidate, &seen).await;
+            drop(slot);
+            me.record(Version::Candidate, decision.served);
+            let kinds = shadow::compare(&stable, &seen, &decision);
+            let m = crate::metrics::metrics();
+            let result = if kinds.is_empty() {
+                "same"
+            } else {
+                "different"
+            };
+            m.rollout_shadow_runs
+                .with_label_values(&[&me.name, result])
+                .inc();
+            if kinds.is_empty() {
+                me.shadow.same.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            me.shadow.different.fetch_add(1, Ordering::Relaxed);
+            for kind in &kinds {
+                if let Some(i) = shadow::KINDS.iter().position(|k| k == kind) {
+                    me.shadow.kinds[i].fetch_add(1, Ordering::Relaxed);
+                }
+                m.rollout_diffs
+                    .with_label_values(&[me.name.as_str(), kind])
+                    .inc();
+            }
+            let now = Instant::now();
+            let mut last = me
+                .shadow
+                .last_logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                *last = Some(now);
+                tracing::info!(
+                    plugin = %me.name,
+                    request_id = %seen.info.id,
+                    kinds = %kinds.join(","),
+                    stable = %summary(&stable),
+                    candidate = %summary(&decision.served),
+                    "shadow: the candidate decided otherwise (one sample a second at most)"
+                );
+            }
+        });
     }
 
     /// Makes the candidate serve every request.
@@ -457,6 +586,27 @@ fn spread(name: &[u8], key: &[u8]) -> u64 {
     z ^ (z >> 31)
 }
 
+impl Observer for Rollout {
+    fn done(&self, version: Version, served: Served, tapped: Option<Tapped>) {
+        self.record(version, served);
+        if let (Some(seen), Version::Stable, RUNNING) =
+            (tapped, version, self.state.load(Ordering::Acquire))
+        {
+            self.shadow(served, seen);
+        }
+    }
+}
+
+/// A decision in a few words, for the sample log line.
+fn summary(s: &Served) -> String {
+    match (s.failed, s.replied, s.reset) {
+        (true, _, _) => "failed".into(),
+        (_, Some(status), _) => format!("replied {status}"),
+        (_, _, true) => "reset".into(),
+        _ => "continued".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +641,7 @@ mod tests {
                 failed: i == 0,
                 replied: (i % 10 == 0).then_some(403),
                 nanos: if i < 95 { 3_000 } else { 400_000 },
+                reset: false,
             });
         }
         let r = s.report();
