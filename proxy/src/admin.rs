@@ -12,6 +12,9 @@
 //!   version: requests, failures by kind, local replies by status, guest-time percentiles).
 //!   `POST /plugins/NAME/rollout/promote` makes the candidate serve every request,
 //!   `POST /plugins/NAME/rollout/abort` removes it (409 once the rollout has ended).
+//! - `POST /plugins/NAME/capture?requests=N[&timeout_seconds=T]`: records the plugin's next N
+//!   requests as it sees them (sanitized: hidden headers never written) and answers them as
+//!   a test-kit case file (YAML) once it has them or after T seconds (default 60).
 //! - `POST /reload`: reloads the config file; 200 with the new version once it serves, or 422
 //!   with the reason it was refused (the running config keeps serving).
 //!
@@ -131,7 +134,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
     };
     if !matches!(
         sub,
-        None | Some("rollout") | Some("rollout/promote") | Some("rollout/abort")
+        None | Some("rollout") | Some("rollout/promote") | Some("rollout/abort") | Some("capture")
     ) {
         return reply(StatusCode::NOT_FOUND, TEXT, "not found\n");
     }
@@ -185,6 +188,12 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
                 }),
             ),
         };
+    }
+    if let (Some(name), Some("capture")) = (plugin, sub) {
+        if req.method() != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n");
+        }
+        return capture(state, name, req.uri().query().unwrap_or("")).await;
     }
     if let (Some(name), Some(action @ ("rollout/promote" | "rollout/abort"))) = (plugin, sub) {
         if req.method() != Method::POST {
@@ -298,6 +307,77 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Byt
             }
         }
     }
+}
+
+/// `POST /plugins/NAME/capture?requests=N[&timeout_seconds=T]`: records the next N requests
+/// (1–10000) of the plugin as it sees them, for at most T seconds (default 60, at most 600),
+/// and answers the test-kit case file (YAML).
+async fn capture(state: &Arc<State>, name: &str, query: &str) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let mut requests = None;
+    let mut timeout = 60;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n: Option<u64> = v.parse().ok();
+        match (k, n) {
+            ("requests", Some(n)) if (1..=10_000).contains(&n) => requests = Some(n as usize),
+            ("timeout_seconds", Some(t)) if (1..=600).contains(&t) => timeout = t,
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    format!(
+                        "bad parameter {pair:?}: requests=N (1 to 10000, required) and \
+                         timeout_seconds=T (1 to 600) are known\n"
+                    ),
+                )
+            }
+        }
+    }
+    let Some(requests) = requests else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "requests=N (1 to 10000) is required\n",
+        );
+    };
+    let rt = state.current();
+    if !rt.config.plugins.iter().any(|p| p.name == name) {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!(
+                "no plugin named {name:?} in config version {}\n",
+                rt.version
+            ),
+        );
+    }
+    drop(rt);
+    let recording = match state.start_recording(name, requests) {
+        Ok(r) => r,
+        Err(e) => return reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
+    };
+    // Ended however the wait ends (the admin client may leave).
+    struct Stop<'a>(&'a State, Arc<crate::recording::Recording>);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.stop_recording(&self.1);
+        }
+    }
+    let _stop = Stop(state, recording.clone());
+    let cases = recording.finish(Duration::from_secs(timeout)).await;
+    let got = cases.cases.len();
+    let yaml = serde_yaml::to_string(&cases).unwrap_or_default();
+    tracing::info!(plugin = %name, requests = got, "capture done");
+    reply(
+        StatusCode::OK,
+        "application/yaml",
+        format!(
+            "# {got} of {requests} requests to plugin {name:?}, as it saw them (hidden headers \
+             left out), captured {}\n{yaml}",
+            rfc3339(SystemTime::now())
+        ),
+    )
 }
 
 /// The last reload's outcome (`null` before the first).

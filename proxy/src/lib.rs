@@ -6,7 +6,9 @@
 
 // The plugin host (engine, VMs, host calls, exchange driver, test kit) is its own crate; its
 // modules are re-exported under their old names.
-pub use sluice_host::{chain, exchange, forwarding, hash, head, rollout, testkit, wasm};
+pub use sluice_host::{
+    chain, exchange, forwarding, hash, head, recording, rollout, tap, testkit, wasm,
+};
 
 pub mod admin;
 pub mod admin_client;

@@ -131,8 +131,18 @@ enum PluginCommand {
         #[arg(long)]
         config: Option<PathBuf>,
         /// The cases (YAML).
+        #[arg(long, required_unless_present = "replay", conflicts_with = "replay")]
+        case: Option<PathBuf>,
+        /// A capture (`POST /plugins/NAME/capture` of a running sluice): run as cases, or with
+        /// `--against`, replayed to both plugins to report where they decide otherwise.
         #[arg(long)]
-        case: PathBuf,
+        replay: Option<PathBuf>,
+        /// The other version (.wasm) to compare with.
+        #[arg(long, requires = "replay")]
+        against: Option<PathBuf>,
+        /// Options of the `--against` version (default: `--config`).
+        #[arg(long, requires = "against")]
+        against_config: Option<PathBuf>,
     },
     /// Create a plugin crate NAME (Cargo.toml, src/lib.rs, plugin.yaml, cases.yaml) that
     /// builds and passes its test as generated.
@@ -189,7 +199,15 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
             plugin,
             config,
             case,
+            replay,
+            against,
+            against_config,
         } => {
+            let case = case.or(replay).expect("clap requires --case or --replay");
+            if let Some(old) = against {
+                let old_config = against_config.as_deref().or(config.as_deref());
+                return replay_against((&plugin, config.as_deref()), (&old, old_config), &case);
+            }
             let prepared = cases::load_options(config.as_deref())
                 .map_err(|e| e.to_string())
                 .and_then(|o| Ok((o, cases::load_cases(&case).map_err(|e| e.to_string())?)))
@@ -472,6 +490,44 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// `sluice plugin test NEW --replay CAPTURE --against OLD`.
+/// Each plugin comes with its options file.
+fn replay_against(
+    (new, new_config): (&std::path::Path, Option<&std::path::Path>),
+    (old, old_config): (&std::path::Path, Option<&std::path::Path>),
+    capture: &std::path::Path,
+) -> ExitCode {
+    use sluice::testkit::{cases, Kit};
+    let prepared = (|| -> Result<_, String> {
+        let cases = cases::load_cases(capture).map_err(|e| e.to_string())?;
+        let kit = |p: &std::path::Path, config| -> Result<Kit, String> {
+            let options = cases::load_options(config).map_err(|e| e.to_string())?;
+            Kit::load(p, options).map_err(|e| e.to_string())
+        };
+        Ok((kit(new, new_config)?, kit(old, old_config)?, cases))
+    })();
+    let (new_kit, old_kit, cases_file) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sluice plugin test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{} against {} on {}",
+        new.display(),
+        old.display(),
+        capture.display()
+    );
+    let (report, differ) = cases::compare(&new_kit, &old_kit, &cases_file);
+    print!("{report}");
+    if differ > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

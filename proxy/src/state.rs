@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigErrors};
 use crate::file_mark::{plugin_files, Mark};
+use crate::recording::Recording;
 use crate::runtime::{BuildError, Runtime};
 
 /// What started a reload.
@@ -99,6 +100,9 @@ pub struct State {
     ready: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Recordings under way (`POST /plugins/NAME/capture`), and how many.
+    recordings: Mutex<Vec<Arc<Recording>>>,
+    recording: AtomicUsize,
 }
 
 fn unix_now() -> i64 {
@@ -200,6 +204,8 @@ impl State {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            recordings: Mutex::new(Vec::new()),
+            recording: AtomicUsize::new(0),
         }))
     }
 
@@ -363,6 +369,41 @@ impl State {
     /// Marks the start of a shutdown.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Starts recording the next `requests` requests of plugin `name`; refused while one of
+    /// it is under way.
+    pub fn start_recording(&self, name: &str, requests: usize) -> Result<Arc<Recording>, String> {
+        let mut all = self.recordings.lock().unwrap_or_else(|p| p.into_inner());
+        if all.iter().any(|r| r.plugin() == name) {
+            return Err(format!("plugin {name:?} is already being captured"));
+        }
+        let r = Recording::new(name, requests);
+        all.push(r.clone());
+        self.recording.store(all.len(), Ordering::Release);
+        Ok(r)
+    }
+
+    /// Ends a recording.
+    pub fn stop_recording(&self, r: &Arc<Recording>) {
+        let mut all = self.recordings.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|x| !Arc::ptr_eq(x, r));
+        self.recording.store(all.len(), Ordering::Release);
+    }
+
+    /// The recordings of plugin `name` that want more requests (none, cheaply, when nothing
+    /// records).
+    pub fn recordings_of(&self, name: &str) -> Vec<Arc<Recording>> {
+        if self.recording.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        self.recordings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|r| r.plugin() == name && !r.is_full())
+            .cloned()
+            .collect()
     }
 
     /// Requests being served.

@@ -9,6 +9,7 @@
 mod support;
 
 mod canary;
+mod capture;
 mod control;
 mod shadow;
 

@@ -304,6 +304,10 @@ impl Chain {
                     policy_skip(&mut m)?;
                 }
             }
+            if let (Some(t), Some(ctx)) = (m.tap.as_deref_mut(), &m.ctx) {
+                t.sees_request_body = ctx.vm.exports_body(BodyKind::Request);
+                t.sees_response_body = ctx.vm.exports_body(BodyKind::Response);
+            }
             members.push(m);
         }
         let stream = Box::new(Stream {

@@ -15,6 +15,7 @@ pub mod head;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;
+pub mod recording;
 pub mod rollout;
 pub mod tap;
 pub mod testkit;

@@ -88,6 +88,10 @@ pub struct Tapped {
     pub response_body_in: BodySeen,
     /// See `response_body_in`.
     pub response_body_out: BodySeen,
+    /// Its module has `proxy_on_request_body` (it can read request bodies).
+    pub sees_request_body: bool,
+    /// Its module has `proxy_on_response_body`.
+    pub sees_response_body: bool,
 }
 
 impl Tapped {
@@ -104,6 +108,8 @@ impl Tapped {
             response_out: None,
             response_body_in: BodySeen::new(cap),
             response_body_out: BodySeen::new(cap),
+            sees_request_body: false,
+            sees_response_body: false,
         }
     }
 }

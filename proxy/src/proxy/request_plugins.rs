@@ -8,6 +8,7 @@ use crate::chain::{Reply, Watch};
 use crate::exchange::{Exchange, Head, PREREAD_MAX};
 use crate::forwarding::Forwarding;
 use crate::heads::{head_error, Req};
+use crate::recording::RecordingWatch;
 use crate::rollout::Sticky;
 
 use super::forwarding::*;
@@ -53,6 +54,19 @@ impl SluiceProxy {
                 version: pick.version,
                 tap: pick.tap,
             });
+        }
+        for (at, plugin) in plugins.iter().enumerate() {
+            for recording in self.state.recordings_of(&plugin.settings.name) {
+                watches.push(Watch {
+                    at,
+                    observer: Arc::new(RecordingWatch {
+                        recording,
+                        sanitizer: plugin.settings.sanitizer.clone(),
+                    }),
+                    version: plugin.settings.version,
+                    tap: true,
+                });
+            }
         }
         let route_name = route.name.clone();
         let forwarding = Forwarding::new(session.req_header(), ctx.new_id.as_ref(), ip, self.tls);

@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Kit, Options, Outcome, TestRequest, TestResponse};
 use crate::wasm::settings::{encode_config, FailurePolicy, LimitError, LimitsFile};
@@ -68,7 +68,7 @@ pub struct OptionsFile {
 }
 
 /// The cases file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CasesFile {
     /// The cases, run in order against one plugin instance.
@@ -76,7 +76,7 @@ pub struct CasesFile {
 }
 
 /// One case.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     /// What it checks.
@@ -85,7 +85,7 @@ pub struct Case {
     #[serde(default)]
     pub request: RequestSpec,
     /// The upstream's response (default: 200, body `ok`).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub upstream: Option<ResponseSpec>,
     /// What must happen.
     #[serde(default)]
@@ -93,7 +93,7 @@ pub struct Case {
 }
 
 /// A request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     /// Method (default GET).
@@ -103,13 +103,13 @@ pub struct RequestSpec {
     #[serde(default = "root")]
     pub path: String,
     /// Headers.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub headers: BTreeMap<String, String>,
     /// Body.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty", default)]
     pub body: String,
     /// The client's address (default `127.0.0.1:50000`).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub client: Option<SocketAddr>,
 }
 
@@ -134,20 +134,20 @@ fn root() -> String {
 }
 
 /// The upstream's response.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseSpec {
     /// Status (default 200).
     #[serde(default = "ok_status")]
     pub status: u16,
     /// Headers.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub headers: BTreeMap<String, String>,
     /// Body.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty", default)]
     pub body: String,
     /// Without `content-length`.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub chunked: bool,
 }
 
@@ -156,38 +156,44 @@ fn ok_status() -> u16 {
 }
 
 /// Expectations; every one given must hold.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// The client's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// The response came from the plugin (true) or the upstream (false).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
     /// Response headers: name → first value.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub headers: BTreeMap<String, String>,
     /// Response headers that must be absent.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub headers_absent: Vec<String>,
     /// The whole response body.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Texts the response body contains.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub body_contains: Vec<String>,
     /// Whether the request reached the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<bool>,
     /// Upstream request headers: name → first value.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub upstream_headers: BTreeMap<String, String>,
     /// Upstream request headers that must be absent.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub upstream_headers_absent: Vec<String>,
     /// The upstream request's path.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_path: Option<String>,
     /// The upstream request's body.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_body: Option<String>,
     /// Texts that lines the plugin logged contain.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub logs_contain: Vec<String>,
 }
 
@@ -374,32 +380,38 @@ pub fn check(case: &Case, out: &Outcome, kit: &Kit) -> Vec<String> {
     bad
 }
 
+/// The request and upstream response of a case, for the kit.
+fn inputs(case: &Case) -> (TestRequest, TestResponse) {
+    let r = &case.request;
+    let mut req = TestRequest::new(&r.method, &r.path).body(r.body.as_bytes().to_vec());
+    for (k, v) in &r.headers {
+        req = req.header(k, v);
+    }
+    if let Some(c) = r.client {
+        req = req.client(c);
+    }
+    let upstream = match &case.upstream {
+        None => TestResponse::ok("ok"),
+        Some(u) => {
+            let mut t = TestResponse::new(u.status).body(u.body.as_bytes().to_vec());
+            for (k, v) in &u.headers {
+                t = t.header(k, v);
+            }
+            if u.chunked {
+                t = t.chunked(0);
+            }
+            t
+        }
+    };
+    (req, upstream)
+}
+
 /// Runs every case on `kit`; returns the report and how many failed.
 pub fn run(kit: &Kit, cases: &CasesFile) -> (String, usize) {
     let mut report = String::new();
     let mut failed = 0;
     for case in &cases.cases {
-        let r = &case.request;
-        let mut req = TestRequest::new(&r.method, &r.path).body(r.body.as_bytes().to_vec());
-        for (k, v) in &r.headers {
-            req = req.header(k, v);
-        }
-        if let Some(c) = r.client {
-            req = req.client(c);
-        }
-        let upstream = match &case.upstream {
-            None => TestResponse::ok("ok"),
-            Some(u) => {
-                let mut t = TestResponse::new(u.status).body(u.body.as_bytes().to_vec());
-                for (k, v) in &u.headers {
-                    t = t.header(k, v);
-                }
-                if u.chunked {
-                    t = t.chunked(0);
-                }
-                t
-            }
-        };
+        let (req, upstream) = inputs(case);
         let out = kit.run(&req, &upstream);
         let bad = check(case, &out, kit);
         if bad.is_empty() {
@@ -432,6 +444,114 @@ pub fn run(kit: &Kit, cases: &CasesFile) -> (String, usize) {
         n - failed
     );
     (report, failed)
+}
+
+/// Runs every case on `new` and on `old` and reports the cases where they decided otherwise:
+/// the client's status, where the response came from, whether the request reached the
+/// upstream, and the headers and bodies each side got. Returns the report and how many cases
+/// differ.
+pub fn compare(new: &Kit, old: &Kit, cases: &CasesFile) -> (String, usize) {
+    let mut report = String::new();
+    let mut differ = 0;
+    for case in &cases.cases {
+        let (req, upstream) = inputs(case);
+        let a = new.run(&req, &upstream);
+        let b = old.run(&req, &upstream);
+        let diffs = decisions_differ(&a, &b);
+        if diffs.is_empty() {
+            let _ = writeln!(report, "SAME  {}", case.name);
+        } else {
+            differ += 1;
+            let _ = writeln!(report, "DIFF  {}", case.name);
+            for d in diffs {
+                let _ = writeln!(report, "      {d}");
+            }
+        }
+    }
+    let n = cases.cases.len();
+    let _ = writeln!(
+        report,
+        "{n} case{}: {} decided the same, {differ} differently",
+        if n == 1 { "" } else { "s" },
+        n - differ
+    );
+    (report, differ)
+}
+
+/// How two outcomes of one case differ (`new` first), in words.
+fn decisions_differ(new: &Outcome, old: &Outcome) -> Vec<String> {
+    let mut d = Vec::new();
+    let from = |o: &Outcome| {
+        if o.reset {
+            "a reset"
+        } else if o.local {
+            "the plugin"
+        } else {
+            "the upstream"
+        }
+    };
+    if new.response.status != old.response.status || from(new) != from(old) {
+        d.push(format!(
+            "reply: new {} from {}, old {} from {}",
+            new.response.status,
+            from(new),
+            old.response.status,
+            from(old)
+        ));
+    }
+    match (&new.forwarded, &old.forwarded) {
+        (Some(a), Some(b)) => {
+            if sorted(&a.headers) != sorted(&b.headers) {
+                d.push(format!(
+                    "upstream headers: new {:?}, old {:?}",
+                    only_in(&a.headers, &b.headers),
+                    only_in(&b.headers, &a.headers)
+                ));
+            }
+            if a.body != b.body {
+                d.push("upstream body differs".into());
+            }
+            if a.path != b.path || a.method != b.method {
+                d.push(format!(
+                    "upstream request: new {} {}, old {} {}",
+                    a.method, a.path, b.method, b.path
+                ));
+            }
+        }
+        (None, None) => {}
+        (a, _) => d.push(format!(
+            "forwarded: new {}, old {}",
+            a.is_some(),
+            !a.is_some()
+        )),
+    }
+    if !d.iter().any(|x| x.starts_with("reply")) {
+        if sorted(&new.response.headers) != sorted(&old.response.headers) {
+            d.push(format!(
+                "response headers: new {:?}, old {:?}",
+                only_in(&new.response.headers, &old.response.headers),
+                only_in(&old.response.headers, &new.response.headers)
+            ));
+        }
+        if new.response.body != old.response.body {
+            d.push("response body differs".into());
+        }
+    }
+    d
+}
+
+fn sorted(h: &[(String, String)]) -> Vec<(String, String)> {
+    let mut v = h.to_vec();
+    v.sort();
+    v
+}
+
+/// The headers of `a` not in `b`.
+fn only_in(a: &[(String, String)], b: &[(String, String)]) -> Vec<String> {
+    a.iter()
+        .filter(|h| !b.contains(h))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
