@@ -6,6 +6,9 @@
 //! - `request:` the whole plugin work of one request through a chain (context creation,
 //!   request headers in and their changes out, response headers, a response body chunk,
 //!   on_log, on_done and on_delete) for the plugin rows of `make bench`;
+//! - `request: …, tapped for shadow` the same request with the plugin's view recorded for a
+//!   shadow run (the cost a shadow rollout adds to the client's request), and `shadow run:`
+//!   the candidate's replay of that request (done after the request ended, off its path);
 //! - one guest call, one instantiation and one VM start.
 //!
 //! `cargo bench -p sluice-proxy --bench wasm` (or `make bench-micro`). Plugins: hand-written
@@ -22,12 +25,13 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc::unbounded_channel;
 
-use sluice::chain::Chain;
+use sluice::chain::{Chain, Watch};
 use sluice::heads::{Req, Resp};
+use sluice::tap::{Observer, Served, Tapped};
 use sluice::wasm::callout::CalloutSink;
 use sluice::wasm::plugin::Plugin;
 use sluice::wasm::sanitize::Sanitizer;
-use sluice::wasm::settings::{FailurePolicy, Limits, PluginSettings};
+use sluice::wasm::settings::{FailurePolicy, Limits, PluginSettings, Version};
 use sluice::wasm::stream::{BodyKind, RequestInfo, Stream};
 use sluice::wasm::vm::{StreamCall, VmState};
 
@@ -291,6 +295,78 @@ fn request(c: &mut Criterion, name: &str, plugins: &[Arc<Plugin>], body: &Bytes)
     });
 }
 
+/// Keeps the last record it is given (what a shadow run replays).
+#[derive(Default)]
+struct Keep(std::sync::Mutex<Option<Tapped>>);
+
+impl Observer for Keep {
+    fn done(&self, _: Version, _: Served, tapped: Option<Tapped>) {
+        *self.0.lock().unwrap() = tapped;
+    }
+}
+
+/// One request through `plugin` with its view tapped.
+fn tapped_request(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Arc<Plugin>,
+    keep: &Arc<Keep>,
+    resp: &ResponseHeader,
+    body: &Bytes,
+) {
+    let mut req = request_header();
+    let mut resp = resp.clone();
+    let mut chunk = Some(body.clone());
+    let watch = Watch {
+        at: 0,
+        observer: keep.clone(),
+        version: Version::Stable,
+        tap: true,
+    };
+    let mut chain = Chain::watched(
+        std::slice::from_ref(plugin),
+        vec![watch],
+        RequestInfo::default(),
+    )
+    .expect("chain");
+    chain.load_request(&req, "http", []);
+    rt.block_on(chain.request_headers(true)).expect("headers");
+    chain.apply_request(&mut Req(&mut req)).unwrap();
+    chain.load_response(&resp);
+    rt.block_on(chain.response_headers(false))
+        .expect("response");
+    chain.apply_response(&mut Resp(&mut resp)).unwrap();
+    chain.response_body(&mut chunk, true).expect("body");
+    chain.log(200);
+}
+
+/// Next to `request: NAME`: the same request tapped for a shadow run, and the shadow run of
+/// `candidate` on it.
+fn shadow(
+    c: &mut Criterion,
+    name: &str,
+    plugin: &Arc<Plugin>,
+    candidate: &Arc<Plugin>,
+    body: &Bytes,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    resp.insert_header("content-type", "text/plain").unwrap();
+    resp.insert_header("content-length", body.len()).unwrap();
+    let keep = Arc::new(Keep::default());
+    // One request to replay (the benchmark below may be filtered out).
+    tapped_request(&rt, plugin, &keep, &resp, body);
+    c.bench_function(&format!("request: {name}, tapped for shadow"), |b| {
+        b.iter(|| tapped_request(&rt, plugin, &keep, &resp, body))
+    });
+    let seen = keep.0.lock().unwrap().clone().expect("a tapped request");
+    c.bench_function(&format!("shadow run: {name}"), |b| {
+        b.iter(|| rt.block_on(sluice::rollout::shadow::run(candidate, &seen)))
+    });
+}
+
 /// One guest call of each phase, on a module whose callbacks do nothing.
 fn phases(c: &mut Criterion) {
     let plugin = load("bench-phases", EMPTY_CALLBACKS.as_bytes(), b"");
@@ -390,6 +466,14 @@ fn benches(c: &mut Criterion) {
             })
             .collect();
         request(c, "3 plugins, Rust SDK copy-header", &three, &small);
+        let candidate = load("bench-sdk-candidate", &bytes, br#"{"mode":"copy-header"}"#);
+        shadow(
+            c,
+            "1 plugin, Rust SDK copy-header",
+            &sdk,
+            &candidate,
+            &small,
+        );
     }
     if let Some(bytes) = built("plugin", "sluice_plugin_rate_limit.wasm") {
         let limit = load(
@@ -408,7 +492,18 @@ fn benches(c: &mut Criterion) {
         let line = "customer jane.doe@example.com paid with 4111 1111 1111 1111 on order 12345; ";
         let block: String = line.repeat(8).chars().take(512).collect();
         let body = Bytes::from(block.repeat(32));
-        request(c, "1 plugin, mask on 16 KiB", &[mask], &body);
+        request(
+            c,
+            "1 plugin, mask on 16 KiB",
+            std::slice::from_ref(&mask),
+            &body,
+        );
+        let candidate = load(
+            "bench-mask-candidate",
+            &bytes,
+            br#"{"presets":["email","card","iban","bearer"]}"#,
+        );
+        shadow(c, "1 plugin, mask on 16 KiB", &mask, &candidate, &body);
     }
 }
 

@@ -23,14 +23,15 @@ pub struct Served {
 }
 
 /// A body as it went into or out of a member: its first bytes (up to a cap), its length and a
-/// hash of all of it.
+/// hash of what the cap left out (bodies within the cap, the usual case, are not hashed: they
+/// compare byte by byte).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodySeen {
     /// The first bytes, at most the cap given to [`BodySeen::new`].
     pub bytes: Vec<u8>,
     /// Every byte counted.
     pub len: u64,
-    /// FNV-1a of every byte.
+    /// FNV-1a of the bytes past the cap.
     pub hash: u64,
     cap: usize,
 }
@@ -49,9 +50,12 @@ impl BodySeen {
     /// Adds `part`.
     pub fn add(&mut self, part: &[u8]) {
         let room = self.cap.saturating_sub(self.bytes.len());
-        self.bytes.extend_from_slice(&part[..room.min(part.len())]);
+        let (kept, rest) = part.split_at(room.min(part.len()));
+        self.bytes.extend_from_slice(kept);
         self.len += part.len() as u64;
-        self.hash = crate::hash::fnv1a64_update(self.hash, part);
+        if !rest.is_empty() {
+            self.hash = crate::hash::fnv1a64_update(self.hash, rest);
+        }
     }
 
     /// Whether all of it was kept.
@@ -61,7 +65,7 @@ impl BodySeen {
 
     /// Whether `other` holds the same bytes.
     pub fn same(&self, other: &BodySeen) -> bool {
-        self.len == other.len && self.hash == other.hash
+        self.len == other.len && self.hash == other.hash && self.bytes == other.bytes
     }
 }
 
@@ -131,4 +135,30 @@ impl Tapped {
 pub trait Observer: Send + Sync {
     /// The request ended; `tapped` is given when the watch asked for it.
     fn done(&self, version: Version, served: Served, tapped: Option<Tapped>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_compare_within_and_past_the_cap() {
+        let body = |cap: usize, parts: &[&[u8]]| {
+            let mut b = BodySeen::new(cap);
+            for p in parts {
+                b.add(p);
+            }
+            b
+        };
+        let a = body(4, &[b"ab", b"cdef"]);
+        assert_eq!(
+            (a.bytes.as_slice(), a.len, a.complete()),
+            (&b"abcd"[..], 6, false)
+        );
+        assert!(a.same(&body(4, &[b"abcdef"])), "parts do not matter");
+        assert!(!a.same(&body(4, &[b"abcdeg"])), "past the cap, the hash");
+        assert!(!a.same(&body(4, &[b"xbcdef"])), "within the cap, the bytes");
+        assert!(body(8, &[b"abc"]).same(&body(8, &[b"a", b"bc"])));
+        assert!(!body(8, &[b"abc"]).same(&body(8, &[b"abd"])));
+    }
 }
