@@ -277,17 +277,8 @@ fn request(c: &mut Criterion, name: &str, plugins: &[Arc<Plugin>], body: &Bytes)
         b.iter_batched(
             || (request_header(), resp.clone(), Some(body.clone())),
             |(mut req, mut resp, mut chunk)| {
-                let mut chain = Chain::new(plugins, RequestInfo::default()).expect("chain");
-                chain.load_request(&req, "http", []);
-                rt.block_on(chain.request_headers(true)).expect("headers");
-                chain.apply_request(&mut Req(&mut req)).unwrap();
-                chain.load_response(&resp);
-                rt.block_on(chain.response_headers(false))
-                    .expect("response");
-                chain.apply_response(&mut Resp(&mut resp)).unwrap();
-                chain.response_body(&mut chunk, true).expect("body");
-                chain.log(200);
-                drop(chain);
+                let chain = Chain::new(plugins, RequestInfo::default()).expect("chain");
+                drive(&rt, chain, &mut req, &mut resp, &mut chunk);
                 (req, resp, chunk)
             },
             BatchSize::SmallInput,
@@ -313,29 +304,39 @@ fn tapped_request(
     resp: &ResponseHeader,
     body: &Bytes,
 ) {
-    let mut req = request_header();
-    let mut resp = resp.clone();
-    let mut chunk = Some(body.clone());
+    let (mut req, mut resp, mut chunk) = (request_header(), resp.clone(), Some(body.clone()));
     let watch = Watch {
         at: 0,
         observer: keep.clone(),
         version: Version::Stable,
         tap: true,
     };
-    let mut chain = Chain::watched(
+    let chain = Chain::watched(
         std::slice::from_ref(plugin),
         vec![watch],
         RequestInfo::default(),
     )
     .expect("chain");
-    chain.load_request(&req, "http", []);
+    drive(rt, chain, &mut req, &mut resp, &mut chunk);
+}
+
+/// One request's plugin work through `chain`: request headers in and their changes out,
+/// response headers, one response body chunk, on_log, then on_done and on_delete.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    mut chain: Chain,
+    req: &mut RequestHeader,
+    resp: &mut ResponseHeader,
+    chunk: &mut Option<Bytes>,
+) {
+    chain.load_request(req, "http", []);
     rt.block_on(chain.request_headers(true)).expect("headers");
-    chain.apply_request(&mut Req(&mut req)).unwrap();
-    chain.load_response(&resp);
+    chain.apply_request(&mut Req(req)).unwrap();
+    chain.load_response(resp);
     rt.block_on(chain.response_headers(false))
         .expect("response");
-    chain.apply_response(&mut Resp(&mut resp)).unwrap();
-    chain.response_body(&mut chunk, true).expect("body");
+    chain.apply_response(&mut Resp(resp)).unwrap();
+    chain.response_body(chunk, true).expect("body");
     chain.log(200);
 }
 

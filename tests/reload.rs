@@ -11,21 +11,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-
-fn built(file: &str) -> Vec<u8> {
-    let path = target_dir().join(file);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: build the plugins with `make wasm` first",
-            path.display()
-        )
-    })
-}
 
 fn headers_plugin() -> Vec<u8> {
     built("wasm32-wasip1/plugin/sluice_plugin_headers.wasm")
@@ -50,84 +38,6 @@ fn tag_config(upstream: std::net::SocketAddr, version: &str, watch: bool) -> Str
          routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [tag] }}\n\
          plugins:\n  tag: {{ path: {version}.wasm, config: {{ rules: [{{ response: {{ set: {{ x-version: {version} }} }} }}] }} }}\n"
     )
-}
-
-fn fill(template: &str, proxy: &Sluice) -> String {
-    template
-        .replace("{LISTEN}", &proxy.addr.to_string())
-        .replace("{ADMIN}", &proxy.admin.to_string())
-}
-
-/// Steady load: `clients` tasks sending GETs until stopped. Every response must be a 200
-/// carrying exactly one `x-version` among `versions`; anything else is recorded as a failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize, versions: &'static [&'static str]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(BTreeMap::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, counts, failures, url) =
-                    (stop.clone(), counts.clone(), failures.clone(), url.clone());
-                let c = client();
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let outcome = match c.get(&url).send().await {
-                            Err(e) => Err(format!("request error: {e}")),
-                            Ok(r) => {
-                                let status = r.status().as_u16();
-                                let tags: Vec<String> = r
-                                    .headers()
-                                    .get_all("x-version")
-                                    .iter()
-                                    .map(|v| v.to_str().unwrap_or("?").to_string())
-                                    .collect();
-                                match r.bytes().await {
-                                    Err(e) => Err(format!("body error: {e}")),
-                                    Ok(_) if status != 200 => Err(format!("status {status}")),
-                                    Ok(_)
-                                        if tags.len() != 1
-                                            || !versions.contains(&tags[0].as_str()) =>
-                                    {
-                                        Err(format!("x-version {tags:?}"))
-                                    }
-                                    Ok(_) => Ok(tags[0].clone()),
-                                }
-                            }
-                        };
-                        match outcome {
-                            Ok(v) => *counts.lock().unwrap().entry(v).or_insert(0) += 1,
-                            Err(e) => failures.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            tasks,
-            counts,
-            failures,
-        }
-    }
-
-    /// Stops the clients; returns the responses counted by version, and the failures.
-    async fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let counts = self.counts.lock().unwrap().clone();
-        let failures = self.failures.lock().unwrap().clone();
-        (counts, failures)
-    }
 }
 
 /// Polls until a response carries `x-version: want`; returns how long that took.

@@ -405,13 +405,8 @@ fn main() -> ExitCode {
             timeout,
             token_file,
         } => {
-            let token = match token_file.as_deref().map(sluice::config::read_token_file) {
-                None => None,
-                Some(Ok(t)) => Some(t),
-                Some(Err(e)) => {
-                    eprintln!("sluice reload: --token-file {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Ok(token) = token_of(token_file.as_deref(), "reload") else {
+                return ExitCode::FAILURE;
             };
             let timeout = std::time::Duration::from_secs(timeout);
             match sluice::triggers::request_reload(
@@ -435,13 +430,8 @@ fn main() -> ExitCode {
             admin,
             token_file,
         } => {
-            let token = match token_file.as_deref().map(sluice::config::read_token_file) {
-                None => None,
-                Some(Ok(t)) => Some(t),
-                Some(Err(e)) => {
-                    eprintln!("sluice rollout: --token-file {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Ok(token) = token_of(token_file.as_deref(), "rollout") else {
+                return ExitCode::FAILURE;
             };
             let (method, path) = match action.as_str() {
                 "status" => ("GET", format!("/plugins/{plugin}/rollout")),
@@ -494,6 +484,22 @@ fn main() -> ExitCode {
 }
 
 /// `sluice plugin test NEW --replay CAPTURE --against OLD`.
+/// The admin token in `--token-file` (if given) of `sluice COMMAND`; an unreadable file is
+/// reported and is an error.
+fn token_of(
+    file: Option<&std::path::Path>,
+    command: &str,
+) -> Result<Option<sluice::config::AdminToken>, ()> {
+    match file.map(sluice::config::read_token_file) {
+        None => Ok(None),
+        Some(Ok(t)) => Ok(Some(t)),
+        Some(Err(e)) => {
+            eprintln!("sluice {command}: --token-file {e}");
+            Err(())
+        }
+    }
+}
+
 /// Each plugin comes with its options file.
 fn replay_against(
     (new, new_config): (&std::path::Path, Option<&std::path::Path>),

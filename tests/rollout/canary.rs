@@ -11,8 +11,7 @@ async fn by_user(proxy: &Sluice, users: std::ops::Range<usize>) -> BTreeMap<usiz
     for batch in users.chunks(8) {
         let answers = futures_util::future::join_all(batch.iter().map(|&u| {
             let req = c.get(proxy.url("/x")).header("x-user", format!("user-{u}"));
-            let c = c.clone();
-            async move { (u, version_of(&c, req).await) }
+            async move { (u, version_of(req).await) }
         }))
         .await;
         for (u, v) in answers {
@@ -101,7 +100,7 @@ async fn sticky_on_the_client_address_keeps_one_client_on_one_version() {
     let c = client();
     let mut seen = BTreeMap::new();
     for _ in 0..200 {
-        let v = version_of(&c, c.get(proxy.url("/x"))).await.unwrap();
+        let v = version_of(c.get(proxy.url("/x"))).await.unwrap();
         *seen.entry(v).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 1, "one client address, one version: {seen:?}");

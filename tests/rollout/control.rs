@@ -17,13 +17,13 @@ async fn a_failing_candidate_is_rolled_back_within_min_requests_under_load() {
          rollback: {{ max_error_rate: 0.5, min_requests: {MIN_REQUESTS}, window_seconds: 60 }} }}"
     );
     let proxy = Sluice::start_in(&config(up, &rollout), dir.clone()).await;
-    let load = Load::start(proxy.url("/x"), CLIENTS);
+    let load = Load::start(proxy.url("/x"), CLIENTS, &[]);
     // Once stable answers, the rollback happened (requests that picked the candidate just
     // before may still be finishing: let them); then 400 more answers.
-    wait_answers(&load, 1).await;
+    load.wait_answers(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let failed_before = load.failures.lock().unwrap().len() as u64;
-    wait_answers(&load, 400).await;
+    load.wait_answers(400).await;
     let (counts, failures) = load.finish().await;
     assert_eq!(counts.keys().collect::<Vec<_>>(), vec!["v1"], "{counts:?}");
     // The rollback comes with the MIN_REQUESTS-th failed candidate request; requests that
@@ -50,13 +50,7 @@ async fn a_failing_candidate_is_rolled_back_within_min_requests_under_load() {
     assert_eq!(status["serving"], "stable", "{status}");
     let reason = status["reason"].as_str().unwrap();
     assert!(reason.contains("max_error_rate 50.00 %"), "{reason}");
-    assert!(
-        status["versions"]["candidate"]["errors"]["trap"]
-            .as_u64()
-            .unwrap()
-            >= 1,
-        "{status}"
-    );
+    assert!(candidate_traps(&status) >= 1, "{status}");
     assert_eq!(
         proxy
             .metric("sluice_plugin_rollbacks_total{plugin=\"tag\"}")
@@ -89,7 +83,7 @@ async fn a_failing_candidate_is_rolled_back_within_min_requests_under_load() {
     let status = get_json(proxy.admin_url("/plugins/tag/rollout")).await;
     assert_eq!(status["state"], "running", "{status}");
     let c = client();
-    assert_eq!(version_of(&c, c.get(proxy.url("/x"))).await.unwrap(), "v2");
+    assert_eq!(version_of(c.get(proxy.url("/x"))).await.unwrap(), "v2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,8 +96,8 @@ async fn promotion_and_abort_under_load_lose_no_request() {
         tagging("v2")
     );
     let proxy = Sluice::start_in(&config(up, &rollout), dir.clone()).await;
-    let load = Load::start(proxy.url("/x"), 8);
-    wait_answers(&load, 300).await;
+    let load = Load::start(proxy.url("/x"), 8, &[]);
+    load.wait_answers(300).await;
     let before = load.counts();
     assert!(before.get("v2").copied().unwrap_or(0) > 0, "{before:?}");
     assert!(before.get("v1").copied().unwrap_or(0) > 0, "{before:?}");
@@ -117,7 +111,7 @@ async fn promotion_and_abort_under_load_lose_no_request() {
     // From now on only the candidate answers.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let at_promotion = load.counts();
-    wait_answers(&load, 300).await;
+    load.wait_answers(300).await;
     let after = load.counts();
     assert_eq!(
         after.get("v1"),
@@ -143,7 +137,7 @@ async fn promotion_and_abort_under_load_lose_no_request() {
     std::fs::write(dir.join("sluice.yaml"), text).unwrap();
     let (code, body) = post_reload(&proxy).await;
     assert_eq!(code, 200, "{body}");
-    wait_answers(&load, 300).await;
+    load.wait_answers(300).await;
     assert!(load.counts().get("v3").copied().unwrap_or(0) > 0);
     let r = client()
         .post(proxy.admin_url("/plugins/tag/rollout/abort"))
@@ -153,7 +147,7 @@ async fn promotion_and_abort_under_load_lose_no_request() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let at_abort = load.counts();
-    wait_answers(&load, 300).await;
+    load.wait_answers(300).await;
     let (counts, failures) = load.finish().await;
     assert_eq!(
         counts.get("v3"),
@@ -171,10 +165,4 @@ async fn promotion_and_abort_under_load_lose_no_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-}
-
-fn fill(template: &str, proxy: &Sluice) -> String {
-    template
-        .replace("{LISTEN}", &proxy.addr.to_string())
-        .replace("{ADMIN}", &proxy.admin.to_string())
 }

@@ -15,20 +15,8 @@ mod shadow;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use support::*;
-
-fn built(file: &str) -> Vec<u8> {
-    let path = target_dir().join(file);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: build the plugins with `make wasm` first",
-            path.display()
-        )
-    })
-}
 
 /// A directory holding `v1.wasm`, `v2.wasm`, `v3.wasm` (the `headers` plugin) and `panics.wasm`
 /// (the public-SDK test plugin).
@@ -51,101 +39,22 @@ fn tagging(version: &str) -> String {
     format!("{{ rules: [{{ response: {{ set: {{ x-version: {version} }} }} }}] }}")
 }
 
-/// A config whose one route runs plugin `tag` (v1) with `rollout` (YAML flow mapping).
+/// A config whose one route runs plugin `tag` (v1, tagging responses `x-version: v1`) with
+/// `rollout` (YAML flow mapping).
 fn config(upstream: std::net::SocketAddr, rollout: &str) -> String {
+    config_with(upstream, &tagging("v1"), rollout)
+}
+
+/// A config whose one route runs plugin `tag` (v1 with `stable_config`) with `rollout`.
+fn config_with(upstream: std::net::SocketAddr, stable_config: &str, rollout: &str) -> String {
     format!(
         "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
          listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
          admin: {{ address: '{{ADMIN}}' }}\n\
          upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
          routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [tag] }}\n\
-         plugins:\n  tag: {{ path: v1.wasm, config: {}, rollout: {rollout} }}\n",
-        tagging("v1")
+         plugins:\n  tag: {{ path: v1.wasm, config: {stable_config}, rollout: {rollout} }}\n"
     )
-}
-
-/// The version that answered (`x-version`), or what went wrong.
-async fn version_of(c: &reqwest::Client, req: reqwest::RequestBuilder) -> Result<String, String> {
-    let _ = c;
-    let r = req
-        .send()
-        .await
-        .map_err(|e| format!("request error: {e}"))?;
-    let status = r.status().as_u16();
-    let tags: Vec<String> = r
-        .headers()
-        .get_all("x-version")
-        .iter()
-        .map(|v| v.to_str().unwrap_or("?").to_string())
-        .collect();
-    r.bytes().await.map_err(|e| format!("body error: {e}"))?;
-    match (status, tags.as_slice()) {
-        (200, [one]) => Ok(one.clone()),
-        _ => Err(format!("status {status}, x-version {tags:?}")),
-    }
-}
-
-/// `clients` tasks sending GETs until stopped, counting answers by version and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(BTreeMap::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, counts, failures, url) =
-                    (stop.clone(), counts.clone(), failures.clone(), url.clone());
-                let c = client();
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match version_of(&c, c.get(&url)).await {
-                            Ok(v) => *counts.lock().unwrap().entry(v).or_insert(0) += 1,
-                            Err(e) => failures.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            tasks,
-            counts,
-            failures,
-        }
-    }
-
-    /// Answers so far, by version.
-    fn counts(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap().clone()
-    }
-
-    /// Stops the clients; returns the answers by version, and the failures.
-    async fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let counts = self.counts.lock().unwrap().clone();
-        let failures = self.failures.lock().unwrap().clone();
-        (counts, failures)
-    }
-}
-
-/// Waits until `n` more answers were counted.
-async fn wait_answers(load: &Load, n: u64) {
-    let start: u64 = load.counts().values().sum();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while load.counts().values().sum::<u64>() < start + n {
-        assert!(std::time::Instant::now() < deadline, "load stalled");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 /// `/plugins/tag/rollout` once both versions together have counted `requests`.
@@ -178,4 +87,11 @@ fn cli(proxy: &Sluice, action: &str) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The candidate's trap errors as a rollout status shows them.
+fn candidate_traps(status: &serde_json::Value) -> u64 {
+    status["versions"]["candidate"]["errors"]["trap"]
+        .as_u64()
+        .unwrap_or(0)
 }

@@ -5,17 +5,13 @@ use std::time::Duration;
 
 use super::*;
 
-/// A config whose route runs `tag` (v1: sets request header `x-tag: a`, response header
-/// `x-version: v1`) with `rollout`.
+/// v1 sets request header `x-tag: a` and response header `x-version: v1`.
+const STABLE: &str =
+    "{ rules: [{ request: { set: { x-tag: a } }, response: { set: { x-version: v1 } } }] }";
+
+/// A config whose route runs `tag` (v1: [`STABLE`]) with `rollout`.
 fn shadow_config(upstream: std::net::SocketAddr, rollout: &str) -> String {
-    format!(
-        "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
-         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
-         admin: {{ address: '{{ADMIN}}' }}\n\
-         upstreams:\n  backend: {{ endpoints: ['{upstream}'] }}\n\
-         routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [tag] }}\n\
-         plugins:\n  tag: {{ path: v1.wasm, config: {{ rules: [{{ request: {{ set: {{ x-tag: a }} }}, response: {{ set: {{ x-version: v1 }} }} }}] }}, rollout: {rollout} }}\n"
-    )
+    config_with(upstream, STABLE, rollout)
 }
 
 /// `/plugins/tag/rollout` once `n` requests were replayed or skipped.
@@ -131,13 +127,7 @@ async fn a_trapping_shadow_candidate_fails_no_client_request() {
     assert!(replayed > 0, "{status}");
     assert_eq!(s["same"], 0, "{status}");
     assert_eq!(s["diffs"]["failure"].as_u64(), Some(replayed), "{status}");
-    assert!(
-        status["versions"]["candidate"]["errors"]["trap"]
-            .as_u64()
-            .unwrap()
-            >= 1,
-        "{status}"
-    );
+    assert!(candidate_traps(&status) >= 1, "{status}");
     assert_eq!(
         status["versions"]["candidate"]["failures"].as_u64(),
         Some(replayed)

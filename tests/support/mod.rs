@@ -519,3 +519,118 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// `template` with `{LISTEN}`/`{ADMIN}` filled with `proxy`'s addresses (to rewrite a running
+/// sluice's config file).
+pub fn fill(template: &str, proxy: &Sluice) -> String {
+    template
+        .replace("{LISTEN}", &proxy.addr.to_string())
+        .replace("{ADMIN}", &proxy.admin.to_string())
+}
+
+/// The version that answered a request (its one `x-version` header, on a 200), or what went
+/// wrong.
+pub async fn version_of(req: reqwest::RequestBuilder) -> Result<String, String> {
+    let r = req
+        .send()
+        .await
+        .map_err(|e| format!("request error: {e}"))?;
+    let status = r.status().as_u16();
+    let tags: Vec<String> = r
+        .headers()
+        .get_all("x-version")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?").to_string())
+        .collect();
+    r.bytes().await.map_err(|e| format!("body error: {e}"))?;
+    match (status, tags.as_slice()) {
+        (200, [one]) => Ok(one.clone()),
+        _ => Err(format!("status {status}, x-version {tags:?}")),
+    }
+}
+
+/// Steady load: `clients` tasks sending GETs until stopped. Every response must be a 200
+/// carrying exactly one `x-version` among `versions` (any, if empty); anything else is
+/// recorded as a failure.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// What went wrong, one entry per failed request.
+    pub failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Load {
+    /// Starts the clients.
+    pub fn start(url: String, clients: usize, versions: &'static [&'static str]) -> Load {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, counts, failures, url) =
+                    (stop.clone(), counts.clone(), failures.clone(), url.clone());
+                let c = client();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = match version_of(c.get(&url)).await {
+                            Ok(v) if !versions.is_empty() && !versions.contains(&v.as_str()) => {
+                                Err(format!("x-version {v:?}"))
+                            }
+                            other => other,
+                        };
+                        match outcome {
+                            Ok(v) => *counts.lock().unwrap().entry(v).or_insert(0) += 1,
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            counts,
+            failures,
+        }
+    }
+
+    /// Answers so far, by version.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counts.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` more answers were counted (30 s at most).
+    pub async fn wait_answers(&self, n: u64) {
+        let start: u64 = self.counts().values().sum();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.counts().values().sum::<u64>() < start + n {
+            assert!(Instant::now() < deadline, "load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients; returns the answers by version, and the failures.
+    pub async fn finish(self) -> (std::collections::BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let counts = self.counts.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (counts, failures)
+    }
+}
+
+/// A built plugin from the target directory (`wasm32-wasip1/<profile>/<file.wasm>`).
+pub fn built(file: &str) -> Vec<u8> {
+    let path = target_dir().join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build the plugins with `make wasm` first",
+            path.display()
+        )
+    })
+}
