@@ -93,6 +93,12 @@ impl RolloutFile {
                 false
             }
         };
+        if shadow && self.sticky_on.is_some() {
+            errors.push(ConfigError::invalid(
+                format!("{field}.sticky_on"),
+                "is for mode: canary (shadow replays an even share of requests)",
+            ));
+        }
         if !shadow && (self.shadow_callouts || self.shadow_concurrency.is_some()) {
             errors.push(ConfigError::invalid(
                 field.clone(),

@@ -522,3 +522,34 @@ fn a_candidate_takes_what_it_leaves_out_from_stable() {
     );
     assert_eq!(c.all_plugins().len(), 2);
 }
+
+#[test]
+fn a_shadow_candidate_has_no_callout_upstream_unless_allowed() {
+    let yaml = |extra: &str| {
+        with_plugins(&format!(
+            "  auth:\n\
+             \x20   url: 'https://p.example.com/v1.wasm'\n\
+             \x20   sha256: '0000000000000000000000000000000000000000000000000000000000000001'\n\
+             \x20   allowed_upstreams: [backend]\n\
+             \x20   rollout: {{ mode: shadow, candidate: {{ url: 'https://p.example.com/v2.wasm', sha256: '0000000000000000000000000000000000000000000000000000000000000002' }}{extra} }}\n"
+        ))
+    };
+    let c = Config::from_yaml(&yaml(""), Path::new(".")).expect("valid");
+    let r = c.plugins[0].rollout.as_ref().unwrap();
+    assert!(r.candidate.allowed_upstreams.is_empty(), "callouts refused");
+    assert_eq!(
+        r.settings.mode,
+        crate::rollout::Mode::Shadow {
+            per_mille: 1000,
+            concurrency: 4
+        },
+        "shadow replays every request by default"
+    );
+    let c = Config::from_yaml(&yaml(", shadow_callouts: true"), Path::new(".")).expect("valid");
+    let r = c.plugins[0].rollout.as_ref().unwrap();
+    assert_eq!(r.candidate.allowed_upstreams, vec!["backend".to_string()]);
+    has(
+        &errors(&yaml(", sticky_on: client_address")),
+        "plugins.auth.rollout.sticky_on",
+    );
+}

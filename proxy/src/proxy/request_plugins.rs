@@ -15,7 +15,10 @@ use super::forwarding::*;
 use super::*;
 
 impl SluiceProxy {
-    /// Runs the route's plugins on the request before anything goes upstream: loads the
+    /// Runs the route's plugins on the request before anything goes upstream. A plugin under
+    /// rollout runs in the version its rollout picks for this request (canary share, sticky
+    /// key); the rollout (and a capture of the plugin, if one runs) watches that chain member
+    /// and is told what it did when the request ends. Then: loads the
     /// request head with the forwarding headers (plugins see them, as behind Envoy), runs
     /// `on_request_headers` in order; if a plugin waits for the body, reads the whole body
     /// (up to [`PREREAD_MAX`], what pingora can replay) and runs `on_request_body`; then writes

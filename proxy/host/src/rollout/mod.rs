@@ -403,6 +403,9 @@ impl Rollout {
                     Mode::Canary { per_mille } => (per_mille, false),
                     Mode::Shadow { per_mille, .. } => (per_mille, true),
                 };
+                // Shadow samples requests evenly, not keys: one busy client must not decide
+                // whether the candidate sees anything.
+                let key = if shadow { None } else { key };
                 let bucket = match key {
                     Some(k) => (spread(self.name.as_bytes(), k) % 1000) as u32,
                     // Evenly spread by a counter (every 1000 requests, exact shares).
