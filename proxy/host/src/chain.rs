@@ -240,6 +240,16 @@ fn policy_skip(m: &mut Member) -> Result<(), Reply> {
     }
 }
 
+/// A guest call of `m` failed: its policy applies. Shared data out of reach is the store's
+/// failure, not the plugin's: a rollout does not count it against the version.
+fn guest_failed(m: &mut Member, e: &crate::wasm::vm::GuestError) -> Result<(), Reply> {
+    let r = policy_skip(m);
+    if e.kind == crate::wasm::vm::ErrorKind::SharedData {
+        m.failed = false;
+    }
+    r
+}
+
 impl Drop for Chain {
     fn drop(&mut self) {
         // An abandoned wait leaves the request reachable from its VM: end that.
@@ -393,8 +403,8 @@ impl Chain {
         }
         let action = match r {
             Ok(a) => a,
-            Err(_) => {
-                policy_skip(&mut self.members[i])?;
+            Err(e) => {
+                guest_failed(&mut self.members[i], &e)?;
                 return Ok(None);
             }
         };
@@ -552,8 +562,8 @@ impl Chain {
         if let Some(s) = self.stream.as_deref() {
             self.members[j].cost.add(s.cost.since(before));
         }
-        if r.is_err() {
-            return policy_skip(&mut self.members[j]);
+        if let Err(e) = r {
+            return guest_failed(&mut self.members[j], &e);
         }
         self.recover();
         let s = self.stream.as_deref_mut().expect("stream present");
