@@ -158,7 +158,7 @@ async fn promotion_and_abort_under_load_lose_no_request() {
     let status = get_json(proxy.admin_url("/plugins/tag/rollout")).await;
     assert_eq!(status["state"], "aborted", "{status}");
 
-    // A plugin without a rollout: 404 for its rollout endpoints and the CLI fails.
+    // A plugin without a rollout: 404 for its rollout endpoints.
     let r = client()
         .post(proxy.admin_url("/plugins/nothing/rollout/promote"))
         .send()

@@ -140,14 +140,21 @@ struct Member {
     tap: Option<Box<Tapped>>,
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        let served = Served {
+impl Member {
+    /// What it did so far.
+    fn served(&self) -> Served {
+        Served {
             failed: self.failed,
             replied: self.replied,
             reset: self.reset,
             nanos: self.cost.nanos,
-        };
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let served = self.served();
         let mut tap = self.tap.take();
         let n = self.watches.len();
         for (k, (observer, version, wants_tap)) in self.watches.drain(..).enumerate() {
@@ -614,12 +621,7 @@ impl Chain {
     pub fn served(&self, i: usize) -> Served {
         self.members
             .get(i)
-            .map_or_else(Served::default, |m| Served {
-                failed: m.failed,
-                replied: m.replied,
-                reset: m.reset,
-                nanos: m.cost.nanos,
-            })
+            .map_or_else(Served::default, Member::served)
     }
 
     /// Whether a plugin changed request header `name` (any case), or replaced the whole map.

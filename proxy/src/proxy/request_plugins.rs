@@ -37,19 +37,21 @@ impl SluiceProxy {
         let mut plugins = route.plugins.clone();
         let mut watches = Vec::new();
         let ip = client_ip(session);
+        // The client address's bytes, on the stack (no allocation per request).
+        let address = ip.map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        });
         for (at, rollout) in &route.rollouts {
-            let key = match &rollout.settings().sticky {
-                Sticky::ClientAddress => ip.map(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-                }),
+            let key: Option<&[u8]> = match &rollout.settings().sticky {
+                Sticky::ClientAddress => address.as_ref().map(|a| a.as_slice()),
                 Sticky::Header(name) => session
                     .req_header()
                     .headers
                     .get(name.as_str())
-                    .map(|v| v.as_bytes().to_vec()),
+                    .map(|v| v.as_bytes()),
             };
-            let pick = rollout.pick(key.as_deref());
+            let pick = rollout.pick(key);
             plugins[*at] = pick.plugin;
             watches.push(Watch {
                 at: *at,
