@@ -723,3 +723,124 @@ async fn a_configmap_volume_updated_by_the_kubelet_is_reloaded() {
     assert_eq!(config["last_reload"]["trigger"], "file", "{config}");
     assert_ne!(config["version"], version_before);
 }
+
+/// Secret references in a plugin's config: replaced in what the plugin gets, shown as written
+/// everywhere else; a referenced file is watched (replaced, it reloads the plugin with the new
+/// value; removed, the reload is refused naming the field and the old value keeps serving).
+/// (`x-literal` is `$${` for sluice, then `{{ }}` for the headers plugin's templates.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_references_reach_the_plugin_only_and_their_files_are_watched() {
+    let up = upstream("backend").await;
+    let dir = temp_dir("secrets");
+    std::fs::write(dir.join("tag.wasm"), headers_plugin()).unwrap();
+    std::fs::create_dir(dir.join("secrets")).unwrap();
+    std::fs::write(dir.join("secrets/token"), "first-secret-value\n").unwrap();
+    let template = format!(
+        "server: {{ threads: 2, grace_period_seconds: 2 }}\n\
+         listeners: [{{ name: public, address: '{{LISTEN}}' }}]\n\
+         admin: {{ address: '{{ADMIN}}' }}\n\
+         reload: {{ watch: true, poll_interval_ms: 100, debounce_ms: 50 }}\n\
+         upstreams:\n  backend: {{ endpoints: ['{up}'] }}\n\
+         routes:\n  - {{ name: api, match: {{ path_prefix: '/' }}, upstream: backend, plugins: [tag] }}\n\
+         plugins:\n  tag:\n    path: tag.wasm\n    config:\n      rules:\n        - response:\n            set:\n\
+         \x20             x-version: '${{file:secrets/token}}'\n\
+         \x20             x-env: 'pre-${{env:SLUICE_TEST_SECRET_ENV}}-post'\n\
+         \x20             x-literal: '$${{{{env:SLUICE_TEST_SECRET_ENV}}}}'\n"
+    );
+    let (text, addr, admin) = with_ports(&template);
+    let config = dir.join("sluice.yaml");
+    std::fs::write(&config, &text).unwrap();
+
+    // `sluice check` without the variable: refused, naming the field and the reference.
+    let out = std::process::Command::new(sluice_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("SLUICE_TEST_SECRET_ENV")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "plugins.tag.config.rules[0].response.set.x-env: ${env:SLUICE_TEST_SECRET_ENV}: \
+             the environment variable SLUICE_TEST_SECRET_ENV is not set"
+        ),
+        "{stderr}"
+    );
+
+    let mut proxy = Sluice::spawn(
+        std::process::Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("SLUICE_TEST_SECRET_ENV", "env-secret-value"),
+        addr,
+        admin,
+        dir.clone(),
+    );
+    proxy.wait_ready().await;
+    let r = client().get(proxy.url("/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = |r: &reqwest::Response, n: &str| {
+        r.headers().get(n).map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(h(&r, "x-version").as_deref(), Some("first-secret-value"));
+    assert_eq!(h(&r, "x-env").as_deref(), Some("pre-env-secret-value-post"));
+    assert_eq!(
+        h(&r, "x-literal").as_deref(),
+        Some("${env:SLUICE_TEST_SECRET_ENV}")
+    );
+
+    // What the admin API shows: the references, never the values.
+    let shown = get_json(proxy.admin_url("/config")).await;
+    let set = &shown["config"]["plugins"]["tag"]["config"]["rules"][0]["response"]["set"];
+    assert_eq!(set["x-version"], "${file:secrets/token}", "{shown}");
+    assert_eq!(set["x-env"], "pre-${env:SLUICE_TEST_SECRET_ENV}-post");
+    let plugin = get_json(proxy.admin_url("/plugins/tag")).await;
+    assert_eq!(
+        plugin["secrets"],
+        serde_json::json!(["file:secrets/token", "env:SLUICE_TEST_SECRET_ENV"]),
+        "{plugin}"
+    );
+    for body in [shown.to_string(), plugin.to_string()] {
+        assert!(!body.contains("secret-value"), "a value is shown: {body}");
+    }
+
+    // The file replaced (as the kubelet updates a Secret volume): the plugin gets the new value.
+    let since = Instant::now();
+    replace_file(&dir.join("secrets/token"), "second-secret-value\n");
+    let took = wait_version(&proxy, "second-secret-value", since).await;
+    eprintln!("secret file replaced, new value serving: {took:?}");
+    let cfg = get_json(proxy.admin_url("/config")).await;
+    assert_eq!(cfg["last_reload"]["trigger"], "file", "{cfg}");
+    assert_eq!(cfg["last_reload"]["result"], "ok", "{cfg}");
+
+    // The file removed: the reload is refused, naming the field; the last value keeps serving.
+    std::fs::remove_file(dir.join("secrets/token")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let cfg = get_json(proxy.admin_url("/config")).await;
+        if cfg["last_reload"]["result"] == "error" {
+            break cfg["last_reload"]["error"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no refused reload: {cfg}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains(&format!(
+            "plugins.tag.config.rules[0].response.set.x-version: ${{file:secrets/token}}: \
+             cannot read {}",
+            dir.join("secrets/token").display()
+        )),
+        "{error}"
+    );
+    let r = client().get(proxy.url("/b")).send().await.unwrap();
+    assert_eq!(h(&r, "x-version").as_deref(), Some("second-secret-value"));
+
+    // Back again: it reloads by itself.
+    let since = Instant::now();
+    replace_file(&dir.join("secrets/token"), "third-secret-value");
+    wait_version(&proxy, "third-secret-value", since).await;
+
+    let logs = proxy.logs();
+    assert!(!logs.contains("secret-value"), "a value is logged:\n{logs}");
+}

@@ -6,8 +6,8 @@
 //! - `GET /config`: the config being served, as JSON, with its version, load time and the
 //!   result of the last reload.
 //! - `GET /plugins`, `GET /plugins/NAME`: the loaded plugins (source, sha256, the config
-//!   version that loaded them, load time, VMs, contexts, memory, errors by kind) and the
-//!   result of the last reload.
+//!   version that loaded them, load time, VMs, contexts, memory, errors by kind, the secret
+//!   references its config reads — never their values) and the result of the last reload.
 //! - `GET /plugins/NAME/rollout`: a plugin's rollout (state, share, rollback rule, and per
 //!   version: requests, failures by kind, local replies by status, guest-time percentiles).
 //!   `POST /plugins/NAME/rollout/promote` makes the candidate serve every request,
@@ -405,6 +405,17 @@ fn last_reload(state: &State) -> serde_json::Value {
     }
 }
 
+/// The secret references of a plugin's config (`env:NAME`, `file:PATH`): what it reads, never
+/// the values.
+fn secret_references(rt: &Runtime, name: &str) -> Vec<String> {
+    rt.config
+        .plugins
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.secrets.references.clone())
+        .unwrap_or_default()
+}
+
 fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
     let p = rt.plugins.get(name)?;
     let info = rt.plugin_info.get(name)?;
@@ -439,6 +450,7 @@ fn plugin_json(rt: &Runtime, name: &str) -> Option<serde_json::Value> {
         "errors": crate::metrics::metrics().plugin_errors_by_kind(name, Version::Stable),
         "cost": cost_json(p),
         "routes": routes,
+        "secrets": secret_references(rt, name),
         "rollout": rt.rollouts.get(name).map(|r| rollout_json(r)),
     }))
 }

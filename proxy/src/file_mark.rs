@@ -1,5 +1,5 @@
 //! What a loaded config was read from, as the file watcher compares it with the disk: the
-//! config file's digest and its local plugin files (each with its `.sig`).
+//! config file's digest and its local plugin files (each with its `.sig`) and secret files.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -9,10 +9,12 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::source::PluginSource;
 
-/// The local files a config's plugins are read from (each with its `.sig`).
+/// The local files a config's plugins are read from (each with its `.sig`), and the files
+/// their `${file:…}` references read.
 pub fn plugin_files(config: &Config) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for spec in config.all_plugins() {
+        files.extend(spec.secrets.files.iter().cloned());
         if let PluginSource::Path(p) = &spec.source {
             let mut sig = p.clone().into_os_string();
             sig.push(".sig");

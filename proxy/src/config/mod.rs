@@ -9,6 +9,7 @@ mod plugin;
 mod reload;
 mod rollout;
 mod route;
+pub mod secrets;
 mod server;
 pub mod shared_data;
 mod upstream;

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::listener::{check_name, existing_file};
+use super::secrets::{self, Secrets};
 use super::upstream::UpstreamFile;
 use super::ConfigError;
 use crate::rollout::RolloutSettings;
@@ -185,6 +186,8 @@ pub struct PluginSpec {
     pub fetch_key: String,
     /// The candidate rolled out next to this version.
     pub rollout: Option<Box<RolloutSpec>>,
+    /// The secret references in `config` and `vm_config`, and the files they read.
+    pub secrets: Secrets,
 }
 
 impl PluginSpec {
@@ -283,11 +286,20 @@ impl PluginFile {
                 FailurePolicy::FailClosed
             }
         };
-        let config = encode_config(&self.config).unwrap_or_else(|m| {
+        // References are replaced here, in what the plugin is given; `self` (what `/config`
+        // shows) keeps them as written.
+        let mut secrets = Secrets::default();
+        let mut resolved = |v: &Option<serde_yaml::Value>, key: &str| {
+            v.as_ref()
+                .map(|v| secrets::resolve(v, &format!("{field}.{key}"), base, &mut secrets, errors))
+        };
+        let config_value = resolved(&self.config, "config");
+        let vm_config_value = resolved(&self.vm_config, "vm_config");
+        let config = encode_config(&config_value).unwrap_or_else(|m| {
             errors.push(ConfigError::invalid(format!("{field}.config"), m));
             Vec::new()
         });
-        let vm_config = encode_config(&self.vm_config).unwrap_or_else(|m| {
+        let vm_config = encode_config(&vm_config_value).unwrap_or_else(|m| {
             errors.push(ConfigError::invalid(format!("{field}.vm_config"), m));
             Vec::new()
         });
@@ -336,6 +348,7 @@ impl PluginFile {
                 name.to_string()
             },
             rollout: None,
+            secrets,
         })
     }
 }

@@ -553,3 +553,44 @@ fn a_shadow_candidate_has_no_callout_upstream_unless_allowed() {
         "plugins.auth.rollout.sticky_on",
     );
 }
+
+#[test]
+fn secret_references_reach_the_spec_and_the_file_keeps_them() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), "k1\n").unwrap();
+    let yaml = with_plugins(
+        "  auth:\n    url: 'https://p.example.com/a.wasm'\n    sha256: '0000000000000000000000000000000000000000000000000000000000000001'\n    \
+         config: { keys: ['${file:key}', 'x-$${file:key}'] }\n    vm_config: '${file:key}'\n    \
+         rollout: { candidate: { url: 'https://p.example.com/b.wasm', sha256: '0000000000000000000000000000000000000000000000000000000000000002' } }\n",
+    );
+    let c = Config::from_yaml(&yaml, &dir).expect("valid");
+    let p = &c.plugins[0];
+    assert_eq!(p.config, br#"{"keys":["k1","x-${file:key}"]}"#);
+    assert_eq!(p.vm_config, b"k1");
+    assert_eq!(p.secrets.references, ["file:key"]);
+    assert_eq!(p.secrets.files, [dir.join("key")]);
+    let cand = &p.rollout.as_ref().unwrap().candidate;
+    assert_eq!(
+        cand.config, p.config,
+        "the candidate inherits the resolved config"
+    );
+    let shown = serde_json::to_string(&c.file).unwrap();
+    assert!(
+        shown.contains("${file:key}") && !shown.contains("k1"),
+        "{shown}"
+    );
+    assert_eq!(
+        crate::file_mark::plugin_files(&c),
+        [dir.join("key"), dir.join("key")]
+    );
+
+    let errs = errors(&with_plugins(
+        "  auth:\n    path: auth.wasm\n    config: { a: { b: ['${env:SLUICE_CONFIG_TEST_UNSET_VAR}'] } }\n",
+    ));
+    has(
+        &errs,
+        "plugins.auth.config.a.b[0]: ${env:SLUICE_CONFIG_TEST_UNSET_VAR}: the environment \
+         variable SLUICE_CONFIG_TEST_UNSET_VAR is not set",
+    );
+}
