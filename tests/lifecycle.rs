@@ -441,6 +441,17 @@ async fn demo_runs_auth_rate_limit_and_headers_in_front_of_the_echo_upstream() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(echo_header(&echo(r).await, "x-user"), Some("demo-user"));
+    // Both keys came from the demo's secret files; /config shows the references.
+    let shown = get_json(format!("http://127.0.0.1:{admin}/config")).await;
+    let auth = &shown["config"]["plugins"]["auth"]["config"];
+    let k = auth["jwt"]["jwks"]["keys"][0]["k"].as_str().unwrap();
+    assert!(
+        k.starts_with("${file:") && k.ends_with("/jwt-demo.k}"),
+        "{k}"
+    );
+    let digest = auth["api_keys"]["keys"][0]["sha256"].as_str().unwrap();
+    assert!(digest.ends_with("/api-key-demo.sha256}"), "{digest}");
+    assert!(!shown.to_string().contains("c2x1aWNl"), "{shown}");
     // An allow-listed path needs no credential (and the rate limit still counts it).
     let r = c
         .get(format!("http://127.0.0.1:{listen}/public/info"))

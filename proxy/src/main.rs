@@ -545,7 +545,18 @@ fn demo(listen: &str, admin: &str, upstream: &str, plugins: Option<&std::path::P
             return ExitCode::FAILURE;
         }
     };
-    let yaml = sluice::demo::demo_config(listen, admin, upstream, plugins);
+    // The auth plugin's key digest and JWT key come from files, as from a mounted Secret.
+    let secrets = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
+    if plugins.is_some() {
+        if let Err(e) = sluice::demo::write_secrets(&secrets) {
+            eprintln!(
+                "sluice demo: cannot write the demo's secret files to {}: {e}",
+                secrets.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let yaml = sluice::demo::demo_config(listen, admin, upstream, plugins, &secrets);
     let config = match Config::from_yaml(&yaml, std::path::Path::new(".")) {
         Ok(c) => c,
         Err(errors) => {
@@ -577,7 +588,10 @@ fn demo(listen: &str, admin: &str, upstream: &str, plugins: Option<&std::path::P
              curl -s -H 'authorization: Bearer {token}' http://{listen}/hello\n                                                            # auth: a JWT (HS256); the upstream sees x-user: demo-user\n  \
              curl -si http://{listen}/public/info                        # auth: an allow-listed path needs no credential\n  \
              curl -si -H 'x-api-key: {key}' http://{listen}/hello | grep -i 'ratelimit\\|x-served-by'\n                                                            # rate-limit and headers: RateLimit-*, x-served-by\n  \
-             for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-api-key: {key}' http://{listen}/hello; done; echo\n                                                            # rate-limit: 5 requests per 10 s per client, then 429\n"
+             for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-api-key: {key}' http://{listen}/hello; done; echo\n                                                            # rate-limit: 5 requests per 10 s per client, then 429\n\
+             The auth plugin's key digest and JWT key are read from files in {} (`${{file:…}}`\n\
+             references, as from a mounted Secret); /config shows the references, not the values.\n",
+            secrets.display()
         );
     } else {
         println!(

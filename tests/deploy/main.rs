@@ -37,6 +37,39 @@ const KUBERNETES_VERSION: &str = "1.30.0";
 /// Where the image keeps the plugins it ships.
 const IMAGE_PLUGINS: &str = "/etc/sluice/plugins/";
 
+/// Every `${file:PATH}` reference in the plugins' `config` and `vm_config`, as written.
+fn secret_files(config: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => {
+                let mut rest = s.as_str();
+                while let Some(at) = rest.find("${file:") {
+                    let after = &rest[at + 7..];
+                    let end = after.find('}').expect("a reference ends with }");
+                    out.push(after[..end].to_string());
+                    rest = &after[end..];
+                }
+            }
+            Value::Sequence(items) => items.iter().for_each(|i| walk(i, out)),
+            Value::Mapping(m) => m.values().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(plugins) = config["plugins"].as_mapping() {
+        for p in plugins.values() {
+            walk(&p["config"], &mut out);
+            walk(&p["vm_config"], &mut out);
+        }
+    }
+    out
+}
+
+/// The value a test gives the secret file `path` of the manifests.
+fn test_secret(path: &str) -> String {
+    format!("deploy-test-secret-{}", path.rsplit('/').next().unwrap())
+}
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")

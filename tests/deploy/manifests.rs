@@ -299,6 +299,24 @@ impl Deployed {
             self.writable_mounts().iter().any(|m| m == "/tmp"),
             "{dir}: /tmp must be writable (an emptyDir) under readOnlyRootFilesystem"
         );
+        // Each file a plugin's config reads is in a mounted Secret, mounted as a directory
+        // (the kubelet updates those, and sluice reloads).
+        for file in secret_files(&self.config) {
+            let (dir_of_file, _) = file.rsplit_once('/').unwrap();
+            let mount = seq(&self.container, "volumeMounts")
+                .iter()
+                .find(|m| str_at(m, "mountPath") == dir_of_file)
+                .unwrap_or_else(|| panic!("{dir}: ${{file:{file}}} is in no mounted volume"));
+            assert!(opt(mount, "subPath").is_none(), "{dir}: {file}: no subPath");
+            let volume = seq(&self.pod, "volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap();
+            assert!(
+                opt(volume, "secret.secretName").is_some(),
+                "{dir}: ${{file:{file}}} must come from a Secret"
+            );
+        }
         // The admin token file is in a mounted volume.
         if let Some(token) = opt(&self.config, "admin.token_file").and_then(Value::as_str) {
             let (dir_of_token, _) = token.rsplit_once('/').unwrap();

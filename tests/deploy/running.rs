@@ -46,6 +46,20 @@ pub(super) fn runnable(config: &Value, rw: &Rewrites) -> (String, SocketAddr, So
             }
         }
     }
+    // The Secret's files: each written in `dir/secrets` with its test value, and the
+    // references pointed there.
+    let mut text = serde_yaml::to_string(&c).unwrap();
+    for file in secret_files(&c) {
+        let name = file.rsplit('/').next().unwrap();
+        let local = rw.dir.join("secrets").join(name);
+        std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+        std::fs::write(&local, format!("{}\n", test_secret(&file))).unwrap();
+        text = text.replace(
+            &format!("${{file:{file}}}"),
+            &format!("${{file:{}}}", local.display()),
+        );
+    }
+    c = serde_yaml::from_str(&text).unwrap();
     if let Some(redis) = rw.redis {
         c["shared_data"]["url"] = Value::from(format!("redis://{redis}/0"));
     }
@@ -181,6 +195,28 @@ async fn run_as_deployed(d: &Deployed, redis: Option<&RedisServer>) {
     }
     let echo = echo(r).await;
     assert_eq!(echo["upstream"], "app", "{echo}");
+    // The origin token comes from the Secret's file, never from the ConfigMap.
+    let origin = "/etc/sluice/secrets/origin-token";
+    if secret_files(&d.config).iter().any(|f| f == origin) {
+        assert_eq!(
+            echo_header(&echo, "x-origin-token"),
+            Some(test_secret(origin).as_str()),
+            "{echo}"
+        );
+        let shown = c
+            .get(format!("http://{admin}/config"))
+            .bearer_auth("deploy-test-token-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !shown.contains(&test_secret(origin)),
+            "/config shows a secret: {shown}"
+        );
+    }
     if let Some(redis) = redis {
         assert!(
             !redis.keys("sluice:*").is_empty(),

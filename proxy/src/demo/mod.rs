@@ -23,7 +23,34 @@ pub const PLUGINS: [(&str, &str); 3] = [
     ("headers", "sluice_plugin_headers.wasm"),
 ];
 
-/// The demo's API key (its digest is in `plugins.yaml`).
+/// The files of the demo's secret, as `(name, content)`: what `plugins.yaml` reads with
+/// `${file:…}` references, like a Kubernetes Secret mounted as a directory.
+pub const SECRETS: [(&str, &str); 2] = [
+    (
+        "api-key-demo.sha256",
+        include_str!("secrets/api-key-demo.sha256"),
+    ),
+    ("jwt-demo.k", include_str!("secrets/jwt-demo.k")),
+];
+
+/// Writes [`SECRETS`] into `dir` (created, readable by its owner only), replacing what is
+/// there.
+pub fn write_secrets(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for (name, content) in SECRETS {
+        let path = dir.join(name);
+        std::fs::write(&path, content)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// The demo's API key (its digest is in `secrets/`).
 pub const API_KEY: &str = "demo-key";
 
 /// A bearer token the demo's auth plugin accepts: HS256 with the demo secret, `sub`
@@ -31,8 +58,15 @@ pub const API_KEY: &str = "demo-key";
 pub const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJzY29wZSI6InJlYWQifQ.6OjLcJHk0jhZfArCdAAhIYpHI0l-wzX6xKk3bT0081U";
 
 /// The demo config with the given addresses; with `plugins`, a directory holding the files
-/// of [`PLUGINS`], the demo route runs them.
-pub fn demo_config(listen: &str, admin: &str, upstream: &str, plugins: Option<&Path>) -> String {
+/// of [`PLUGINS`], the demo route runs them, reading their secrets from `secrets` (see
+/// [`write_secrets`]).
+pub fn demo_config(
+    listen: &str,
+    admin: &str,
+    upstream: &str,
+    plugins: Option<&Path>,
+    secrets: &Path,
+) -> String {
     let names: Vec<&str> = PLUGINS.iter().map(|(n, _)| *n).collect();
     let mut yaml = DEMO_CONFIG
         .replace("{LISTEN}", listen)
@@ -48,8 +82,15 @@ pub fn demo_config(listen: &str, admin: &str, upstream: &str, plugins: Option<&P
         );
     if let Some(dir) = plugins {
         // JSON string escapes are valid in a YAML double-quoted string.
-        let quoted = serde_json::to_string(&dir.to_string_lossy()).expect("a string serializes");
-        yaml.push_str(&DEMO_PLUGINS.replace("{DIR}", &quoted[1..quoted.len() - 1]));
+        let quoted = |p: &Path| {
+            let q = serde_json::to_string(&p.to_string_lossy()).expect("a string serializes");
+            q[1..q.len() - 1].to_string()
+        };
+        yaml.push_str(
+            &DEMO_PLUGINS
+                .replace("{DIR}", &quoted(dir))
+                .replace("{SECRETS}", &quoted(secrets)),
+        );
     }
     yaml
 }
