@@ -509,3 +509,72 @@ async fn access_log_has_one_line_per_request() {
         assert!(lines[0].contains(field), "missing {field}: {}", lines[0]);
     }
 }
+
+/// `sluice check` says what it does with each plugin, with the time each step took; on a
+/// terminal (here a pseudo-terminal made by `script`), a status line shows the step under way.
+#[test]
+fn check_logs_each_plugin_step_and_shows_progress_on_a_terminal() {
+    let dir = temp_dir("check-progress");
+    let built = target_dir().join("wasm32-wasip1/plugin");
+    let yaml = format!(
+        "{GOOD}plugins:\n  \
+         headers: {{ path: '{}', config: {{ rules: [{{ response: {{ set: {{ x-a: b }} }} }}] }} }}\n  \
+         limit: {{ path: '{}', expose: [client_address], config: {{ key: [client_address], requests: 5, period_seconds: 10 }} }}\n",
+        built.join("sluice_plugin_headers.wasm").display(),
+        built.join("sluice_plugin_rate_limit.wasm").display(),
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = Command::new(sluice_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for plugin in ["headers", "limit"] {
+        for step in [
+            "plugin fetched",
+            "plugin verified",
+            "plugin compiled",
+            "plugin started",
+        ] {
+            let line = stdout
+                .lines()
+                .find(|l| l.contains(step) && l.contains(&format!("plugin={plugin} ")))
+                .unwrap_or_else(|| panic!("no {step:?} line for {plugin}:\n{stdout}"));
+            let ms: f64 = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ms="))
+                .unwrap_or_else(|| panic!("no time in {line:?}"))
+                .parse()
+                .unwrap();
+            assert!((0.0..60_000.0).contains(&ms), "{line}");
+        }
+    }
+    assert!(
+        !stderr.contains('\r'),
+        "no status line off a terminal: {stderr:?}"
+    );
+
+    // On a terminal: the status line, drawn and cleared.
+    let cmd = format!("{} check --config {}", sluice_bin(), path.display());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    for plugin in ["headers", "limit"] {
+        for doing in ["fetching", "compiling", "starting"] {
+            assert!(
+                tty.contains(&format!("{doing} {plugin} (")),
+                "no {doing:?} status for {plugin}:\n{tty:?}"
+            );
+        }
+    }
+    assert!(tty.contains("\r\x1b[2K"), "{tty:?}");
+    assert!(tty.contains("OK (1 listener, 1 upstream, 1 route, 2 plugins)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@ pub mod heads;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;
+pub mod progress;
 pub mod proxy;
 pub mod redis;
 pub mod request_head;

@@ -2,8 +2,10 @@
 //! plugin of the host (its settings, upstreams and shared-data store resolved).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{PluginSpec, SharedData};
+use crate::progress::{self, Step};
 use crate::source::Fetched;
 use crate::upstream::Pool;
 use crate::wasm;
@@ -59,28 +61,55 @@ pub fn load_plugin(
     };
     // A module compiled before from bytes of this digest needs no bytes at all.
     let sha256 = binary.sha256.as_str();
+    let compiling = Instant::now();
+    progress::begin(&spec.name, Step::Compile);
     let known = wasm::engine::unhex32(sha256).and_then(|d| Some((host.engine.compiled(&d)?, d)));
-    let (module, digest) = match known {
-        Some(m) => m,
+    let already = known.is_some();
+    let compiled = match known {
+        Some(m) => Ok(m),
         None => {
             let compile_error = |message| PluginError::Compile {
                 plugin: spec.name.clone(),
                 message,
             };
-            let bytes = binary.bytes().map_err(compile_error)?;
-            let (module, digest) = host
-                .engine
-                .compile(&bytes)
-                .map_err(|e| compile_error(e.to_string()))?;
-            if wasm::engine::hex(&digest) != sha256 {
-                return Err(compile_error(format!(
-                    "its bytes changed while the configuration was loading (sha256 {}, \
-                     fetched as {sha256})",
-                    wasm::engine::hex(&digest)
-                )));
-            }
-            (module, digest)
+            binary.bytes().map_err(compile_error).and_then(|bytes| {
+                let (module, digest) = host
+                    .engine
+                    .compile(&bytes)
+                    .map_err(|e| compile_error(e.to_string()))?;
+                if wasm::engine::hex(&digest) != sha256 {
+                    return Err(compile_error(format!(
+                        "its bytes changed while the configuration was loading (sha256 {}, \
+                         fetched as {sha256})",
+                        wasm::engine::hex(&digest)
+                    )));
+                }
+                Ok((module, digest))
+            })
         }
     };
-    Plugin::load_module(&host.engine, &host.linker, settings, module, digest)
+    progress::end(&spec.name);
+    let (module, digest) = compiled?;
+    tracing::info!(
+        plugin = %spec.name,
+        version = spec.version.as_str(),
+        already_compiled = already,
+        ms = progress::ms(compiling.elapsed()),
+        "plugin compiled"
+    );
+    let starting = Instant::now();
+    progress::begin(&spec.name, Step::Start);
+    let vms = settings.vms;
+    let plugin = Plugin::load_module(&host.engine, &host.linker, settings, module, digest);
+    progress::end(&spec.name);
+    let plugin = plugin?;
+    tracing::info!(
+        plugin = %spec.name,
+        version = spec.version.as_str(),
+        vms,
+        started = plugin.vms().len(),
+        ms = progress::ms(starting.elapsed()),
+        "plugin started"
+    );
+    Ok(plugin)
 }

@@ -183,6 +183,7 @@ impl Runtime {
                 (info.fingerprint == fp).then(|| (prev.plugins.get(key).cloned(), info))
             });
             if let Some((Some(plugin), info)) = kept {
+                tracing::debug!(plugin = %key, "plugin unchanged: kept with its VMs");
                 plugins.insert(key.clone(), plugin);
                 plugin_info.insert(
                     key.clone(),
@@ -259,7 +260,12 @@ impl Runtime {
             instance_slots: config.engine.slots(vms),
             on_demand: config.engine.on_demand,
         });
-        let fetched = crate::source::fetch_all_blocking(&config.all_plugins())?;
-        Runtime::build(config, 1, threads, &fetched, None)
+        // On a terminal, a status line shows what is under way (see `progress`).
+        crate::progress::show_on_terminal();
+        let built = crate::source::fetch_all_blocking(&config.all_plugins())
+            .map_err(BuildError::from)
+            .and_then(|fetched| Runtime::build(config, 1, threads, &fetched, None));
+        crate::progress::stop_showing();
+        built
     }
 }

@@ -25,7 +25,7 @@ pub mod url;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -296,18 +296,24 @@ impl<'a> Fetcher<'a> {
 
     async fn fetch(&self, spec: &impl Wanted) -> Result<Fetched, SourceError> {
         let seconds = self.options.timeout.as_secs();
-        match tokio::time::timeout(self.options.timeout, self.fetch_unbounded(spec)).await {
+        crate::progress::begin(spec.name(), crate::progress::Step::Fetch);
+        let r = match tokio::time::timeout(self.options.timeout, self.fetch_unbounded(spec)).await {
             Ok(r) => r,
             Err(_) => Err(SourceError::Timeout {
                 plugin: spec.name().to_string(),
                 origin: spec.source().to_string(),
                 seconds,
             }),
-        }
+        };
+        crate::progress::end(spec.name());
+        r
     }
 
     async fn fetch_unbounded(&self, spec: &impl Wanted) -> Result<Fetched, SourceError> {
         let plugin = || spec.name().to_string();
+        let started = Instant::now();
+        // Time spent on the signature (its download included), reported as verifying.
+        let mut verifying = Duration::ZERO;
         let cache = self.cache.as_ref();
         // The bytes, their digest if already known, the origin, whether cached, and the
         // signature check's outcome (when one is configured).
@@ -338,7 +344,7 @@ impl<'a> Fetcher<'a> {
                     Some(check) => {
                         let sig_path = signature::sig_path(path);
                         Some(match tokio::fs::read(&sig_path).await {
-                            Ok(sig) => check.verify(&bytes, &sig),
+                            Ok(sig) => timed(&mut verifying, || check.verify(&bytes, &sig)),
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                                 Err(SignatureError::Missing(format!(
                                     "{} does not exist",
@@ -388,10 +394,20 @@ impl<'a> Fetcher<'a> {
                     })?;
                 let signed = match spec.signature() {
                     None => None,
-                    Some(check) => Some(
-                        url::signature(|| self.http(), u, &got.bytes, &got.sha256, check, cache)
-                            .await,
-                    ),
+                    Some(check) => {
+                        let at = Instant::now();
+                        let r = url::signature(
+                            || self.http(),
+                            u,
+                            &got.bytes,
+                            &got.sha256,
+                            check,
+                            cache,
+                        )
+                        .await;
+                        verifying += at.elapsed();
+                        Some(r)
+                    }
                 };
                 (
                     Binary::Bytes(got.bytes.into()),
@@ -435,7 +451,7 @@ impl<'a> Fetcher<'a> {
                     }
                 );
                 let signed = spec.signature().map(|check| match &pulled.signature {
-                    Some(sig) => check.verify(&pulled.wasm, sig),
+                    Some(sig) => timed(&mut verifying, || check.verify(&pulled.wasm, sig)),
                     None => Err(SignatureError::Missing(format!(
                         "the image has no layer of media type {}",
                         signature::SIGNATURE_MEDIA_TYPE
@@ -455,6 +471,8 @@ impl<'a> Fetcher<'a> {
             Binary::Bytes(b) => Some(b.len()),
             Binary::File(_) => None,
         };
+        let fetching = started.elapsed().saturating_sub(verifying);
+        let checks_at = Instant::now();
         if let Some(expected) = spec.sha256() {
             if sha256 != expected {
                 return Err(SourceError::Digest {
@@ -473,24 +491,25 @@ impl<'a> Fetcher<'a> {
                 reason,
             });
         }
-        if !from_cache && !matches!(spec.source(), PluginSource::Path(_)) {
-            tracing::info!(
-                plugin = %spec.name(),
-                %origin,
-                %sha256,
-                bytes = size,
-                "plugin binary downloaded"
-            );
-        }
-        tracing::debug!(
+        verifying += checks_at.elapsed();
+        let downloaded = !from_cache && !matches!(spec.source(), PluginSource::Path(_));
+        tracing::info!(
             plugin = %spec.name(),
             %origin,
-            %sha256,
+            downloaded,
             bytes = size,
             unchanged = size.is_none(),
             from_cache,
+            ms = crate::progress::ms(fetching),
+            "plugin fetched"
+        );
+        tracing::info!(
+            plugin = %spec.name(),
+            %sha256,
+            sha256_pinned = spec.sha256().is_some(),
             signature_checked,
-            "plugin binary fetched"
+            ms = crate::progress::ms(verifying),
+            "plugin verified"
         );
         Ok(Fetched {
             binary,
@@ -499,6 +518,14 @@ impl<'a> Fetcher<'a> {
             from_cache,
         })
     }
+}
+
+/// `f()`, its time added to `total`.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let at = Instant::now();
+    let r = f();
+    *total += at.elapsed();
+    r
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
