@@ -259,7 +259,9 @@ impl Runtime {
             instance_slots: config.engine.slots(vms),
             on_demand: config.engine.on_demand,
         });
-        let fetched = crate::source::fetch_all_blocking(&config.all_plugins())?;
+        let options =
+            crate::source::FetchOptions::from_env_with_docker(config.oci.docker_config.clone());
+        let fetched = crate::source::fetch_all_blocking_with(&config.all_plugins(), &options)?;
         Runtime::build(config, 1, threads, &fetched, None)
     }
 }
