@@ -175,7 +175,9 @@ enum PluginCommand {
     },
     /// Push a plugin to an OCI registry as oci://REGISTRY/REPO:TAG; prints
     /// REGISTRY/REPO:TAG@sha256:DIGEST to pin in `oci:`. Credentials: SLUICE_OCI_USERNAME and
-    /// SLUICE_OCI_PASSWORD (or SLUICE_OCI_TOKEN); plain HTTP for loopback registries and those in
+    /// SLUICE_OCI_PASSWORD (or SLUICE_OCI_TOKEN), else the registry's entry in a Docker
+    /// config.json (--credentials-file, else $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json); plain HTTP for loopback registries and those in
     /// SLUICE_OCI_INSECURE.
     Push {
         /// The plugin (.wasm).
@@ -188,6 +190,9 @@ enum PluginCommand {
         /// Also push a signature layer, signed with this private key file.
         #[arg(long)]
         sign: Option<PathBuf>,
+        /// A Docker config.json with registry credentials (`auths`).
+        #[arg(long)]
+        credentials_file: Option<PathBuf>,
     },
     // -- end of plugin sources and signatures --
 }
@@ -289,7 +294,14 @@ next:
             target,
             layout,
             sign,
-        } => match sluice::source::push::push_file(&file, &target, layout, sign.as_deref()) {
+            credentials_file,
+        } => match sluice::source::push::push_file(
+            &file,
+            &target,
+            layout,
+            sign.as_deref(),
+            credentials_file.as_deref(),
+        ) {
             Ok(pushed) => {
                 println!("{pushed}");
                 ExitCode::SUCCESS

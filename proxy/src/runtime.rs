@@ -260,9 +260,11 @@ impl Runtime {
             instance_slots: config.engine.slots(vms),
             on_demand: config.engine.on_demand,
         });
+        let options =
+            crate::source::FetchOptions::from_env_with_docker(config.oci.docker_config.clone());
         // On a terminal, a status line shows what is under way (see `progress`).
         crate::progress::show_on_terminal();
-        let built = crate::source::fetch_all_blocking(&config.all_plugins())
+        let built = crate::source::fetch_all_blocking_with(&config.all_plugins(), &options)
             .map_err(BuildError::from)
             .and_then(|fetched| Runtime::build(config, 1, threads, &fetched, None));
         crate::progress::stop_showing();

@@ -304,7 +304,9 @@ impl State {
         })?;
         let old = self.current();
         fixed_sections_unchanged(&old.config, &config)?;
-        let fetched = crate::source::fetch_all(&config.all_plugins())
+        let options =
+            crate::source::FetchOptions::from_env_with_docker(config.oci.docker_config.clone());
+        let fetched = crate::source::fetch_all_with(&config.all_plugins(), &options)
             .await
             .map_err(BuildError::from)?;
         let threads = self.threads;

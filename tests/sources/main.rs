@@ -7,6 +7,7 @@
 mod support;
 
 // The tests, one module per subject.
+mod credentials;
 mod oci;
 mod registry_auth;
 mod signatures;
@@ -78,11 +79,13 @@ fn sluice(args: &[&str], cache: &Path) -> Output {
     sluice_env(args, cache, &[])
 }
 
-/// `sluice ARGS` with these environment variables (and no others of Sluice's).
+/// `sluice ARGS` with these environment variables (and no others of Sluice's; no Docker
+/// `config.json` unless `DOCKER_CONFIG` is among them).
 fn sluice_env(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(sluice_bin());
     cmd.args(args)
         .env("SLUICE_PLUGIN_CACHE", cache)
+        .env("DOCKER_CONFIG", cache.join("no-docker-config"))
         .env_remove("SLUICE_OCI_USERNAME")
         .env_remove("SLUICE_OCI_PASSWORD")
         .env_remove("SLUICE_OCI_TOKEN")

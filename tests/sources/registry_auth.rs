@@ -5,7 +5,8 @@ use super::*;
 
 /// A token issuer the registry trusts: signs ES256 JWTs with a self-signed certificate (in
 /// their `x5c` header) that is the registry's `rootcertbundle`. Anonymous clients get `pull`;
-/// `pusher:s3cret` (basic auth) gets `pull,push`; wrong credentials get a 401.
+/// `pusher:s3cret` (basic auth), or the refresh token `refresh-s3cret` POSTed as an OAuth2
+/// form, gets `pull,push`; wrong credentials get a 401.
 struct TokenServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -102,7 +103,29 @@ fn answer_token(
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     let target = head.split(' ').nth(1).unwrap_or("/");
-    let url = reqwest::Url::parse(&format!("http://token{target}")).unwrap();
+    let mut url = reqwest::Url::parse(&format!("http://token{target}")).unwrap();
+    // The OAuth2 form (an identity token as refresh token): POSTed, same parameters.
+    let mut refresh = None;
+    if head.starts_with("POST ") {
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body)?;
+        url.set_query(Some(&String::from_utf8_lossy(&body)));
+        let grant = |k: &str| {
+            url.query_pairs()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.into_owned())
+        };
+        assert_eq!(grant("grant_type").as_deref(), Some("refresh_token"));
+        refresh = grant("refresh_token");
+    }
     let authorization = head
         .lines()
         .find_map(|l| {
@@ -111,7 +134,14 @@ fn answer_token(
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
-    let allowed: &[&str] = if authorization.is_empty() {
+    let allowed: &[&str] = if let Some(refresh) = &refresh {
+        if refresh != "refresh-s3cret" {
+            return conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 14\r\nconnection: close\r\n\r\nbad refresh!\r\n",
+            );
+        }
+        &["pull", "push"]
+    } else if authorization.is_empty() {
         &["pull"]
     } else if authorization == format!("Basic {}", b64(b"pusher:s3cret")) {
         &["pull", "push"]
@@ -154,7 +184,11 @@ fn answer_token(
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
         .unwrap();
     let token = format!("{signing_input}.{}", b64url(sig.as_ref()));
-    let body = serde_json::json!({ "token": token, "expires_in": 300 }).to_string();
+    let body = if refresh.is_some() {
+        serde_json::json!({ "access_token": token, "expires_in": 300 }).to_string()
+    } else {
+        serde_json::json!({ "token": token, "expires_in": 300 }).to_string()
+    };
     conn.write_all(
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -227,6 +261,53 @@ async fn registries_that_want_tokens_get_them_anonymously_or_with_credentials() 
     assert!(
         tokens.hits.load(Ordering::SeqCst) > hits,
         "tokens were asked for"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_of_a_docker_config_json_are_exchanged_at_the_realm() {
+    let dir = temp_dir("oci-identity");
+    let cache = dir.join("cache");
+    let root = dir.join("token-root.pem");
+    let tokens = TokenServer::start(&root);
+    let registry = Registry::start_with(&tokens.registry_config(&root)).await;
+    let file = dir.join("p.wasm");
+    std::fs::write(&file, module("oci-identity")).unwrap();
+    let target = format!("{}/plugins/identity:v1", registry.addr);
+    let target_arg = format!("oci://{target}");
+    let push_args = ["plugin", "push", file.to_str().unwrap(), &target_arg];
+    let write = |token: &str| {
+        let docker = dir.join(format!("docker-{token}"));
+        std::fs::create_dir_all(&docker).unwrap();
+        std::fs::write(
+            docker.join("config.json"),
+            serde_json::json!({ "auths": { registry.addr.as_str(): { "identitytoken": token } } })
+                .to_string(),
+        )
+        .unwrap();
+        docker
+    };
+
+    let good = write("refresh-s3cret");
+    let out = sluice_env(
+        &push_args,
+        &cache,
+        &[("DOCKER_CONFIG", good.to_str().unwrap())],
+    );
+    let pushed = stdout_ok(&out, "sluice plugin push with an identity token");
+    assert!(pushed.starts_with(&format!("{target}@sha256:")), "{pushed}");
+
+    let bad = write("stale");
+    let out = sluice_env(
+        &push_args,
+        &cache,
+        &[("DOCKER_CONFIG", bad.to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        &["with the identity token of the", "config.json", "401"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

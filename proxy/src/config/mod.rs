@@ -5,6 +5,7 @@
 mod admin;
 pub mod engine;
 mod listener;
+mod oci;
 mod plugin;
 mod reload;
 mod rollout;
@@ -24,6 +25,7 @@ pub use crate::wasm::settings::{encode_config, LimitsFile};
 pub use admin::{read_token_file, Admin, AdminFile, AdminToken};
 pub use engine::{EngineFile, EngineSettings};
 pub use listener::{Listener, ListenerFile, ListenerTls, TlsFile};
+pub use oci::{OciFile, OciSettings};
 pub use plugin::{
     PluginFile, PluginSpec, RollbackFile, RolloutFile, RolloutSpec, SanitizeFile, SignatureFile,
 };
@@ -70,6 +72,9 @@ pub struct ConfigFile {
     /// The wasm engine's instance pool (fixed while the process runs).
     #[serde(default)]
     pub engine: EngineFile,
+    /// How `oci:` plugins are pulled (registry credentials).
+    #[serde(default)]
+    pub oci: OciFile,
 }
 
 /// One configuration problem, naming the field it is about.
@@ -153,6 +158,8 @@ pub struct Config {
     pub shared_data: SharedData,
     /// The wasm engine's settings.
     pub engine: EngineSettings,
+    /// Registry credentials for `oci:` plugins.
+    pub oci: OciSettings,
 }
 
 impl Config {
@@ -235,6 +242,7 @@ impl ConfigFile {
         let reload = self.reload.validate(&mut errors);
         let shared_data = self.shared_data.validate(base_dir, &mut errors);
         let engine = self.engine.validate(&mut errors);
+        let oci = self.oci.validate(base_dir, &mut errors);
 
         if self.listeners.is_empty() {
             errors.push(ConfigError::invalid(
@@ -355,6 +363,7 @@ impl ConfigFile {
                 reload,
                 shared_data,
                 engine,
+                oci,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -13,6 +13,7 @@
 //! [`signature`], and [`push`] (`sluice plugin push`).
 
 pub mod cache;
+pub mod credentials;
 pub mod http;
 pub mod local;
 pub mod oci;
@@ -205,8 +206,8 @@ pub struct FetchOptions {
     pub cache_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) spoken to over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
-    /// Registry credentials.
-    pub credentials: registry::Credentials,
+    /// Registry credentials: the environment's, else a Docker `config.json`'s.
+    pub credentials: credentials::CredentialStore,
     /// Largest download.
     pub max_bytes: u64,
     /// Connect timeout.
@@ -221,7 +222,7 @@ impl Default for FetchOptions {
         FetchOptions {
             cache_dir: None,
             insecure_registries: Vec::new(),
-            credentials: registry::Credentials::default(),
+            credentials: credentials::CredentialStore::default(),
             max_bytes: MAX_DOWNLOAD_BYTES,
             connect_timeout: CONNECT_TIMEOUT,
             timeout: FETCH_TIMEOUT,
@@ -231,13 +232,28 @@ impl Default for FetchOptions {
 
 impl FetchOptions {
     /// What the environment says: the cache directory ([`cache::default_dir`]),
-    /// `SLUICE_OCI_INSECURE`, `SLUICE_OCI_USERNAME`/`SLUICE_OCI_PASSWORD`/`SLUICE_OCI_TOKEN`;
-    /// the default limits.
+    /// `SLUICE_OCI_INSECURE`, `SLUICE_OCI_USERNAME`/`SLUICE_OCI_PASSWORD`/`SLUICE_OCI_TOKEN`,
+    /// the default Docker `config.json` ([`credentials::DockerConfig::default_path`]); the
+    /// default limits.
     pub fn from_env() -> FetchOptions {
         FetchOptions {
             cache_dir: cache::default_dir(),
             insecure_registries: registry::insecure_from_env(),
-            credentials: registry::Credentials::from_env(),
+            credentials: credentials::CredentialStore::from_env(),
+            ..FetchOptions::default()
+        }
+    }
+
+    /// What the environment says, with the `config.json` a configuration read (its
+    /// `oci.credentials_file`, or the default one) instead of the default one.
+    pub fn from_env_with_docker(docker: Option<Arc<credentials::DockerConfig>>) -> FetchOptions {
+        FetchOptions {
+            cache_dir: cache::default_dir(),
+            insecure_registries: registry::insecure_from_env(),
+            credentials: credentials::CredentialStore {
+                env: credentials::Credentials::from_env(),
+                docker,
+            },
             ..FetchOptions::default()
         }
     }
@@ -426,7 +442,7 @@ impl<'a> Fetcher<'a> {
                         http,
                         reference,
                         &self.options.insecure_registries,
-                        self.options.credentials.clone(),
+                        self.options.credentials.for_registry(&reference.registry),
                         "pull",
                     ))
                 };

@@ -1,8 +1,9 @@
 //! Plugins as OCI images: references, manifests, the two layouts, and pulling.
 //!
 //! A reference is `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]` (`REGISTRY` is `host[:port]`,
-//! always explicit; `REPOSITORY` may have slashes; no tag and no digest means `:latest`). A
-//! digest pins the manifest: its sha256 must be that digest.
+//! always explicit, Docker Hub's names normalized as [`super::reference`] says; `REPOSITORY`
+//! may have slashes; no tag and no digest means `:latest`). A digest pins the manifest: its
+//! sha256 must be that digest.
 //!
 //! Two layouts are understood, as Istio does:
 //!
@@ -10,6 +11,10 @@
 //!   `.wasm` itself;
 //! - a container image: one `tar+gzip` layer ([`TAR_GZIP_MEDIA_TYPES`]) holding
 //!   `plugin.wasm` at its root.
+//!
+//! A reference may name an image index (OCI) or manifest list (Docker): the plugin is then
+//! the entry whose platform is one of [`WASM_PLATFORMS`] (`wasi/wasm`, `wasip1/wasm`); a pinned
+//! digest is the index's, and the entry's manifest must have the digest the index gives.
 //!
 //! A plugin's signature is a layer of media type [`SIGNATURE_MEDIA_TYPE`] in the same
 //! manifest.
@@ -42,11 +47,18 @@ pub const TAR_GZIP_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 ];
-/// Media types of multi-platform indexes (not plugins; refused with a clear message).
-const INDEX_MEDIA_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
+/// Media type of an OCI image index.
+pub const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of a Docker manifest list.
+pub const DOCKER_MANIFEST_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Media types of multi-platform indexes: the plugin is their entry for a Wasm platform.
+const INDEX_MEDIA_TYPES: [&str; 2] = [OCI_INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE];
+/// The platforms (`os`, `architecture`) of an index entry that is a plugin: `wasi/wasm`
+/// (Docker's and containerd's name, `--platform wasi/wasm`) and `wasip1/wasm` (the Wasm OCI
+/// artifact convention for core modules). `wasip2` names components, which Proxy-Wasm
+/// plugins are not.
+pub const WASM_PLATFORMS: [(&str, &str); 2] = [("wasi", "wasm"), ("wasip1", "wasm")];
 /// The file a tar layer must hold.
 pub const TAR_PLUGIN_FILE: &str = "plugin.wasm";
 /// Largest manifest accepted.
@@ -99,6 +111,140 @@ pub struct Manifest {
     pub layers: Vec<Descriptor>,
 }
 
+/// An image index (OCI) or manifest list (Docker), as far as choosing an entry goes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// Always 2.
+    pub schema_version: u32,
+    /// Media type, when the index states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The entries.
+    pub manifests: Vec<IndexEntry>,
+}
+
+/// One entry of an index.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct IndexEntry {
+    /// The manifest it points to.
+    #[serde(flatten)]
+    pub descriptor: Descriptor,
+    /// The platform it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+/// An index entry's platform.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Platform {
+    /// `os`.
+    pub os: String,
+    /// `architecture`.
+    pub architecture: String,
+    /// `variant`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `bytes` (answered with `content_type`) is an index rather than an image manifest:
+/// its `mediaType` (or, lacking one, the `Content-Type`) says so, or it has `manifests`.
+pub fn is_index(bytes: &[u8], content_type: Option<&str>) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let Ok(probe) = serde_json::from_slice::<Probe>(bytes) else {
+        return false;
+    };
+    let ct = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
+    let media_type = probe.media_type.as_deref().or(ct);
+    probe.manifests.is_some() || media_type.is_some_and(|m| INDEX_MEDIA_TYPES.contains(&m))
+}
+
+/// Parses an index and picks the entry of a plugin: the first whose platform is one of
+/// [`WASM_PLATFORMS`]. None: an error listing the platforms the index has.
+pub fn wasm_entry(bytes: &[u8]) -> Result<IndexEntry, String> {
+    let index: Index =
+        serde_json::from_slice(bytes).map_err(|e| format!("the image index is not valid: {e}"))?;
+    if index.schema_version != 2 {
+        return Err(format!(
+            "unsupported image index schemaVersion {}",
+            index.schema_version
+        ));
+    }
+    let wanted = |p: &Platform| {
+        WASM_PLATFORMS
+            .iter()
+            .any(|(os, arch)| p.os == *os && p.architecture == *arch)
+    };
+    let Some(entry) = index
+        .manifests
+        .iter()
+        .find(|e| e.platform.as_ref().is_some_and(wanted))
+    else {
+        let found: Vec<String> = index
+            .manifests
+            .iter()
+            .map(|e| match &e.platform {
+                Some(p) => p.to_string(),
+                None => "(no platform)".to_string(),
+            })
+            .collect();
+        let wanted: Vec<String> = WASM_PLATFORMS
+            .iter()
+            .map(|(os, arch)| format!("{os}/{arch}"))
+            .collect();
+        return Err(format!(
+            "the image index has no entry for platform {}; its platforms: {}",
+            wanted.join(" or "),
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            }
+        ));
+    };
+    let m = entry.descriptor.media_type.as_str();
+    if m != OCI_MANIFEST_MEDIA_TYPE && m != DOCKER_MANIFEST_MEDIA_TYPE {
+        return Err(format!(
+            "the image index's entry for {} is of media type {m:?}, not an image manifest",
+            entry
+                .platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        ));
+    }
+    if entry.descriptor.sha256_hex().is_none() {
+        return Err(format!(
+            "the image index's entry digest {:?} is not sha256:<64 hex digits>",
+            entry.descriptor.digest
+        ));
+    }
+    if entry.descriptor.size > MAX_MANIFEST_BYTES as u64 {
+        return Err(format!(
+            "the image index's entry says its manifest has {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+            entry.descriptor.size
+        ));
+    }
+    Ok(entry.clone())
+}
+
 /// How a plugin's `.wasm` is stored in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Layout {
@@ -136,7 +282,7 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Manife
     let media_type = probe.media_type.as_deref().or(ct);
     if probe.manifests.is_some() || media_type.is_some_and(|m| INDEX_MEDIA_TYPES.contains(&m)) {
         return Err(
-            "the reference names a multi-platform index, not an image manifest; push the plugin as a single image (sluice plugin push)"
+            "an image index where an image manifest was expected (an index entry must be an image manifest)"
                 .into(),
         );
     }
@@ -327,7 +473,8 @@ pub struct Pulled {
     pub wasm: Vec<u8>,
     /// The signature layer's content, if asked for and present.
     pub signature: Option<Vec<u8>>,
-    /// The manifest's digest, `sha256:<hex>`.
+    /// The digest of what the reference names (the manifest, or the index holding it),
+    /// `sha256:<hex>`: what to pin.
     pub manifest_digest: String,
     /// Whether the module's layer came from the cache.
     pub from_cache: bool,
@@ -355,58 +502,59 @@ pub async fn pull(
         }};
     }
 
-    // The manifest.
+    // The manifest, or the index naming it.
     let pinned = reference
         .digest
         .as_deref()
         .and_then(|d| d.strip_prefix("sha256:"));
-    let cached_manifest = match (pinned, cache) {
+    let cached_top = match (pinned, cache) {
         (Some(h), Some(c)) => c.get(h).await,
         _ => None,
     };
-    let (manifest_bytes, content_type) = match cached_manifest {
+    let (top_bytes, top_type) = match cached_top {
         Some(b) => (b, None),
-        None => {
-            let r = registry!();
-            let url = r.url(&format!("manifests/{}", reference.manifest_ref()));
-            let accept = format!(
-                "{OCI_MANIFEST_MEDIA_TYPE}, {DOCKER_MANIFEST_MEDIA_TYPE}, {}",
-                INDEX_MEDIA_TYPES.join(", ")
-            );
-            let a = r
-                .request(Method::GET, &url, &[("accept", &accept)], None)
-                .await?;
-            if !a.status.is_success() {
-                return Err(RegistryError::Request {
-                    method: "GET".into(),
-                    url,
-                    reason: status_error(&a),
-                }
-                .into());
-            }
-            if a.body.len() > MAX_MANIFEST_BYTES {
-                return Err(PullError::Manifest(format!(
-                    "the manifest has {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
-                    a.body.len()
-                )));
-            }
-            let ct = a
-                .headers
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            (a.body, ct)
-        }
+        None => fetch_manifest(registry!(), reference.manifest_ref()).await?,
     };
-    let manifest_hex = hex(&Sha256::digest(&manifest_bytes));
+    let top_hex = hex(&Sha256::digest(&top_bytes));
     if let Some(expected) = &reference.digest {
-        if pinned != Some(manifest_hex.as_str()) {
+        if pinned != Some(top_hex.as_str()) {
             return Err(PullError::ManifestDigest {
                 expected: expected.clone(),
-                actual: manifest_hex,
+                actual: top_hex,
             });
         }
     }
+    let (manifest_bytes, content_type, manifest_hex) = if is_index(&top_bytes, top_type.as_deref())
+    {
+        let entry = wasm_entry(&top_bytes).map_err(PullError::Manifest)?;
+        let want = entry
+            .descriptor
+            .sha256_hex()
+            .expect("wasm_entry checks the digest")
+            .to_string();
+        let (bytes, ct) = match cached_blob(cache, &entry.descriptor).await {
+            Some(b) => (b, None),
+            None => fetch_manifest(registry!(), &entry.descriptor.digest).await?,
+        };
+        let actual = hex(&Sha256::digest(&bytes));
+        if actual != want {
+            return Err(PullError::Manifest(format!(
+                "the manifest of the index's {} entry has sha256:{actual}, the index says {}",
+                entry
+                    .platform
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                entry.descriptor.digest
+            )));
+        }
+        if let Some(c) = cache {
+            c.put(&top_hex, top_bytes).await;
+        }
+        (bytes, ct, actual)
+    } else {
+        (top_bytes, top_type, top_hex.clone())
+    };
     let manifest =
         parse_manifest(&manifest_bytes, content_type.as_deref()).map_err(PullError::Manifest)?;
     let layers = plugin_layers(&manifest).map_err(PullError::Manifest)?;
@@ -447,10 +595,43 @@ pub async fn pull(
     Ok(Pulled {
         wasm,
         signature,
-        manifest_digest: format!("sha256:{manifest_hex}"),
+        manifest_digest: format!("sha256:{top_hex}"),
         from_cache,
         layout: layers.layout,
     })
+}
+
+/// `GET …/manifests/{what}` (a tag or digest), accepting image manifests and indexes; the
+/// body and its `Content-Type`.
+async fn fetch_manifest(r: &Registry, what: &str) -> Result<(Vec<u8>, Option<String>), PullError> {
+    let url = r.url(&format!("manifests/{what}"));
+    let accept = format!(
+        "{OCI_MANIFEST_MEDIA_TYPE}, {DOCKER_MANIFEST_MEDIA_TYPE}, {}",
+        INDEX_MEDIA_TYPES.join(", ")
+    );
+    let a = r
+        .request(Method::GET, &url, &[("accept", &accept)], None)
+        .await?;
+    if !a.status.is_success() {
+        return Err(RegistryError::Request {
+            method: "GET".into(),
+            url,
+            reason: status_error(&a),
+        }
+        .into());
+    }
+    if a.body.len() > MAX_MANIFEST_BYTES {
+        return Err(PullError::Manifest(format!(
+            "the manifest has {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+            a.body.len()
+        )));
+    }
+    let ct = a
+        .headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((a.body, ct))
 }
 
 async fn cached_blob(cache: Option<&Cache>, d: &Descriptor) -> Option<Vec<u8>> {
@@ -556,11 +737,50 @@ mod tests {
     }
 
     #[test]
+    fn docker_hub_references_are_normalized() {
+        for (s, repository, tag) in [
+            ("docker.io/hello", "library/hello", "latest"),
+            ("docker.io/hello:1.0", "library/hello", "1.0"),
+            ("oci://index.docker.io/hello:v2", "library/hello", "v2"),
+            ("Docker.IO/hello", "library/hello", "latest"),
+            ("registry-1.docker.io/hello", "library/hello", "latest"),
+            ("docker.io/org/plugin:1", "org/plugin", "1"),
+            (
+                "index.docker.io/org/team/plugin",
+                "org/team/plugin",
+                "latest",
+            ),
+            ("docker.io/library/hello", "library/hello", "latest"),
+        ] {
+            let r = parse(s).unwrap();
+            assert_eq!(r.registry, "registry-1.docker.io", "{s}");
+            assert_eq!(r.repository, repository, "{s}");
+            assert_eq!(r.tag.as_deref(), Some(tag), "{s}");
+        }
+        let r = parse(&format!("docker.io/hello@{D}")).unwrap();
+        assert_eq!(
+            r.to_string(),
+            format!("registry-1.docker.io/library/hello@{D}")
+        );
+        // A port makes it another registry; look-alikes are left alone.
+        let r = parse("docker.io:5000/hello").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io:5000", "hello")
+        );
+        let r = parse("mydocker.io/hello").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("mydocker.io", "hello")
+        );
+    }
+
+    #[test]
     fn malformed_references_are_refused() {
         for (s, why) in [
             ("", "is empty"),
-            ("hello", "has no repository"),
-            ("hello:v1", "has no repository"),
+            ("hello", "\"hello\" names no registry"),
+            ("hello:v1", "for Docker Hub, docker.io/library/hello)"),
             ("/plugins/hello", "registry \"\""),
             ("reg istry/a", "contains ' '"),
             ("registry:port/a", "invalid port"),
@@ -590,6 +810,8 @@ mod tests {
                 Err(e) => assert!(e.contains(why), "{s:?}: {e:?} should say {why:?}"),
             }
         }
+        let e = parse(&format!("hello@{D}")).unwrap_err();
+        assert!(e.contains("docker.io/library/hello)"), "{e}");
         assert!(parse(&format!("r.io/{}", "a".repeat(256))).is_err());
         assert!(parse(&format!("r.io/a:{}", "t".repeat(129))).is_err());
     }
@@ -629,11 +851,11 @@ mod tests {
         let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
             (b"not json".to_vec(), None, "not a JSON object"),
             (b"[]".to_vec(), None, "not an image manifest"),
-            (b"{\"schemaVersion\":2,\"manifests\":[]}".to_vec(), None, "multi-platform index"),
+            (b"{\"schemaVersion\":2,\"manifests\":[]}".to_vec(), None, "an image index where"),
             (
                 b"{\"schemaVersion\":2}".to_vec(),
                 Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
-                "multi-platform index",
+                "an image index where",
             ),
             (b"{\"schemaVersion\":1,\"config\":{\"mediaType\":\"x\",\"digest\":\"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\",\"size\":2},\"layers\":[]}".to_vec(), None, "schemaVersion 1"),
             (b"{\"schemaVersion\":2,\"layers\":[]}".to_vec(), None, "not an image manifest"),
@@ -664,6 +886,81 @@ mod tests {
             let e = plugin_layers(&m).unwrap_err();
             assert!(e.contains(why), "{e:?} should say {why:?}");
         }
+    }
+
+    fn index_json(entries: &[(&str, Option<(&str, &str)>)]) -> Vec<u8> {
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(tag, platform)| {
+                let mut e =
+                    serde_json::to_value(Descriptor::of(OCI_MANIFEST_MEDIA_TYPE, tag.as_bytes()))
+                        .unwrap();
+                if let Some((os, arch)) = platform {
+                    e["platform"] = serde_json::json!({ "os": os, "architecture": arch });
+                }
+                e
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX_MEDIA_TYPE,
+            "manifests": manifests,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn indexes_resolve_to_their_wasm_entry() {
+        let index = index_json(&[
+            ("amd64", Some(("linux", "amd64"))),
+            ("p1", Some(("wasip1", "wasm"))),
+            ("wasi", Some(("wasi", "wasm"))),
+        ]);
+        assert!(is_index(&index, None));
+        let e = wasm_entry(&index).unwrap();
+        assert_eq!(e.descriptor, Descriptor::of(OCI_MANIFEST_MEDIA_TYPE, b"p1"));
+        assert_eq!(e.platform.unwrap().to_string(), "wasip1/wasm");
+        let e = wasm_entry(&index_json(&[("w", Some(("wasi", "wasm")))])).unwrap();
+        assert_eq!(e.descriptor, Descriptor::of(OCI_MANIFEST_MEDIA_TYPE, b"w"));
+        // A Docker manifest list, told by its Content-Type only.
+        assert!(is_index(
+            b"{\"schemaVersion\":2}",
+            Some("application/vnd.docker.distribution.manifest.list.v2+json")
+        ));
+        assert!(!is_index(
+            &manifest_json(&[]),
+            Some(OCI_MANIFEST_MEDIA_TYPE)
+        ));
+        assert!(!is_index(b"nope", None));
+    }
+
+    #[test]
+    fn indexes_without_a_wasm_entry_name_their_platforms() {
+        let e = wasm_entry(&index_json(&[
+            ("a", Some(("linux", "amd64"))),
+            ("c", Some(("wasip2", "wasm"))),
+            ("b", None),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "the image index has no entry for platform wasi/wasm or wasip1/wasm; its platforms: linux/amd64, wasip2/wasm, (no platform)"
+        );
+        let e = wasm_entry(&index_json(&[])).unwrap_err();
+        assert!(e.ends_with("its platforms: none"), "{e}");
+        // The entry must be an image manifest with a sha256 digest.
+        let mut nested: serde_json::Value =
+            serde_json::from_slice(&index_json(&[("n", Some(("wasi", "wasm")))])).unwrap();
+        nested["manifests"][0]["mediaType"] = OCI_INDEX_MEDIA_TYPE.into();
+        let e = wasm_entry(&serde_json::to_vec(&nested).unwrap()).unwrap_err();
+        assert!(e.contains("not an image manifest"), "{e}");
+        nested["manifests"][0]["mediaType"] = OCI_MANIFEST_MEDIA_TYPE.into();
+        nested["manifests"][0]["digest"] = "sha512:00".into();
+        let e = wasm_entry(&serde_json::to_vec(&nested).unwrap()).unwrap_err();
+        assert!(e.contains("not sha256"), "{e}");
+        assert!(wasm_entry(b"{\"schemaVersion\":2}")
+            .unwrap_err()
+            .contains("not valid"));
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! under the tag.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use ring::signature::Ed25519KeyPair;
 use sha2::{Digest as _, Sha256};
 
+use super::credentials::DockerConfig;
 use super::http::status_error;
 use super::oci::{
     build_tar_layer, Descriptor, Layout, Manifest, OciReference, OCI_CONFIG_MEDIA_TYPE,
@@ -81,7 +83,7 @@ pub async fn push(
         http,
         target,
         &options.insecure_registries,
-        options.credentials.clone(),
+        options.credentials.for_registry(&target.registry),
         "pull,push",
     );
 
@@ -169,13 +171,15 @@ pub async fn push(
 }
 
 /// `sluice plugin push`: pushes the module in `file` to `target` (`oci://REGISTRY/REPO:TAG`),
-/// signed with the private key in `sign` if given, with [`FetchOptions::from_env`]; from
+/// signed with the private key in `sign` if given, with [`FetchOptions::from_env`] (and the
+/// Docker `config.json` at `credentials_file` instead of the default one, if given); from
 /// synchronous code outside any async runtime.
 pub fn push_file(
     file: &Path,
     target: &str,
     layout: Layout,
     sign: Option<&Path>,
+    credentials_file: Option<&Path>,
 ) -> Result<Pushed, PushError> {
     let rest = target.strip_prefix("oci://").ok_or_else(|| {
         PushError::Input(format!("{target:?}: the target is oci://REGISTRY/REPO:TAG"))
@@ -183,6 +187,15 @@ pub fn push_file(
     let reference: OciReference = rest
         .parse()
         .map_err(|e| PushError::Input(format!("{target:?}: {e}")))?;
+    let options = match credentials_file {
+        None => FetchOptions::from_env(),
+        Some(path) => {
+            let docker = DockerConfig::load(path).map_err(|e| {
+                PushError::Input(format!("--credentials-file {}: {e}", path.display()))
+            })?;
+            FetchOptions::from_env_with_docker(Some(Arc::new(docker)))
+        }
+    };
     let wasm = std::fs::read(file)
         .map_err(|e| PushError::Input(format!("cannot read {}: {e}", file.display())))?;
     let key = sign
@@ -193,17 +206,11 @@ pub fn push_file(
         .enable_all()
         .build()
         .map_err(|e| PushError::Input(format!("cannot start a runtime: {e}")))?;
-    rt.block_on(push(
-        &wasm,
-        &reference,
-        layout,
-        key.as_ref(),
-        &FetchOptions::from_env(),
-    ))
-    .map_err(|e| match e {
-        PushError::Input(m) => PushError::Input(format!("{}: {m}", file.display())),
-        e => e,
-    })
+    rt.block_on(push(&wasm, &reference, layout, key.as_ref(), &options))
+        .map_err(|e| match e {
+            PushError::Input(m) => PushError::Input(format!("{}: {m}", file.display())),
+            e => e,
+        })
 }
 
 /// Uploads one blob unless the registry has it; its descriptor.

@@ -1,4 +1,12 @@
 //! OCI references as the config writes them: `[oci://]REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`.
+//!
+//! The registry is always explicit: a bare `NAME[:TAG]` is refused (Docker would read it as
+//! `docker.io/library/NAME`; a plugin runs inside the proxy, so where it comes from is never
+//! guessed, and the first component of `host/repo` is always the registry, as it was before).
+//! Docker Hub is spelled as Docker does: `docker.io`, `index.docker.io` (and
+//! `registry-1.docker.io`) all mean the registry `registry-1.docker.io`, where a
+//! one-component repository is an official image: `docker.io/foo` is
+//! `registry-1.docker.io/library/foo`.
 
 use super::cache::is_sha256_hex;
 
@@ -42,8 +50,10 @@ impl std::str::FromStr for OciReference {
             return Err(format!("{s:?} contains {c:?}; the form is {FORM}"));
         }
         let Some((registry, rest)) = s.split_once('/') else {
+            let name = s.split(['@', ':']).next().unwrap_or(s);
             return Err(format!(
-                "{s:?} has no repository; the form is {FORM} (the registry is always explicit, e.g. ghcr.io/org/plugin:1.0)"
+                "{s:?} names no registry; the form is {FORM}: the registry is always explicit \
+                 (e.g. ghcr.io/org/plugin:1.0; for Docker Hub, docker.io/library/{name})"
             ));
         };
         check_registry(registry).map_err(|m| format!("registry {registry:?} {m}"))?;
@@ -73,9 +83,10 @@ impl std::str::FromStr for OciReference {
             (None, Some(_)) => None,
             (None, None) => Some("latest".to_string()),
         };
+        let (registry, repository) = normalize_docker_hub(registry, repository);
         Ok(OciReference {
-            registry: registry.to_string(),
-            repository: repository.to_string(),
+            registry,
+            repository,
             tag,
             digest,
         })
@@ -90,6 +101,27 @@ impl OciReference {
             .or(self.tag.as_deref())
             .unwrap_or("latest")
     }
+}
+
+/// The host that serves Docker Hub's distribution API.
+pub const DOCKER_HUB_REGISTRY: &str = "registry-1.docker.io";
+
+/// Docker Hub as Docker names it: `docker.io`, `index.docker.io` and `registry-1.docker.io`
+/// (any case, no port) are [`DOCKER_HUB_REGISTRY`], and a one-component repository there is an
+/// official image, under `library/`.
+fn normalize_docker_hub(registry: &str, repository: &str) -> (String, String) {
+    let hub = ["docker.io", "index.docker.io", DOCKER_HUB_REGISTRY]
+        .iter()
+        .any(|h| registry.eq_ignore_ascii_case(h));
+    if !hub {
+        return (registry.to_string(), repository.to_string());
+    }
+    let repository = if repository.contains('/') {
+        repository.to_string()
+    } else {
+        format!("library/{repository}")
+    };
+    (DOCKER_HUB_REGISTRY.to_string(), repository)
 }
 
 fn check_registry(registry: &str) -> Result<(), String> {

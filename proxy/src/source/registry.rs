@@ -1,12 +1,14 @@
 //! A client of the OCI distribution API (`/v2/…`): requests to one repository of one
 //! registry, with the registry's authentication.
 //!
-//! Authentication answers a `401` challenge and retries once:
+//! Authentication answers a `401` challenge and retries once, with the registry's
+//! [`Credentials`] (see [`super::credentials`] for where they come from):
 //!
-//! - `WWW-Authenticate: Bearer realm=…,service=…,scope=…`: a token is asked from the realm
-//!   (anonymously, or with `SLUICE_OCI_USERNAME`/`SLUICE_OCI_PASSWORD` as basic credentials);
-//!   `SLUICE_OCI_TOKEN`, when set, is used as the bearer token instead.
-//! - `WWW-Authenticate: Basic …`: `SLUICE_OCI_USERNAME`/`SLUICE_OCI_PASSWORD`.
+//! - `WWW-Authenticate: Bearer realm=…,service=…,scope=…`: a ready bearer token if there is
+//!   one; else a token is asked from the realm: with an identity token (an OAuth2 refresh
+//!   token, `POST`ed as `grant_type=refresh_token`), or with the user name and password as
+//!   basic credentials, or anonymously.
+//! - `WWW-Authenticate: Basic …`: the user name and password.
 //!
 //! Credentials are never sent before a registry asks for them, and never over plain HTTP to a
 //! host that is neither on the loopback interface nor listed in `SLUICE_OCI_INSECURE`.
@@ -22,46 +24,12 @@ use base64::Engine as _;
 use reqwest::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, StatusCode};
 
+pub use super::credentials::{Credentials, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
 use super::http::{chain, status_error, Answer, DownloadError, Http};
 use super::reference::OciReference;
 
-/// Environment variable: user name for registries that ask for credentials.
-pub const USERNAME_ENV: &str = "SLUICE_OCI_USERNAME";
-/// Environment variable: password (or access token) going with [`USERNAME_ENV`].
-pub const PASSWORD_ENV: &str = "SLUICE_OCI_PASSWORD";
-/// Environment variable: a bearer token to present when a registry asks for one.
-pub const TOKEN_ENV: &str = "SLUICE_OCI_TOKEN";
 /// Environment variable: registries (`host[:port]`, comma-separated) reached over plain HTTP.
 pub const INSECURE_ENV: &str = "SLUICE_OCI_INSECURE";
-
-/// Registry credentials.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    /// User name and password, for basic authentication and token requests.
-    pub basic: Option<(String, String)>,
-    /// A ready bearer token.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("basic", &self.basic.as_ref().map(|(u, _)| (u, "***")))
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// From `SLUICE_OCI_USERNAME`, `SLUICE_OCI_PASSWORD` and `SLUICE_OCI_TOKEN`.
-    pub fn from_env() -> Credentials {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        Credentials {
-            basic: var(USERNAME_ENV).map(|u| (u, var(PASSWORD_ENV).unwrap_or_default())),
-            token: var(TOKEN_ENV),
-        }
-    }
-}
 
 /// `SLUICE_OCI_INSECURE`, split.
 pub fn insecure_from_env() -> Vec<String> {
@@ -283,6 +251,8 @@ pub struct Registry {
     http: Http,
     /// `http://host:port` or `https://host:port`.
     base: String,
+    /// `host[:port]`, for messages.
+    registry: String,
     repository: String,
     credentials: Credentials,
     /// Hosts that may be spoken to over plain HTTP besides loopback ones.
@@ -306,6 +276,7 @@ impl Registry {
         Registry {
             http,
             base: format!("{scheme}://{}", reference.registry),
+            registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             credentials,
             insecure: insecure.to_vec(),
@@ -365,17 +336,22 @@ impl Registry {
         if second.status == StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Auth {
                 url: url.to_string(),
-                message: format!(
-                    "still unauthorized after authenticating{}; check {USERNAME_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}",
-                    if self.has_credentials() { "" } else { " anonymously" }
-                ),
+                message: if self.credentials.is_empty() {
+                    format!(
+                        "still unauthorized after authenticating anonymously; no credentials for {}: \
+                         set {USERNAME_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}, or give them in a Docker config.json \
+                         (oci.credentials_file)",
+                        self.registry
+                    )
+                } else {
+                    format!(
+                        "still unauthorized after authenticating with {}; check them",
+                        self.credentials.origin
+                    )
+                },
             });
         }
         Ok(second)
-    }
-
-    fn has_credentials(&self) -> bool {
-        self.credentials.basic.is_some() || self.credentials.token.is_some()
     }
 
     async fn send(
@@ -409,6 +385,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Refuses to send credentials to `target` over plain HTTP unless the host is local or
+    /// listed in `SLUICE_OCI_INSECURE`.
+    fn refuse_plain_http(&self, target: &str, url: &str) -> Result<(), RegistryError> {
+        if target.starts_with("http:") && !plain_http_allowed(host_of_url(target), &self.insecure) {
+            return Err(RegistryError::Auth {
+                url: url.to_string(),
+                message: format!(
+                    "refusing to send credentials over plain HTTP to {}, a host that is neither local nor in {INSECURE_ENV}",
+                    host_of_url(target)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Answers the challenge of a 401.
     async fn authenticate(&self, answer: &Answer, url: &str) -> Result<(), RegistryError> {
         let fail = |message: String| RegistryError::Auth {
@@ -424,6 +415,7 @@ impl Registry {
             .collect();
         if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
             if let Some(token) = &self.credentials.token {
+                self.refuse_plain_http(url, url)?;
                 return self.set_auth(format!("Bearer {token}"), url);
             }
             let token = self.fetch_token(c, url).await?;
@@ -431,15 +423,21 @@ impl Registry {
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             let Some((user, password)) = &self.credentials.basic else {
-                return Err(fail(format!(
-                    "the registry asks for a user name and password; set {USERNAME_ENV} and {PASSWORD_ENV}"
-                )));
+                return Err(fail(if self.credentials.is_empty() {
+                    format!(
+                        "the registry asks for a user name and password and there are none for {}; \
+                         set {USERNAME_ENV} and {PASSWORD_ENV}, or give them in a Docker config.json (oci.credentials_file)",
+                        self.registry
+                    )
+                } else {
+                    format!(
+                        "the registry asks for a user name and password; {} has none (an identity token \
+                         or bearer token is only used with registries that ask for a bearer token)",
+                        self.credentials.origin
+                    )
+                }));
             };
-            if url.starts_with("http:") && !plain_http_allowed(host_of_url(url), &self.insecure) {
-                return Err(fail(format!(
-                    "refusing to send credentials over plain HTTP to a host that is neither local nor in {INSECURE_ENV}"
-                )));
-            }
+            self.refuse_plain_http(url, url)?;
             let encoded = STANDARD.encode(format!("{user}:{password}"));
             return self.set_auth(format!("Basic {encoded}"), url);
         }
@@ -479,10 +477,20 @@ impl Registry {
                 q.append_pair("scope", s);
             }
         }
+        let host = host_of_url(realm_url.as_str()).to_string();
+        let secure = realm_url.scheme() == "https" || plain_http_allowed(&host, &self.insecure);
+        if let Some(refresh) = &self.credentials.identity_token {
+            if !secure {
+                return Err(fail(format!(
+                    "refusing to send the identity token of {} to the plain-HTTP token realm {realm}",
+                    self.credentials.origin
+                )));
+            }
+            return self.exchange_refresh_token(c, &scope, refresh, realm).await;
+        }
         let mut req = self.http.client().get(realm_url.clone());
         if let Some((user, password)) = &self.credentials.basic {
-            let host = host_of_url(realm_url.as_str()).to_string();
-            if realm_url.scheme() == "https" || plain_http_allowed(&host, &self.insecure) {
+            if secure {
                 req = req.basic_auth(user, Some(password));
             } else {
                 tracing::warn!(realm, "not sending credentials to a plain-HTTP token realm");
@@ -499,24 +507,63 @@ impl Registry {
                 status_error(&answer)
             )));
         }
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-        }
-        let t: TokenAnswer = serde_json::from_slice(&answer.body).map_err(|e| {
-            fail(format!(
-                "token answer of {realm} is not JSON: {}",
-                chain(&e)
-            ))
-        })?;
-        t.token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| fail(format!("token answer of {realm} has no token")))
+        token_of(&answer.body, realm).map_err(fail)
     }
+
+    /// The OAuth2 flow of an identity token: `POST realm` with
+    /// `grant_type=refresh_token&refresh_token=…&service=…&scope=…&client_id=sluice`.
+    async fn exchange_refresh_token(
+        &self,
+        c: &Challenge,
+        scope: &str,
+        refresh: &str,
+        realm: &str,
+    ) -> Result<String, RegistryError> {
+        let fail = |message: String| RegistryError::Auth {
+            url: realm.to_string(),
+            message,
+        };
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", "sluice"),
+        ];
+        if let Some(service) = c.param("service") {
+            form.push(("service", service));
+        }
+        form.push(("scope", scope));
+        let req = self.http.client().post(realm).form(&form);
+        let answer = self
+            .http
+            .send(req)
+            .await
+            .map_err(|e| fail(format!("token request to {realm}: {e}")))?;
+        if !answer.status.is_success() {
+            return Err(fail(format!(
+                "token request to {realm} with the identity token of {}: {}",
+                self.credentials.origin,
+                status_error(&answer)
+            )));
+        }
+        token_of(&answer.body, realm).map_err(fail)
+    }
+}
+
+/// The token of a token answer: `{"token": …}` or `{"access_token": …}`.
+fn token_of(body: &[u8], realm: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct TokenAnswer {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        access_token: Option<String>,
+    }
+    let t: TokenAnswer = serde_json::from_slice(body)
+        .map_err(|e| format!("token answer of {realm} is not JSON: {}", chain(&e)))?;
+    t.token
+        .or(t.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("token answer of {realm} has no token"))
 }
 
 fn host_of_url(url: &str) -> &str {
