@@ -92,7 +92,7 @@ pub fn load_plugin(
     let (module, digest) = compiled?;
     tracing::info!(
         plugin = %spec.name,
-        version = spec.version.as_str(),
+        version = %spec.version.as_str(),
         already_compiled = already,
         ms = progress::ms(compiling.elapsed()),
         "plugin compiled"
@@ -105,7 +105,7 @@ pub fn load_plugin(
     let plugin = plugin?;
     tracing::info!(
         plugin = %spec.name,
-        version = spec.version.as_str(),
+        version = %spec.version.as_str(),
         vms,
         started = plugin.vms().len(),
         ms = progress::ms(starting.elapsed()),

@@ -186,3 +186,70 @@ async fn oci_wrong_digests_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sluice plugin push` says what it uploads (size and time) and what the registry already
+/// has; on a terminal (a pseudo-terminal made by `script`), it shows the bytes sent so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_says_what_it_uploads_and_shows_progress_on_a_terminal() {
+    let registry = Registry::start().await;
+    let dir = temp_dir("push-progress");
+    let cache = dir.join("cache");
+    let big = module(&"x".repeat(300 * 1024));
+    let file = dir.join("big.wasm");
+    std::fs::write(&file, &big).unwrap();
+    let layer = format!("layer sha256:{}", sha256_hex(&big));
+
+    let target = format!("oci://{}/plugins/big:v1", registry.addr);
+    let out = sluice(&["plugin", "push", file.to_str().unwrap(), &target], &cache);
+    stdout_ok(&out, "sluice plugin push");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{layer}: {} bytes uploaded in ", big.len())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("config sha256:"), "{stderr}");
+    assert!(
+        !stderr.contains('\r'),
+        "no progress off a terminal: {stderr:?}"
+    );
+
+    let on_terminal = |tag: &str| {
+        let cmd = format!(
+            "SLUICE_PLUGIN_CACHE={} DOCKER_CONFIG={} {} plugin push {} oci://{}/plugins/big:{tag}",
+            cache.display(),
+            cache.join("no-docker-config").display(),
+            sluice_bin(),
+            file.display(),
+            registry.addr
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("script (util-linux) runs a command on a pseudo-terminal");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The same blobs under another tag: nothing to upload.
+    let tty = on_terminal("v2");
+    assert!(
+        tty.contains(&format!("{layer}: already in the registry")),
+        "{tty:?}"
+    );
+    assert!(!tty.contains("uploading"), "{tty:?}");
+
+    // A new module: its bytes counted as they go, to the end.
+    let bigger = module(&"y".repeat(300 * 1024));
+    std::fs::write(&file, &bigger).unwrap();
+    let tty = on_terminal("v3");
+    let uploading = format!("uploading layer sha256:{}", sha256_hex(&bigger));
+    let n = bigger.len();
+    assert!(
+        tty.contains(&format!("{uploading}: 65536/{n} bytes (")),
+        "{tty:?}"
+    );
+    assert!(
+        tty.contains(&format!("{uploading}: {n}/{n} bytes (100 %)")),
+        "{tty:?}"
+    );
+    assert!(tty.contains(&format!("{n} bytes uploaded in ")), "{tty:?}");
+}

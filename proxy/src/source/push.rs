@@ -6,6 +6,10 @@
 //! `.wasm` bytes). Blobs are uploaded monolithically (`POST /v2/<repo>/blobs/uploads/`, then
 //! `PUT <location>?digest=…`), skipping those the registry already has; the manifest is `PUT`
 //! under the tag.
+//!
+//! Each blob's outcome is written to stderr as it ends (uploaded, with its size and time, or
+//! already in the registry); on a terminal, a line also shows the bytes of the blob being
+//! uploaded so far.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use super::oci::{
     build_tar_layer, Descriptor, Layout, Manifest, OciReference, OCI_CONFIG_MEDIA_TYPE,
     OCI_MANIFEST_MEDIA_TYPE, TAR_GZIP_MEDIA_TYPES, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
 };
-use super::registry::{Body, Registry, RegistryError};
+use super::registry::{Body, OnSent, Registry, RegistryError};
 use super::signature::{load_private_key, sign, signature_text, SIGNATURE_MEDIA_TYPE};
 use super::FetchOptions;
 use crate::wasm::engine::hex;
@@ -111,12 +115,12 @@ pub async fn push(
             )
         }
     };
-    let config = upload(&registry, config_bytes, config_type).await?;
-    let layer = upload(&registry, layer_bytes, layer_type).await?;
+    let config = upload(&registry, "config", config_bytes, config_type).await?;
+    let layer = upload(&registry, "layer", layer_bytes, layer_type).await?;
     let mut layers = vec![layer.clone()];
     if let Some(key) = signer {
         let text = signature_text(&sign(key, wasm)).into_bytes();
-        layers.push(upload(&registry, text, SIGNATURE_MEDIA_TYPE).await?);
+        layers.push(upload(&registry, "signature", text, SIGNATURE_MEDIA_TYPE).await?);
     }
     let manifest = Manifest {
         schema_version: 2,
@@ -131,6 +135,7 @@ pub async fn push(
     let body = Body {
         content_type: OCI_MANIFEST_MEDIA_TYPE.into(),
         bytes: bytes.into(),
+        on_sent: None,
     };
     let a = registry
         .request(Method::PUT, &url, &[], Some(&body))
@@ -213,9 +218,11 @@ pub fn push_file(
         })
 }
 
-/// Uploads one blob unless the registry has it; its descriptor.
+/// Uploads one blob (`what`: config, layer, signature) unless the registry has it; its
+/// descriptor.
 async fn upload(
     registry: &Registry,
+    what: &str,
     bytes: Vec<u8>,
     media_type: &str,
 ) -> Result<Descriptor, PushError> {
@@ -223,8 +230,10 @@ async fn upload(
     let blob_url = registry.url(&format!("blobs/{}", d.digest));
     let head = registry.request(Method::HEAD, &blob_url, &[], None).await?;
     if head.status.is_success() {
+        eprintln!("{what} {}: already in the registry", d.digest);
         return Ok(d);
     }
+    let started = std::time::Instant::now();
     let start_url = registry.url("blobs/uploads/");
     let a = registry
         .request(Method::POST, &start_url, &[], None)
@@ -252,13 +261,19 @@ async fn upload(
             message,
         })?;
     put_url.query_pairs_mut().append_pair("digest", &d.digest);
+    let total = bytes.len() as u64;
     let body = Body {
         content_type: "application/octet-stream".into(),
         bytes: bytes.into(),
+        on_sent: terminal_progress(what, &d.digest, total),
     };
     let a = registry
         .request(Method::PUT, put_url.as_str(), &[], Some(&body))
-        .await?;
+        .await;
+    if body.on_sent.is_some() {
+        eprint!("\r\x1b[2K");
+    }
+    let a = a?;
     if !a.status.is_success() {
         return Err(RegistryError::Request {
             method: "PUT".into(),
@@ -267,5 +282,26 @@ async fn upload(
         }
         .into());
     }
+    eprintln!(
+        "{what} {}: {total} bytes uploaded in {} ms",
+        d.digest,
+        started.elapsed().as_millis()
+    );
     Ok(d)
+}
+
+/// On a terminal, a callback redrawing `uploading WHAT DIGEST: SENT/TOTAL bytes (P %)` on
+/// stderr.
+fn terminal_progress(what: &str, digest: &str, total: u64) -> Option<OnSent> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let label = format!("uploading {what} {digest}");
+    Some(OnSent(Arc::new(move |sent| {
+        let percent = (sent * 100).checked_div(total).unwrap_or(100);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{label}: {sent}/{total} bytes ({percent} %)");
+        let _ = err.flush();
+    })))
 }

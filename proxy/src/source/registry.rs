@@ -243,6 +243,43 @@ pub struct Body {
     pub content_type: String,
     /// The bytes.
     pub bytes: bytes::Bytes,
+    /// Told how many bytes of this attempt have been handed to the connection so far.
+    pub on_sent: Option<OnSent>,
+}
+
+/// A callback for upload progress (bytes of the body sent so far).
+#[derive(Clone)]
+pub struct OnSent(pub std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for OnSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnSent")
+    }
+}
+
+/// Chunks a body with progress is streamed in.
+const SENT_CHUNK: usize = 64 * 1024;
+
+impl Body {
+    /// The body for one attempt: the bytes at once, or streamed in chunks that report
+    /// progress (with its `Content-Length`, as registries want one).
+    fn to_request(&self, req: RequestBuilder) -> RequestBuilder {
+        let req = req.header(reqwest::header::CONTENT_TYPE, &self.content_type);
+        let Some(on_sent) = self.on_sent.clone() else {
+            return req.body(self.bytes.clone());
+        };
+        let bytes = self.bytes.clone();
+        let total = bytes.len();
+        let chunks = (0..total.div_ceil(SENT_CHUNK)).map(move |i| {
+            let end = ((i + 1) * SENT_CHUNK).min(total);
+            (on_sent.0)(end as u64);
+            Ok::<_, std::io::Error>(bytes.slice(i * SENT_CHUNK..end))
+        });
+        req.header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+    }
 }
 
 /// A client of one repository of one registry.
@@ -321,9 +358,7 @@ impl Registry {
                 req = req.header(*n, *v);
             }
             if let Some(b) = body {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, &b.content_type)
-                    .body(b.bytes.clone());
+                req = b.to_request(req);
             }
             req
         };
