@@ -314,7 +314,7 @@ fn url_sources_are_http_and_need_a_digest() {
 #[test]
 fn malformed_oci_references_are_refused() {
     for (reference, message) in [
-        ("hello", "plugins.p.oci: \"hello\" has no repository"),
+        ("hello", "plugins.p.oci: \"hello\" names no registry"),
         (
             "r.io/Hello",
             "plugins.p.oci: repository \"Hello\" has an invalid component",
