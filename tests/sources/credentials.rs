@@ -135,9 +135,13 @@ async fn push_and_check_use_the_registrys_entry_of_a_docker_config_json() {
     let dir = temp_dir("oci-creds");
     let cache = dir.join("cache");
     let registry = basic_auth_registry(&dir).await;
-    let wasm = module("oci-creds");
-    let file = dir.join("p.wasm");
-    std::fs::write(&file, &wasm).unwrap();
+    // A real plugin: `sluice check` loads it.
+    let file = target_dir().join("wasm32-wasip1/plugin/sluice_plugin_hello.wasm");
+    assert!(
+        file.is_file(),
+        "{} is missing: build it with `make wasm` first",
+        file.display()
+    );
     let target = format!("{}/plugins/private:v1", registry.addr);
     let target_arg = format!("oci://{target}");
     let push_args = ["plugin", "push", file.to_str().unwrap(), &target_arg];

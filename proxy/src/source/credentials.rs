@@ -161,13 +161,13 @@ pub fn registry_key(registry: &str) -> String {
 impl DockerConfig {
     /// Parses a `config.json` read from `path`. Errors name the entry that is wrong.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<DockerConfig, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a Docker config.json: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a Docker config.json: {e}"))?;
         if !value.is_object() {
             return Err("not a Docker config.json: not a JSON object".into());
         }
-        let doc: ConfigJson = serde_json::from_value(value)
-            .map_err(|e| format!("not a Docker config.json: {e}"))?;
+        let doc: ConfigJson =
+            serde_json::from_value(value).map_err(|e| format!("not a Docker config.json: {e}"))?;
         let mut auths = BTreeMap::new();
         for (key, entry) in doc.auths {
             let name = registry_key(&key);
