@@ -9,6 +9,7 @@ mod plugin;
 mod reload;
 mod rollout;
 mod route;
+pub mod schema;
 mod server;
 pub mod shared_data;
 mod upstream;
@@ -36,7 +37,7 @@ pub use upstream::{
 };
 
 /// The whole configuration file, as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Process-wide settings (threads, shutdown).
