@@ -19,6 +19,7 @@ pub mod file_mark;
 pub mod heads;
 pub mod logging;
 pub mod metrics;
+pub mod plugin_schema;
 pub mod plugins;
 pub mod progress;
 pub mod proxy;

@@ -46,6 +46,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of the config file, for editors and CI
+    /// (`docs/sluice.schema.json` holds the same).
+    Schema,
     /// Ask a running sluice to reload its config file (POST /reload on its admin API); print
     /// the result and exit 1 if the reload was refused.
     Reload {
@@ -351,6 +354,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match cli.command {
+        Command::Schema => {
+            print!("{}", sluice::config::schema::config_schema_text());
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match load(&config) {
             Ok(c) => {
                 let summary = (
@@ -361,7 +368,10 @@ fn main() -> ExitCode {
                 );
                 // Load every plugin for real: compile, start its VM, on_vm_start, on_configure.
                 if let Err(e) = sluice::runtime::Runtime::build_blocking(c, 1) {
-                    eprintln!("{}: {e}", config.display());
+                    // One line per error (a plugin's config can break its schema many times).
+                    for line in e.to_string().lines() {
+                        eprintln!("{}: {line}", config.display());
+                    }
                     return ExitCode::FAILURE;
                 }
                 let (l, u, r, p) = summary;

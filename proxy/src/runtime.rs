@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, PluginSpec};
+use crate::plugin_schema::{self, SchemaError};
 use crate::rollout::{Rollout, State as RolloutState};
 use crate::router::Router;
 use crate::source::{Fetched, SourceError};
@@ -24,6 +25,9 @@ pub enum BuildError {
     /// A plugin did not compile, link or start.
     #[error("{0}")]
     Plugin(#[from] PluginError),
+    /// A plugin's config does not satisfy the plugin's schema (checked before it starts).
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
 }
 
 /// What `/plugins` reports of a loaded plugin.
@@ -141,6 +145,47 @@ fn fingerprint(
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// Validates the config of each plugin that will be loaded (not one a reload keeps as it was)
+/// against the plugin's schema, if it has one; every error of every plugin is reported.
+fn check_schemas(
+    config: &Config,
+    fetched: &HashMap<String, Fetched>,
+    extra_hidden: &[String],
+    pools: &[Arc<Pool>],
+    previous: Option<&Runtime>,
+) -> Result<(), SchemaError> {
+    let mut errors = Vec::new();
+    for spec in config.all_plugins() {
+        let Some(binary) = fetched.get(&spec.fetch_key) else {
+            continue;
+        };
+        if spec.config.is_empty() {
+            continue;
+        }
+        let fp = fingerprint(spec, &binary.sha256, extra_hidden, pools);
+        let kept = previous
+            .and_then(|prev| prev.plugin_info.get(&spec.fetch_key))
+            .is_some_and(|info| info.fingerprint == fp);
+        if kept {
+            continue;
+        }
+        let Some(schema) = plugin_schema::find(spec, binary)? else {
+            continue;
+        };
+        let field = plugin_schema::config_field(spec);
+        match plugin_schema::validate(&spec.fetch_key, &field, &spec.config, &schema) {
+            Ok(()) => {}
+            Err(SchemaError::Invalid { errors: e }) => errors.extend(e),
+            Err(e) => return Err(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SchemaError::Invalid { errors })
+    }
+}
+
 impl Runtime {
     /// Builds the pools, loads the plugins (running their start-up) and builds the router.
     /// `threads` is the number of worker threads, the default number of VMs per plugin;
@@ -166,6 +211,7 @@ impl Runtime {
             })
             .collect();
         let extra_hidden = &config.file.sanitize.extra_headers;
+        check_schemas(&config, fetched, extra_hidden, &pools, previous)?;
         let mut plugins = HashMap::new();
         let mut plugin_info = HashMap::new();
         for spec in config.all_plugins() {

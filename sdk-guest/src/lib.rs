@@ -46,6 +46,33 @@ pub use request::{query_param, Request};
 pub use response::Response;
 pub use sluice_abi as abi;
 
+/// Embeds the JSON Schema of the plugin's `config` in the `.wasm`, as its custom section
+/// `sluice.config_schema`. Sluice validates a plugin's `config` against it before
+/// `on_configure` runs, and refuses a config that does not satisfy it, naming the field
+/// (`plugins.NAME.config.FIELD: …`). Without an argument, the schema is the file
+/// `config.schema.json` at the root of the crate (beside `Cargo.toml`); with one, the file at
+/// that path (relative to the file the macro is called in):
+///
+/// ```ignore
+/// sluice_sdk::config_schema!();
+/// sluice_sdk::config_schema!("../schemas/config.json");
+/// ```
+///
+/// Only wasm builds carry it (a native build of the crate, e.g. for its tests, does not).
+#[macro_export]
+macro_rules! config_schema {
+    () => {
+        $crate::config_schema!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.schema.json"));
+    };
+    ($path:expr) => {
+        /// The JSON Schema of this plugin's `config` (custom section `sluice.config_schema`).
+        #[cfg(target_family = "wasm")]
+        #[link_section = "sluice.config_schema"]
+        #[used]
+        static SLUICE_CONFIG_SCHEMA: [u8; include_bytes!($path).len()] = *include_bytes!($path);
+    };
+}
+
 /// Exports the ABI's callbacks for plugin type `$plugin` (one per crate). Put it at the top
 /// level of a `cdylib` crate:
 ///

@@ -473,3 +473,5 @@ impl HttpFilter for AuthFilter {
 }
 
 sluice_sdk::plugin!(Auth);
+// config.schema.json, checked by the host before on_configure.
+sluice_sdk::config_schema!();

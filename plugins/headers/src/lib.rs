@@ -144,3 +144,5 @@ impl HttpFilter for HeadersFilter {
 }
 
 sluice_sdk::plugin!(Headers);
+// config.schema.json, checked by the host before on_configure.
+sluice_sdk::config_schema!();

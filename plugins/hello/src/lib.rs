@@ -60,3 +60,5 @@ impl HttpFilter for HelloFilter {
 }
 
 sluice_sdk::plugin!(Hello);
+// config.schema.json, checked by the host before on_configure.
+sluice_sdk::config_schema!();

@@ -377,3 +377,5 @@ impl HttpFilter for MaskFilter {
 }
 
 sluice_sdk::plugin!(Mask);
+// config.schema.json, checked by the host before on_configure.
+sluice_sdk::config_schema!();

@@ -208,3 +208,5 @@ impl HttpFilter for RateLimitFilter {
 }
 
 sluice_sdk::plugin!(RateLimit);
+// config.schema.json, checked by the host before on_configure.
+sluice_sdk::config_schema!();

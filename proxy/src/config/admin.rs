@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{parse_socket_addr, ConfigError};
 
 /// `admin:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     /// Address of the admin API (default `127.0.0.1:9901`).

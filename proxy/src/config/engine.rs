@@ -17,7 +17,7 @@ pub const MAX_INSTANCE_SLOTS: u32 = 100_000;
 pub const MIN_DEFAULT_SLOTS: usize = 256;
 
 /// `engine:` as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineFile {
     /// Instance slots of the pooling allocator (default: twice the VMs the config starts plus
@@ -39,7 +39,7 @@ pub struct EngineFile {
 }
 
 /// `engine.vm_start`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmStartMode {
     /// Every VM at load.
@@ -54,7 +54,7 @@ pub const DEFAULT_VM_IDLE_SECONDS: u64 = 300;
 pub const MAX_VM_IDLE_SECONDS: u64 = 7 * 24 * 3600;
 
 /// How VMs get their memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Allocation {
     /// Slots reserved up front; instantiation in microseconds.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{parse_socket_addr, ConfigError};
 
 /// One entry of `listeners:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerFile {
     /// A name for logs and metrics; unique.
@@ -53,7 +53,7 @@ fn yes() -> bool {
 }
 
 /// `tls:` of a listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     /// PEM certificate chain; relative to the config file.

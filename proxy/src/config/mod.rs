@@ -10,6 +10,7 @@ mod plugin;
 mod reload;
 mod rollout;
 mod route;
+pub mod schema;
 pub mod secrets;
 mod server;
 pub mod shared_data;
@@ -39,7 +40,7 @@ pub use upstream::{
 };
 
 /// The whole configuration file, as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Process-wide settings (threads, shutdown).

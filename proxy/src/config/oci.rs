@@ -10,7 +10,7 @@ use super::ConfigError;
 use crate::source::credentials::DockerConfig;
 
 /// `oci:` as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OciFile {
     /// A Docker `config.json` (e.g. the `.dockerconfigjson` key of a Kubernetes

@@ -24,7 +24,7 @@ use crate::wasm::settings::{encode_config, FailurePolicy, Limits, LimitsFile, Ve
 
 /// One entry of `plugins:` as written. Exactly one of `path`, `url` and `oci` says where the
 /// `.wasm` comes from.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginFile {
     /// The `.wasm` file, relative to the config file.
@@ -50,9 +50,11 @@ pub struct PluginFile {
     pub vm_id: Option<String>,
     /// Plugin configuration: a map is passed as JSON, a string as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::free_form")]
     pub config: Option<serde_yaml::Value>,
     /// VM configuration, passed to `on_vm_start` (same encoding as `config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::free_form")]
     pub vm_config: Option<serde_yaml::Value>,
     /// Sensitive data this plugin may see.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -75,7 +77,7 @@ pub struct PluginFile {
 }
 
 /// `signature:` of a plugin: exactly one of `public_key` and `public_key_file`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureFile {
     /// The ed25519 public key, base64 of its 32 bytes.
@@ -87,7 +89,7 @@ pub struct SignatureFile {
 }
 
 /// `rollout:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutFile {
     /// The candidate version: where its `.wasm` comes from, and what differs from stable.
@@ -116,7 +118,7 @@ pub struct RolloutFile {
 }
 
 /// `rollout.rollback:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackFile {
     /// Failures ÷ requests of the candidate above which it is removed (0 to 1).
@@ -142,7 +144,7 @@ pub struct RolloutSpec {
 }
 
 /// `sanitize:` as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SanitizeFile {
     /// More header names to hide from plugins (unless a plugin's `expose` grants them).

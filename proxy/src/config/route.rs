@@ -8,7 +8,7 @@ use super::listener::check_name;
 use super::{ConfigError, PluginFile};
 
 /// One entry of `routes:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// Unique name, used in logs and metrics.
@@ -24,7 +24,7 @@ pub struct RouteFile {
 }
 
 /// `match:` of a route. Every given condition must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatchFile {
     /// `example.com` (exact, case-insensitive) or `*.example.com` (any subdomain).

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 
 /// `server:` as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Worker threads per listener (default: the number of CPUs).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::ConfigError;
 
 /// `shared_data:` as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedDataFile {
     /// `memory` (default) or `redis`.
@@ -41,7 +41,7 @@ pub struct SharedDataFile {
 }
 
 /// The storage of shared data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// In this process.

@@ -10,7 +10,7 @@ use super::listener::check_name;
 use super::{parse_socket_addr, ConfigError};
 
 /// One entry of `upstreams:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `host:port` of each endpoint; names are resolved when the config loads.
@@ -51,7 +51,9 @@ fn default_read_timeout_ms() -> u64 {
 }
 
 /// `load_balancing:` values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancingFile {
     /// Each endpoint in turn.
@@ -64,7 +66,9 @@ pub enum BalancingFile {
 }
 
 /// `protocol:` values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProtocolFile {
     /// HTTP/1.1 only.
@@ -100,7 +104,7 @@ impl Protocol {
 }
 
 /// `tls:` of an upstream.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsFile {
     /// Server name to send and verify (default: the endpoint's host).
@@ -120,7 +124,7 @@ fn yes() -> bool {
 }
 
 /// `health_check:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     /// Path requested with GET; a 2xx or 3xx answer is healthy.

@@ -130,7 +130,7 @@ pub struct PluginSettings {
 }
 
 /// `limits:` of a plugin as written (the config file, the test kit's options file).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// Fuel per guest call.
