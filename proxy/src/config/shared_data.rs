@@ -129,6 +129,8 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Validated `shared_data:`.
+// Built once per config load: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SharedData {
     /// In this process.
