@@ -222,12 +222,22 @@ async fn refused_reloads_name_the_cause_and_keep_the_old_set_serving() {
             vec!["plugin \"tag\"", "not a valid wasm module"],
         ),
         (
+            // Satisfies the plugin's schema; its on_configure refuses it (a rule that
+            // changes nothing).
             "on_configure returns false",
+            good.replace(
+                "config: { rules: [{ response: { set: { x-version: v2 } } }] }",
+                "config: { rules: [{ path_prefixes: [/v2] }] }",
+            ),
+            vec!["plugin \"tag\"", "on_configure"],
+        ),
+        (
+            "config against the plugin's schema",
             good.replace(
                 "config: { rules: [{ response: { set: { x-version: v2 } } }] }",
                 "config: { rules: 5 }",
             ),
-            vec!["plugin \"tag\"", "on_configure"],
+            vec!["plugins.tag.config.rules: value is not of type \"array\""],
         ),
         (
             "wrong sha256",
