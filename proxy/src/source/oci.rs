@@ -157,17 +157,20 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// What tells an index from an image manifest: its `mediaType`, and whether it has
+/// `manifests`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+}
+
 /// Whether `bytes` (answered with `content_type`) is an index rather than an image manifest:
 /// its `mediaType` (or, lacking one, the `Content-Type`) says so, or it has `manifests`.
 pub fn is_index(bytes: &[u8], content_type: Option<&str>) -> bool {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Probe {
-        #[serde(default)]
-        media_type: Option<String>,
-        #[serde(default)]
-        manifests: Option<serde_json::Value>,
-    }
     let Ok(probe) = serde_json::from_slice::<Probe>(bytes) else {
         return false;
     };
@@ -268,14 +271,6 @@ pub struct PluginLayers {
 /// Parses a manifest; `content_type` is the answer's `Content-Type`, used when the manifest
 /// does not state its media type.
 pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, String> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Probe {
-        #[serde(default)]
-        media_type: Option<String>,
-        #[serde(default)]
-        manifests: Option<serde_json::Value>,
-    }
     let probe: Probe = serde_json::from_slice(bytes)
         .map_err(|e| format!("the manifest is not a JSON object: {e}"))?;
     let ct = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
