@@ -49,8 +49,10 @@ struct Board {
     drawn: bool,
 }
 
+static BOARD: OnceLock<Mutex<Board>> = OnceLock::new();
+
+/// The board, made (with its drawing thread) on first use: only on a terminal.
 fn board() -> &'static Mutex<Board> {
-    static BOARD: OnceLock<Mutex<Board>> = OnceLock::new();
     BOARD.get_or_init(|| {
         std::thread::Builder::new()
             .name("sluice-progress".into())
@@ -75,7 +77,8 @@ pub fn show_on_terminal() -> bool {
 /// Stops drawing the status line and clears it.
 pub fn stop_showing() {
     TERMINAL.store(false, Ordering::Relaxed);
-    if let Ok(mut b) = board().lock() {
+    let Some(board) = BOARD.get() else { return };
+    if let Ok(mut b) = board.lock() {
         if b.drawn {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\r\x1b[2K");
