@@ -20,12 +20,22 @@ pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before by this process: two calls
+/// in a row (a listener and its admin address) never get the same port, as they could when
+/// the kernel offers a just-released port again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh directory under the system temp dir.
