@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{is_sha256_hex, Cache};
-use super::http::status_error;
+use super::http::{status_error, Answer};
 use super::registry::{Registry, RegistryError};
 use super::signature::SIGNATURE_MEDIA_TYPE;
 use crate::wasm::engine::hex;
@@ -604,17 +604,7 @@ async fn fetch_manifest(r: &Registry, what: &str) -> Result<(Vec<u8>, Option<Str
         "{OCI_MANIFEST_MEDIA_TYPE}, {DOCKER_MANIFEST_MEDIA_TYPE}, {}",
         INDEX_MEDIA_TYPES.join(", ")
     );
-    let a = r
-        .request(Method::GET, &url, &[("accept", &accept)], None)
-        .await?;
-    if !a.status.is_success() {
-        return Err(RegistryError::Request {
-            method: "GET".into(),
-            url,
-            reason: status_error(&a),
-        }
-        .into());
-    }
+    let a = get_ok(r, url, &[("accept", &accept)]).await?;
     if a.body.len() > MAX_MANIFEST_BYTES {
         return Err(PullError::Manifest(format!(
             "the manifest has {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
@@ -627,6 +617,20 @@ async fn fetch_manifest(r: &Registry, what: &str) -> Result<(Vec<u8>, Option<Str
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok((a.body, ct))
+}
+
+/// `GET url`; an answer other than 2xx is an error naming the URL and the status.
+async fn get_ok(r: &Registry, url: String, headers: &[(&str, &str)]) -> Result<Answer, PullError> {
+    let a = r.request(Method::GET, &url, headers, None).await?;
+    if !a.status.is_success() {
+        return Err(RegistryError::Request {
+            method: "GET".into(),
+            url,
+            reason: status_error(&a),
+        }
+        .into());
+    }
+    Ok(a)
 }
 
 async fn cached_blob(cache: Option<&Cache>, d: &Descriptor) -> Option<Vec<u8>> {
@@ -655,16 +659,7 @@ async fn download_blob(
         )));
     }
     let url = r.url(&format!("blobs/{}", d.digest));
-    let a = r.request(Method::GET, &url, &[], None).await?;
-    if !a.status.is_success() {
-        return Err(RegistryError::Request {
-            method: "GET".into(),
-            url,
-            reason: status_error(&a),
-        }
-        .into());
-    }
-    let body = a.body;
+    let body = get_ok(r, url, &[]).await?.body;
     if body.len() as u64 != d.size {
         return Err(blob_err(format!(
             "{} bytes downloaded, its descriptor says {}",

@@ -531,6 +531,21 @@ impl Registry {
                 tracing::warn!(realm, "not sending credentials to a plain-HTTP token realm");
             }
         }
+        self.token_answer(req, realm, "").await
+    }
+
+    /// Sends a token request to `realm` and reads the token it answers (`with` says what the
+    /// request carried, for the error).
+    async fn token_answer(
+        &self,
+        req: RequestBuilder,
+        realm: &str,
+        with: &str,
+    ) -> Result<String, RegistryError> {
+        let fail = |message: String| RegistryError::Auth {
+            url: realm.to_string(),
+            message,
+        };
         let answer = self
             .http
             .send(req)
@@ -538,7 +553,7 @@ impl Registry {
             .map_err(|e| fail(format!("token request to {realm}: {e}")))?;
         if !answer.status.is_success() {
             return Err(fail(format!(
-                "token request to {realm}: {}",
+                "token request to {realm}{with}: {}",
                 status_error(&answer)
             )));
         }
@@ -554,10 +569,6 @@ impl Registry {
         refresh: &str,
         realm: &str,
     ) -> Result<String, RegistryError> {
-        let fail = |message: String| RegistryError::Auth {
-            url: realm.to_string(),
-            message,
-        };
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh),
@@ -568,19 +579,8 @@ impl Registry {
         }
         form.push(("scope", scope));
         let req = self.http.client().post(realm).form(&form);
-        let answer = self
-            .http
-            .send(req)
-            .await
-            .map_err(|e| fail(format!("token request to {realm}: {e}")))?;
-        if !answer.status.is_success() {
-            return Err(fail(format!(
-                "token request to {realm} with the identity token of {}: {}",
-                self.credentials.origin,
-                status_error(&answer)
-            )));
-        }
-        token_of(&answer.body, realm).map_err(fail)
+        let with = format!(" with the identity token of {}", self.credentials.origin);
+        self.token_answer(req, realm, &with).await
     }
 }
 
