@@ -587,14 +587,19 @@ async fn through_sentinel_one_limit_holds_across_a_failover() {
         "statuses during the failover: {during:?}"
     );
     let total = admitted_during + after.total();
+    let failed = during.iter().filter(|s| **s == 503).count() as u32;
     eprintln!(
-        "tenant b across the failover: {admitted_during} admitted during it ({} answered 503), {} after: {total}",
-        during.iter().filter(|s| **s == 503).count(),
+        "tenant b across the failover: {admitted_during} admitted during it ({failed} answered \
+         503), {} after: {total}",
         after.total()
     );
+    // Over: writes the old master acknowledged but never sent to the replica are lost, their
+    // requests admitted again (at most 10 here). Under: a write the master applied whose reply
+    // was lost with it fails its request (503) yet spends its token, so each 503 may be one
+    // token short.
     assert!(
-        (100..=110).contains(&total),
-        "tenant b admitted {total} against a limit of 100 across the failover"
+        (100 - failed.min(100)..=110).contains(&total),
+        "tenant b admitted {total} against a limit of 100 across the failover ({failed} failed)"
     );
     drop(sentinels);
 }
